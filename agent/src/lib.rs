@@ -1,0 +1,23 @@
+//! hostpulse agent: samples the hardware health of one server and streams it
+//! to a collector.
+//!
+//! Sources (`sources/`) read sysfs/procfs under a [`HostPaths`] and record
+//! samples in an [`Emitter`]; the [`sampler`] runs them once per cycle; the
+//! [`client`] sends cycles as numbered batches over the `hostpulse.v1`
+//! stream and keeps them until acknowledged; [`exposition`] prints a cycle
+//! in Prometheus text format for `hostpulse-agent sample`.
+
+pub mod client;
+pub mod config;
+pub mod emit;
+pub mod exposition;
+pub mod inventory;
+pub mod paths;
+pub mod sampler;
+pub mod source;
+pub mod sources;
+
+pub use emit::{Emitter, MetricType, Sample};
+pub use paths::HostPaths;
+pub use sampler::{Cycle, Sampler};
+pub use source::{Source, SourceError};

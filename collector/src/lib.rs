@@ -1,0 +1,5 @@
+//! hostpulse collector library. `main.rs` only wires these modules.
+
+pub mod model;
+pub mod store;
+pub mod telemetry;
