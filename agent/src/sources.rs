@@ -3,6 +3,17 @@
 
 use crate::source::Source;
 
+mod cpu;
+mod filesystem;
+mod hwmon;
+mod loadavg;
+mod meminfo;
+mod netdev;
+mod power_supply;
+mod rapl;
+mod time;
+
+
 /// One registered source: its name and how to build it.
 #[derive(Clone, Copy)]
 pub struct SourceEntry {
@@ -15,7 +26,53 @@ pub struct SourceEntry {
 }
 
 /// Every source the agent knows, in sampling order.
-pub const REGISTRY: &[SourceEntry] = &[];
+pub const REGISTRY: &[SourceEntry] = &[
+    SourceEntry {
+        name: "cpu",
+        about: "CPU time per mode, boot time, context switches, interrupts, forks and runnable/blocked processes from /proc/stat.",
+        make: || Box::new(cpu::CpuSource),
+    },
+    SourceEntry {
+        name: "meminfo",
+        about: "Memory and swap usage, hugepages and hardware-corrupted memory from /proc/meminfo.",
+        make: || Box::new(meminfo::MeminfoSource),
+    },
+    SourceEntry {
+        name: "loadavg",
+        about: "1, 5 and 15 minute load averages from /proc/loadavg.",
+        make: || Box::new(loadavg::LoadavgSource),
+    },
+    SourceEntry {
+        name: "time",
+        about: "The host's wall clock, to spot clock skew against the collector.",
+        make: || Box::new(time::TimeSource),
+    },
+    SourceEntry {
+        name: "filesystem",
+        about: "Size, free space and inodes of every real mounted filesystem (statvfs, with a timeout for hung mounts).",
+        make: || Box::new(filesystem::FilesystemSource::default()),
+    },
+    SourceEntry {
+        name: "netdev",
+        about: "Per-interface byte, packet, error and drop counters from /proc/net/dev.",
+        make: || Box::new(netdev::NetdevSource),
+    },
+    SourceEntry {
+        name: "hwmon",
+        about: "Temperatures, fans, voltages, currents and power of hardware monitoring chips in /sys/class/hwmon.",
+        make: || Box::new(hwmon::HwmonSource),
+    },
+    SourceEntry {
+        name: "rapl",
+        about: "CPU package and core energy counters (Intel/AMD RAPL) from /sys/class/powercap.",
+        make: || Box::new(rapl::RaplSource),
+    },
+    SourceEntry {
+        name: "power_supply",
+        about: "Mains adapters and batteries (online, capacity, energy, voltage, status) from /sys/class/power_supply.",
+        make: || Box::new(power_supply::PowerSupplySource),
+    },
+];
 
 /// Looks a source up by name.
 pub fn find(name: &str) -> Option<&'static SourceEntry> {

@@ -1,0 +1,9 @@
+//! End-to-end tests: real agent and collector code on ephemeral loopback
+//! ports and temp dirs. One test binary, one module per area.
+
+#![allow(clippy::unwrap_used)]
+
+mod deploy;
+mod durability;
+mod pipeline;
+mod support;

@@ -1,0 +1,169 @@
+//! Helpers shared by the end-to-end tests: fixture trees, a webhook sink,
+//! polling with deadlines, HTTP queries, and running the collector binary
+//! as a child process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+/// A fixture tree of the agent's own tests, copied into `dst` so a test can
+/// change sensor values (symlinks are kept as symlinks).
+pub fn copy_fixture(name: &str, dst: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures").join(name);
+    assert!(src.is_dir(), "fixture {} is missing", src.display());
+    copy_tree(&src, dst);
+    dst.to_path_buf()
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        let to = dst.join(entry.file_name());
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &to).unwrap();
+        } else if kind.is_dir() {
+            copy_tree(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `limit` passes.
+pub async fn poll<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GETs a URL and parses the JSON body (any status).
+pub async fn get_json(url: &str) -> Value {
+    let resp = reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    resp.json().await.unwrap_or_else(|e| panic!("GET {url}: body is not JSON: {e}"))
+}
+
+/// A webhook receiver recording every JSON body posted to it.
+pub struct WebhookSink {
+    /// URL to give the collector.
+    pub url: String,
+    bodies: Arc<Mutex<Vec<Value>>>,
+    arrived: Arc<Notify>,
+}
+
+impl WebhookSink {
+    /// Starts the receiver on an ephemeral loopback port.
+    pub async fn start() -> WebhookSink {
+        let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let arrived = Arc::new(Notify::new());
+        let (b, n) = (bodies.clone(), arrived.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let (b, n) = (b.clone(), n.clone());
+                async move {
+                    b.lock().unwrap().push(body);
+                    n.notify_waiters();
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        WebhookSink { url: format!("http://{addr}/hook"), bodies, arrived }
+    }
+
+    /// Every alert object received so far, with the payload's status copied
+    /// in when the alert has none.
+    pub fn alerts(&self) -> Vec<Value> {
+        let bodies = self.bodies.lock().unwrap();
+        bodies.iter().flat_map(|b| b["alerts"].as_array().cloned().unwrap_or_default()).collect()
+    }
+
+    /// Waits until an alert satisfying `pred` has arrived.
+    pub async fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.arrived.notified();
+            if let Some(a) = self.alerts().into_iter().find(|a| pred(a)) {
+                return a;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(!left.is_zero(), "timed out after {limit:?} waiting for webhook: {what}; got {:?}", self.alerts());
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+    }
+}
+
+/// The collector binary running as a child process.
+pub struct CollectorProcess {
+    /// The child.
+    pub child: Child,
+    /// Its HTTP address.
+    pub http: SocketAddr,
+    /// Its gRPC address.
+    pub grpc: SocketAddr,
+}
+
+impl CollectorProcess {
+    /// Starts `e2e-collector` (the collector's real command line) on
+    /// ephemeral ports and waits until it prints where it listens.
+    pub async fn start(data_dir: &Path) -> CollectorProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_e2e-collector"))
+            .args(["--data-dir", data_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // Read the banner for the addresses, then keep draining stdout so the
+        // child never writes into a closed pipe.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let addr = |l: &str| -> Option<SocketAddr> {
+                l.split_whitespace().find_map(|w| w.strip_prefix("http://"))?.trim_end_matches('/').parse().ok()
+            };
+            let mut tx = Some(tx);
+            let mut http = None;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("status page") {
+                    http = addr(&line);
+                } else if line.contains("agents connect")
+                    && let (Some(h), Some(g), Some(tx)) = (http, addr(&line), tx.take())
+                {
+                    let _ = tx.send((h, g));
+                }
+            }
+        });
+        let (http, grpc) = tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .expect("collector did not start in 60s")
+            .expect("collector exited before printing its addresses");
+        CollectorProcess { child, http, grpc }
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
