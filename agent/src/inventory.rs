@@ -111,6 +111,7 @@ pub fn parse_os_pretty_name(text: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -13,7 +13,6 @@ mod power_supply;
 mod rapl;
 mod time;
 
-
 /// One registered source: its name and how to build it.
 #[derive(Clone, Copy)]
 pub struct SourceEntry {

@@ -167,6 +167,7 @@ pub fn is_stale_marker(v: f64) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,15 +1,15 @@
 //! The store: durable time series in sled.
 //!
-//! This is the simple layout (one sled key per sample, see [`keys`] for the
-//! table); the compressed block engine described in DESIGN.md replaces it
-//! later behind the same API. What it already guarantees is the ingest
+//! This is the simple layout (one sled key per sample; `store/keys.rs` has
+//! the table); the compressed block engine described in DESIGN.md replaces
+//! it later behind the same API. What it already guarantees is the ingest
 //! contract: an append of one batch — its new series definitions, all its
 //! samples and the host's new highest seq — is one atomic sled batch, and
 //! [`Store::append`] returns only after a flush covering it. Appends go
-//! through a single writer thread ([`writer`]) that group-commits whatever is
-//! queued, so concurrent agent streams share one fsync and a host's seq check
-//! is serialized. Reads go straight to sled through the in-memory series
-//! index ([`index`]), loaded at open.
+//! through a single writer thread (`store/writer.rs`) that group-commits
+//! whatever is queued, so concurrent agent streams share one fsync and a
+//! host's seq check is serialized. Reads go straight to sled through the
+//! in-memory series index (`store/index.rs`), loaded at open.
 
 mod index;
 mod keys;
@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::index::SeriesIndex;
 use self::keys::HostEntry;
 use self::writer::AppendRequest;
+pub(crate) use self::writer::now_ms;
 use std::path::Path;
 
 use crate::model::{Labels, Matcher, SeriesSamples};
@@ -127,9 +128,9 @@ pub(crate) struct Shared {
 }
 
 /// Owns the writer thread. Dropped with the last `Store` clone: closing the
-/// queue ends the thread, and joining it means the database is closed (its
-/// file lock released) when the last handle is gone, so a reopen in the same
-/// process works.
+/// queue ends the thread, and joining it means every append that returned
+/// was answered and our last database handle is gone when the drop returns.
+/// (sled's own background threads may hold its file lock a moment longer.)
 struct Writer {
     tx: Option<mpsc::Sender<AppendRequest>>,
     thread: Option<JoinHandle<()>>,
@@ -223,10 +224,7 @@ impl Store {
     /// Highest stored seq of `host`, if it ever stored anything.
     pub fn last_seq(&self, host: &str) -> Result<Option<u64>, StoreError> {
         let hosts = self.shared.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(hosts
-            .get(host)
-            .filter(|e| e.stored_any)
-            .map(|e| e.record.last_seq))
+        Ok(hosts.get(host).filter(|e| e.stored_any).map(|e| e.record.last_seq))
     }
 
     /// Records a host's Hello facts (agent version, inventory) and report time.

@@ -33,6 +33,8 @@ counters! {
     RuleEvaluationFailures => ("hostpulse_rule_evaluation_failures_total", "", "Alert rule evaluations that failed."),
     NotificationsSent => ("hostpulse_notifications_sent_total", "", "Alert notifications delivered to webhooks."),
     NotificationsFailed => ("hostpulse_notifications_failed_total", "", "Alert notifications that could not be delivered."),
+    RejectedLimit => ("hostpulse_ingest_limit_rejections_total", "", "Batches rejected because they exceeded a limit (series per stream, labels per series, name or value length)."),
+    IngestStreamErrors => ("hostpulse_ingest_stream_errors_total", "", "Agent streams that ended on a transport or decoding error, such as an undecodable or oversized message."),
 }
 
 /// Every gauge the collector keeps.
@@ -122,6 +124,7 @@ impl Telemetry {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

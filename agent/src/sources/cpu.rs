@@ -141,14 +141,24 @@ fn emit(stat: &Stat, out: &mut Emitter) {
         }
     }
     let singles: [(&str, &str, bool, Option<f64>); 6] = [
-        ("node_boot_time_seconds", "Node boot time, in unixtime.", false, stat.boot_time),
+        (
+            "node_boot_time_seconds",
+            "Node boot time, in unixtime.",
+            false,
+            stat.boot_time,
+        ),
         (
             "node_context_switches_total",
             "Total number of context switches.",
             true,
             stat.context_switches,
         ),
-        ("node_intr_total", "Total number of interrupts serviced.", true, stat.interrupts),
+        (
+            "node_intr_total",
+            "Total number of interrupts serviced.",
+            true,
+            stat.interrupts,
+        ),
         ("node_forks_total", "Total number of forks.", true, stat.forks),
         (
             "node_procs_running",
@@ -237,7 +247,9 @@ softirq 5057579 250191 1481983
                 .find(|s| {
                     s.name == name
                         && s.labels.len() == labels.len()
-                        && labels.iter().all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+                        && labels
+                            .iter()
+                            .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
                 })
                 .map(|s| s.value)
         };

@@ -11,7 +11,9 @@ pub fn parse_loadavg(text: &str) -> Result<[f64; 3], String> {
     let mut fields = text.split_whitespace();
     let mut loads = [0.0; 3];
     for (i, load) in loads.iter_mut().enumerate() {
-        let raw = fields.next().ok_or_else(|| format!("expected 3 load averages, found {i}"))?;
+        let raw = fields
+            .next()
+            .ok_or_else(|| format!("expected 3 load averages, found {i}"))?;
         *load = raw
             .parse::<f64>()
             .map_err(|_| format!("load average {} is {raw:?}, not a number", i + 1))?;
@@ -50,7 +52,10 @@ mod tests {
 
     #[test]
     fn parses_three_loads() {
-        assert_eq!(parse_loadavg("0.21 0.37 0.39 1/719 19737\n").unwrap(), [0.21, 0.37, 0.39]);
+        assert_eq!(
+            parse_loadavg("0.21 0.37 0.39 1/719 19737\n").unwrap(),
+            [0.21, 0.37, 0.39]
+        );
     }
 
     #[test]

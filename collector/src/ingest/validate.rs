@@ -17,7 +17,9 @@ pub fn check_host(host: &str) -> Result<(), String> {
         return Err(format!("host name has {chars} characters, more than {MAX_HOST_LEN}"));
     }
     if let Some(c) = host.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("host name {host:?} contains {c:?}; whitespace and control characters are not allowed"));
+        return Err(format!(
+            "host name {host:?} contains {c:?}; whitespace and control characters are not allowed"
+        ));
     }
     Ok(())
 }
@@ -53,6 +55,7 @@ fn check_name(name: &str, colons: bool) -> Result<(), &'static str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use promql_parser::label::MatchOp as ParserMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
 
-use crate::model::{Labels, MatchOp, Matcher, METRIC_NAME, SeriesSamples, is_stale_marker};
+use crate::model::{Labels, METRIC_NAME, MatchOp, Matcher, SeriesSamples, is_stale_marker};
 
 /// How far back an instant vector selector looks for a sample (Prometheus's
 /// default `--query.lookback-delta`).
@@ -29,7 +29,9 @@ pub const MAX_SAMPLES: usize = 50_000_000;
 pub enum EvalError {
     /// Valid PromQL that hostpulse does not evaluate yet (a client error:
     /// the same query will keep failing).
-    #[error("{0} not supported yet by hostpulse (supported: vector selectors with offset/@, number and string literals)")]
+    #[error(
+        "{0} not supported yet by hostpulse (supported: vector selectors with offset/@, number and string literals)"
+    )]
     Unsupported(String),
     /// The query does not fit the request, e.g. a string in a range query.
     #[error("{0}")]
@@ -131,7 +133,11 @@ impl Selector {
             AtModifier::End => At::End,
             AtModifier::At(t) => At::Ms(system_time_ms(*t)),
         });
-        Ok(Selector { matchers, offset_ms, at })
+        Ok(Selector {
+            matchers,
+            offset_ms,
+            at,
+        })
     }
 
     /// The time whose newest sample answers an evaluation at `t` of a query
@@ -406,7 +412,10 @@ mod tests {
 
     #[test]
     fn literals_and_unsupported_constructs() {
-        assert_eq!(eval_instant(&plan("-2.5").unwrap(), vec![], 7).unwrap(), Value::Scalar { t: 7, v: -2.5 });
+        assert_eq!(
+            eval_instant(&plan("-2.5").unwrap(), vec![], 7).unwrap(),
+            Value::Scalar { t: 7, v: -2.5 }
+        );
         assert_eq!(
             eval_instant(&plan("(\"hi\")").unwrap(), vec![], 7).unwrap(),
             Value::String { t: 7, v: "hi".into() }

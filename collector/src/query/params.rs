@@ -124,7 +124,8 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
         let whole = secs.trunc();
         let frac_ms = ((secs - whole) * 1000.0).round();
         let ms = whole * 1000.0 + frac_ms;
-        return Ok(ms.clamp(MIN_TIME_MS as f64, MAX_TIME_MS as f64) as i64);
+        // `as` saturates at the i64 range; the clamp is exact in integers.
+        return Ok((ms as i64).clamp(MIN_TIME_MS, MAX_TIME_MS));
     }
     match s {
         MIN_TIME_TEXT => return Ok(MIN_TIME_MS),
@@ -326,10 +327,7 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(parse_time(input).ok(), *want, "{input}");
         }
-        assert_eq!(
-            parse_time("x").unwrap_err(),
-            "cannot parse \"x\" to a valid timestamp"
-        );
+        assert_eq!(parse_time("x").unwrap_err(), "cannot parse \"x\" to a valid timestamp");
     }
 
     #[test]

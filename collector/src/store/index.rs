@@ -121,13 +121,19 @@ mod tests {
         assert!(idx.insert(0, labels(&[("__name__", "up"), ("instance", "a")])));
         assert!(idx.insert(5, labels(&[("__name__", "up"), ("instance", "b"), ("x", "1")])));
         assert!(!idx.insert(5, labels(&[("__name__", "other")])), "id reused");
-        assert!(!idx.insert(9, labels(&[("__name__", "up"), ("instance", "a")])), "labels reused");
+        assert!(
+            !idx.insert(9, labels(&[("__name__", "up"), ("instance", "a")])),
+            "labels reused"
+        );
         assert_eq!(idx.next_id(), 6);
 
         let ids = |ms: &[Matcher]| idx.matching(ms).into_iter().map(|(id, _)| id).collect::<Vec<_>>();
         assert_eq!(ids(&[Matcher::equal("__name__", "up")]), vec![0, 5]);
         assert_eq!(ids(&[Matcher::equal("x", "")]), vec![0]);
-        assert_eq!(ids(&[Matcher::regex("instance", "a|b").unwrap(), Matcher::not_equal("x", "1")]), vec![0]);
+        assert_eq!(
+            ids(&[Matcher::regex("instance", "a|b").unwrap(), Matcher::not_equal("x", "1")]),
+            vec![0]
+        );
         assert_eq!(ids(&[]), vec![0, 5]);
         assert_eq!(idx.label_names(), vec!["__name__", "instance", "x"]);
         assert_eq!(idx.label_values("instance"), vec!["a", "b"]);

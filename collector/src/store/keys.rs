@@ -169,7 +169,9 @@ mod tests {
     #[test]
     fn stale_marker_bits_survive() {
         let stale = f64::from_bits(crate::model::STALE_NAN_BITS);
-        assert!(crate::model::is_stale_marker(decode_value(&encode_value(stale)).unwrap()));
+        assert!(crate::model::is_stale_marker(
+            decode_value(&encode_value(stale)).unwrap()
+        ));
     }
 
     #[test]

@@ -25,6 +25,25 @@ fn open(dir: &Path) -> Store {
     Store::open(dir, StoreOptions::default()).unwrap()
 }
 
+/// Opens a store whose database was just dropped in this process. sled's
+/// background threads release the directory lock shortly after the last
+/// handle goes, so a busy machine needs a few attempts.
+fn open_after_drop(dir: &Path) -> Result<Store, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(dir, StoreOptions::default()) {
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn reopen(dir: &Path) -> Store {
+    open_after_drop(dir).unwrap()
+}
+
 fn temp(host: &str, sensor: &str) -> Vec<(&'static str, String)> {
     vec![
         ("__name__", "node_hwmon_temp_celsius".into()),
@@ -69,7 +88,11 @@ async fn round_trip_selects_the_range_ascending() {
 
     // Same (series, ts) overwrites: storing is idempotent.
     store
-        .append("a", 2, vec![series(&[("__name__", "up"), ("instance", "a")], &[(1000, 7.0)])])
+        .append(
+            "a",
+            2,
+            vec![series(&[("__name__", "up"), ("instance", "a")], &[(1000, 7.0)])],
+        )
         .await
         .unwrap();
     let got = store.select(&[Matcher::equal("instance", "a")], 0, 1000).unwrap();
@@ -124,7 +147,11 @@ async fn reopen_keeps_data_seq_and_hosts() {
             })
             .unwrap();
         store
-            .append("h", 7, vec![series(&[("__name__", "m"), ("instance", "h")], &[(1000, 1.5)])])
+            .append(
+                "h",
+                7,
+                vec![series(&[("__name__", "m"), ("instance", "h")], &[(1000, 1.5)])],
+            )
             .await
             .unwrap();
         // A later Hello merges facts and keeps the write path's fields.
@@ -136,16 +163,17 @@ async fn reopen_keeps_data_seq_and_hosts() {
                 ..Default::default()
             })
             .unwrap();
-        store.record_hello(HostRecord {
-            host: "idle".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        store
+            .record_hello(HostRecord {
+                host: "idle".into(),
+                ..Default::default()
+            })
+            .unwrap();
         // Opening twice is refused with the directory named.
         let err = Store::open(dir.path(), StoreOptions::default()).err().unwrap();
         assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
     }
-    let store = open(dir.path());
+    let store = reopen(dir.path());
     assert_eq!(store.last_seq("h").unwrap(), Some(7));
     assert_eq!(store.last_seq("idle").unwrap(), None);
     let hosts = store.hosts().unwrap();
@@ -161,7 +189,11 @@ async fn reopen_keeps_data_seq_and_hosts() {
     );
     // New series after reopen get fresh ids and do not clobber old ones.
     store
-        .append("h", 8, vec![series(&[("__name__", "n"), ("instance", "h")], &[(1000, 2.5)])])
+        .append(
+            "h",
+            8,
+            vec![series(&[("__name__", "n"), ("instance", "h")], &[(1000, 2.5)])],
+        )
         .await
         .unwrap();
     let got = store.select(&[], 0, 2000).unwrap();
@@ -183,7 +215,10 @@ async fn matchers_follow_prometheus_including_absent_labels() {
             labels: owned(&temp("b", "gpu")),
             samples: vec![(1, 2.0)],
         },
-        series(&[("__name__", "node_hwmon_temp_celsius"), ("instance", "c")], &[(1, 3.0)]),
+        series(
+            &[("__name__", "node_hwmon_temp_celsius"), ("instance", "c")],
+            &[(1, 3.0)],
+        ),
     ];
     store.append("x", 1, batch).await.unwrap();
 
@@ -208,7 +243,10 @@ async fn matchers_follow_prometheus_including_absent_labels() {
     assert_eq!(instances(&[nre("sensor", "g.*")]), ["a", "c"]);
     assert_eq!(instances(&[nre("sensor", "")]), ["a", "b"]);
     assert_eq!(
-        instances(&[Matcher::equal("__name__", "node_hwmon_temp_celsius"), nre("instance", "a|b")]),
+        instances(&[
+            Matcher::equal("__name__", "node_hwmon_temp_celsius"),
+            nre("instance", "a|b")
+        ]),
         ["c"]
     );
 }
@@ -300,7 +338,7 @@ fn corrupt_content_is_an_error_not_a_panic() {
         tree.insert(keys::series_key(1), b"not json".as_slice()).unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(dir.path(), StoreOptions::default()).err().unwrap();
+    let err = open_after_drop(dir.path()).err().unwrap();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -355,7 +393,12 @@ fn kill_child_appender() {
 fn acknowledged_appends_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["store::tests::kill_child_appender", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "store::tests::kill_child_appender",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(CHILD_DIR, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -123,13 +123,30 @@ pub struct CollectorProcess {
 
 impl CollectorProcess {
     /// Starts `e2e-collector` (the collector's real command line) on
-    /// ephemeral ports and waits until it prints where it listens.
+    /// ephemeral ports and waits until it prints where it listens. A store
+    /// this test process opened and just dropped can hold sled's directory
+    /// lock for a moment (its background thread ends on its next tick), so a
+    /// child that exits early is started again until a deadline.
     pub async fn start(data_dir: &Path) -> CollectorProcess {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match Self::try_start(data_dir).await {
+                Some(p) => return p,
+                None => {
+                    assert!(tokio::time::Instant::now() < deadline, "collector did not start within 30s");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn try_start(data_dir: &Path) -> Option<CollectorProcess> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_e2e-collector"))
             .args(["--data-dir", data_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
+            .env("RUST_LOG", "warn")
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -154,11 +171,15 @@ impl CollectorProcess {
                 }
             }
         });
-        let (http, grpc) = tokio::time::timeout(Duration::from_secs(60), rx)
-            .await
-            .expect("collector did not start in 60s")
-            .expect("collector exited before printing its addresses");
-        CollectorProcess { child, http, grpc }
+        let started = tokio::time::timeout(Duration::from_secs(60), rx).await.expect("collector did not start in 60s");
+        match started {
+            Ok((http, grpc)) => Some(CollectorProcess { child, http, grpc }),
+            Err(_) => {
+                // It exited before printing its addresses.
+                let _ = child.wait();
+                None
+            }
+        }
     }
 
     /// SIGKILL, no chance to flush anything.

@@ -1,0 +1,138 @@
+//! The `rapl` source: CPU package/core/DRAM energy counters from the powercap
+//! framework (`/sys/class/powercap/intel-rapl:*`, also used by AMD) as
+//! node_exporter's `node_rapl_<zone>_joules_total{index,path}`. The `path`
+//! label is the zone's directory under the configured sysfs root, exactly as
+//! node_exporter labels it (`/sys/class/powercap/intel-rapl:0` on a host).
+//!
+//! Recent kernels make `energy_uj` readable by root only (CVE-2020-8694); an
+//! `EACCES` is returned as [`SourceError::PermissionDenied`] so the sampler
+//! reports the missing capability once instead of failing noisily each cycle.
+
+use std::collections::HashMap;
+
+use crate::emit::Emitter;
+use crate::paths::HostPaths;
+use crate::source::{Source, SourceError};
+
+/// Splits a zone name into node_exporter's `(index, name)`: `package-0` is
+/// `(0, "package")`; a name without a numeric suffix (`core`, `dram`) gets
+/// the count of earlier zones with the same name as its index. `seen` carries
+/// that count across the zones of one directory listing.
+pub fn zone_index_and_name(raw: &str, seen: &mut HashMap<String, u32>) -> (u32, String) {
+    let raw = raw.trim();
+    let parts: Vec<&str> = raw.split('-').collect();
+    let (index, name) = match parts.as_slice() {
+        [name, index] => match index.parse::<u32>() {
+            Ok(index) => (index, (*name).to_string()),
+            Err(_) => (seen.get(raw).copied().unwrap_or(0), raw.to_string()),
+        },
+        _ => (seen.get(raw).copied().unwrap_or(0), raw.to_string()),
+    };
+    seen.insert(name.clone(), index.saturating_add(1));
+    (index, name)
+}
+
+/// Parses an `energy_uj` file (microjoules, unsigned).
+pub fn parse_energy_uj(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    text.parse::<u64>()
+        .map_err(|_| format!("energy_uj is {text:?}, not an unsigned integer"))
+}
+
+/// The metric name for a zone, with characters invalid in metric names
+/// replaced by `_` (node_exporter's `SanitizeMetricName`).
+pub fn metric_name(zone: &str) -> String {
+    let sanitized: String = format!("{zone}_joules_total")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("node_rapl_{sanitized}")
+}
+
+/// Reads `/sys/class/powercap`.
+#[derive(Debug, Default)]
+pub struct RaplSource;
+
+impl Source for RaplSource {
+    fn name(&self) -> &'static str {
+        "rapl"
+    }
+
+    fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let dir = paths.sys("class/powercap");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(SourceError::io(&dir, e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        // node_exporter lists the directory sorted; the duplicate-name index
+        // depends on that order.
+        names.sort();
+        let mut seen = HashMap::new();
+        for entry in names {
+            let zone_dir = dir.join(&entry);
+            // Only zones have a `name` file (the `intel-rapl` control type does not).
+            let Ok(raw_name) = std::fs::read_to_string(zone_dir.join("name")) else {
+                continue;
+            };
+            let (index, zone) = zone_index_and_name(&raw_name, &mut seen);
+            let energy_path = zone_dir.join("energy_uj");
+            let text = match std::fs::read_to_string(&energy_path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(SourceError::io(&energy_path, e)),
+            };
+            let micro = parse_energy_uj(&text).map_err(|m| SourceError::parse(&energy_path, m))?;
+            out.counter(
+                &metric_name(&zone),
+                &format!("Current RAPL {zone} value in joules"),
+                &[("index", &index.to_string()), ("path", &zone_dir.to_string_lossy())],
+                micro as f64 / 1_000_000.0,
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_names_and_indexes() {
+        let mut seen = HashMap::new();
+        assert_eq!(
+            zone_index_and_name("package-0\n", &mut seen),
+            (0, "package".to_string())
+        );
+        assert_eq!(zone_index_and_name("core", &mut seen), (0, "core".to_string()));
+        assert_eq!(zone_index_and_name("package-1", &mut seen), (1, "package".to_string()));
+        assert_eq!(zone_index_and_name("dram", &mut seen), (0, "dram".to_string()));
+        assert_eq!(zone_index_and_name("dram", &mut seen), (1, "dram".to_string()));
+        assert_eq!(zone_index_and_name("psys-x", &mut seen), (0, "psys-x".to_string()));
+    }
+
+    #[test]
+    fn energy_is_parsed_and_garbage_rejected() {
+        assert_eq!(parse_energy_uj("240422366267\n").unwrap(), 240422366267);
+        assert!(parse_energy_uj("-1").is_err());
+        assert!(parse_energy_uj("").is_err());
+    }
+
+    #[test]
+    fn metric_names_are_sanitized() {
+        assert_eq!(metric_name("package"), "node_rapl_package_joules_total");
+        assert_eq!(metric_name("psys-x"), "node_rapl_psys_x_joules_total");
+    }
+}

@@ -1,0 +1,273 @@
+//! The gRPC ingest server agents stream to (`hostpulse.v1.Ingest/Stream`).
+//!
+//! Each stream gets its own task that reads messages in order: a `Hello`
+//! first (host name checked, facts recorded in the store), then `Batch`es,
+//! each validated by a [`session::Session`] — which owns the stream's series
+//! references and the rejection rules — and appended to the [`Store`]. An
+//! `Ack` goes back only after the store reports the batch durable, so acks
+//! of concurrent streams ride on shared group-commit flushes. Generated
+//! proto types stop here: the store only sees `crate::model` types.
+
+pub mod session;
+pub mod validate;
+
+use std::sync::Arc;
+
+use hostpulse_proto::ingest_server::{Ingest, IngestServer};
+use hostpulse_proto::{AgentMessage, CollectorMessage, ErrorCode, Hello, agent_message};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status, Streaming};
+
+use self::session::Session;
+use crate::store::{AppendOutcome, HostRecord, Store};
+use crate::telemetry::{Counter, Gauge, Telemetry};
+
+/// Limits on what one agent stream may send. Exceeding one is refused with
+/// `ERROR_CODE_LIMIT` (or, for message size, a gRPC status) before anything
+/// reaches storage.
+#[derive(Clone, Debug)]
+pub struct IngestLimits {
+    /// Largest accepted message after decompression, in bytes.
+    pub max_message_bytes: usize,
+    /// Series references one stream may define.
+    pub max_series_per_stream: usize,
+    /// Labels per series definition, not counting the metric name,
+    /// `instance` and `job`.
+    pub max_labels_per_series: usize,
+    /// Longest label value (and metric name), in bytes.
+    pub max_label_value_len: usize,
+    /// How far ahead of the collector's clock a sample may be, in ms.
+    pub max_future_ms: i64,
+    /// How far behind the collector's clock a sample may be, in ms. Agents
+    /// resend from their spool after an outage, so this is generous.
+    pub max_past_ms: i64,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            max_message_bytes: 16 * 1024 * 1024,
+            max_series_per_stream: 100_000,
+            max_labels_per_series: 64,
+            max_label_value_len: 1024,
+            max_future_ms: 10 * 60 * 1000,
+            max_past_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// The `Ingest` service; cheap to clone (one clone runs each stream).
+#[derive(Clone)]
+pub struct IngestService {
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    limits: Arc<IngestLimits>,
+}
+
+impl IngestService {
+    /// A service storing into `store` and counting into `telemetry`.
+    pub fn new(store: Store, telemetry: Arc<Telemetry>, limits: IngestLimits) -> Self {
+        IngestService {
+            store,
+            telemetry,
+            limits: Arc::new(limits),
+        }
+    }
+}
+
+/// The tonic server for `svc`: accepts gzip- and zstd-compressed requests,
+/// answers gzip-compressed, and refuses messages over
+/// `limits.max_message_bytes`.
+pub fn server(svc: IngestService) -> IngestServer<IngestService> {
+    let max = svc.limits.max_message_bytes;
+    IngestServer::new(svc)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max)
+}
+
+/// Replies queued per stream before the stream task waits for the agent to
+/// read them; acks are tiny, so this only bounds a stalled reader.
+const REPLY_QUEUE: usize = 64;
+
+type Reply = Result<CollectorMessage, Status>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = ReceiverStream<Reply>;
+
+    async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+        self.telemetry.inc(Counter::IngestStreams);
+        let active = ActiveStream::new(Arc::clone(&self.telemetry));
+        let svc = self.clone();
+        tokio::spawn(async move {
+            // Moved in so the gauge drops back however the task ends,
+            // including by panic.
+            let _active = active;
+            svc.run_stream(inbound, tx).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Counts one open stream in `IngestStreamsActive` for as long as it lives.
+struct ActiveStream(Arc<Telemetry>);
+
+impl ActiveStream {
+    fn new(telemetry: Arc<Telemetry>) -> Self {
+        telemetry.adjust(Gauge::IngestStreamsActive, 1);
+        ActiveStream(telemetry)
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.adjust(Gauge::IngestStreamsActive, -1);
+    }
+}
+
+/// Whether the stream goes on after a message.
+enum Flow {
+    Continue,
+    End,
+}
+
+impl IngestService {
+    /// Reads one stream to its end. Returns when the agent closes it, the
+    /// transport fails, a fatal error was sent, or the agent stops reading.
+    async fn run_stream(&self, mut inbound: Streaming<AgentMessage>, tx: mpsc::Sender<Reply>) {
+        let mut session: Option<Session> = None;
+        loop {
+            let message = match inbound.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    // Undecodable or oversized frames, resets, disconnects.
+                    self.telemetry.inc(Counter::IngestStreamErrors);
+                    tracing::debug!(host = session.as_ref().map(Session::host), %status, "ingest stream failed");
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+            };
+            let flow = match (message.kind, session.as_mut()) {
+                (Some(agent_message::Kind::Hello(hello)), None) => match self.hello(hello) {
+                    Ok(s) => {
+                        session = Some(s);
+                        Flow::Continue
+                    }
+                    Err(reply) => send(&tx, reply, Flow::End).await,
+                },
+                (Some(agent_message::Kind::Hello(_)), Some(_)) => self.protocol_error(&tx, "a second Hello").await,
+                (Some(agent_message::Kind::Batch(_)), None) => {
+                    self.protocol_error(&tx, "a Batch before the Hello").await
+                }
+                (None, _) => self.protocol_error(&tx, "a message with no kind").await,
+                (Some(agent_message::Kind::Batch(batch)), Some(s)) => self.batch(s, batch, &tx).await,
+            };
+            if let Flow::End = flow {
+                break;
+            }
+        }
+    }
+
+    /// Checks and records a Hello; on refusal, the fatal error to send.
+    fn hello(&self, hello: Hello) -> Result<Session, CollectorMessage> {
+        if let Err(why) = validate::check_host(&hello.host) {
+            self.telemetry.inc(Counter::RejectedHello);
+            return Err(CollectorMessage::error(ErrorCode::BadHello, why, 0, true));
+        }
+        let inventory = hello.inventory.unwrap_or_default();
+        let record = HostRecord {
+            host: hello.host.clone(),
+            agent_version: hello.agent_version,
+            cpu_model: inventory.cpu_model,
+            kernel_release: inventory.kernel_release,
+            last_report_ms: crate::store::now_ms(),
+            ..Default::default()
+        };
+        // Host facts are for the status page only; failing to save them must
+        // not stop the samples, and appends report real storage trouble.
+        if let Err(e) = self.store.record_hello(record) {
+            tracing::warn!(host = %hello.host, error = %e, "could not record Hello");
+        }
+        tracing::debug!(host = %hello.host, first_unacked_seq = hello.first_unacked_seq, "agent stream opened");
+        Ok(Session::new(hello.host))
+    }
+
+    async fn protocol_error(&self, tx: &mpsc::Sender<Reply>, what: &str) -> Flow {
+        self.telemetry.inc(Counter::RejectedProtocol);
+        let message = format!("protocol error: received {what}; a stream is one Hello followed by Batches");
+        send(
+            tx,
+            CollectorMessage::error(ErrorCode::Protocol, message, 0, true),
+            Flow::End,
+        )
+        .await
+    }
+
+    /// Validates, stores and answers one batch. Errors about a batch are not
+    /// fatal: the agent may go on with the next one.
+    async fn batch(&self, session: &mut Session, batch: hostpulse_proto::Batch, tx: &mpsc::Sender<Reply>) -> Flow {
+        let seq = batch.seq;
+        let prepared = match session.prepare(batch, &self.limits, crate::store::now_ms()) {
+            Ok(p) => p,
+            Err(rejection) => {
+                self.telemetry.inc(if rejection.code == ErrorCode::Limit {
+                    Counter::RejectedLimit
+                } else {
+                    Counter::RejectedBatch
+                });
+                let reply = CollectorMessage::error(rejection.code, rejection.message, seq, false);
+                return send(tx, reply, Flow::Continue).await;
+            }
+        };
+        let dropped = prepared.dropped.total();
+        if dropped > 0 {
+            self.telemetry.add(Counter::RejectedSample, dropped as u64);
+            let reply = CollectorMessage::error(ErrorCode::SampleRejected, prepared.dropped.describe(seq), seq, false);
+            if let Flow::End = send(tx, reply, Flow::Continue).await {
+                return Flow::End;
+            }
+        }
+        let reply = match self.store.append(session.host(), seq, prepared.series).await {
+            Ok(AppendOutcome::Stored { samples }) => {
+                self.telemetry.inc(Counter::IngestBatches);
+                self.telemetry.add(Counter::IngestSamples, samples as u64);
+                CollectorMessage::ack(seq)
+            }
+            Ok(AppendOutcome::Duplicate { .. }) => {
+                self.telemetry.inc(Counter::IngestDuplicateBatches);
+                CollectorMessage::ack(seq)
+            }
+            Err(e) => {
+                self.telemetry.inc(Counter::RejectedStorage);
+                tracing::warn!(host = session.host(), seq, error = %e, "could not store batch");
+                // The detail stays in our log; the agent only needs to resend.
+                CollectorMessage::error(
+                    ErrorCode::Storage,
+                    format!("batch {seq} could not be stored; resend it"),
+                    seq,
+                    false,
+                )
+            }
+        };
+        send(tx, reply, Flow::Continue).await
+    }
+}
+
+/// Sends a reply; a closed channel means the agent is gone, which ends the
+/// stream whatever `then` says.
+async fn send(tx: &mpsc::Sender<Reply>, reply: CollectorMessage, then: Flow) -> Flow {
+    match tx.send(Ok(reply)).await {
+        Ok(()) => then,
+        Err(_) => Flow::End,
+    }
+}
+
+#[cfg(test)]
+mod tests;

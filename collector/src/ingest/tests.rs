@@ -1,0 +1,357 @@
+//! End-to-end tests of the ingest server: a real tonic server on an
+//! ephemeral loopback port, a real tonic client, a store in a temp dir.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use hostpulse_proto::ingest_client::IngestClient;
+use hostpulse_proto::{Batch, Hello, Inventory, Label, SeriesDefinition, collector_message};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Server};
+
+use super::*;
+use crate::model::Matcher;
+use crate::store::StoreOptions;
+
+struct Harness {
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(limits: IngestLimits) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let telemetry = Arc::new(Telemetry::default());
+    let svc = IngestService::new(store.clone(), Arc::clone(&telemetry), limits);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(server(svc))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    Harness {
+        store,
+        telemetry,
+        addr,
+        _dir: dir,
+    }
+}
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// One agent stream: what we send and what comes back.
+struct Agent {
+    tx: mpsc::Sender<AgentMessage>,
+    rx: Streaming<CollectorMessage>,
+}
+
+impl Agent {
+    async fn connect(h: &Harness) -> Agent {
+        let mut client = IngestClient::new(channel(h.addr).await)
+            .send_compressed(CompressionEncoding::Zstd)
+            .accept_compressed(CompressionEncoding::Gzip);
+        let (tx, rx) = mpsc::channel(16);
+        let rx = client.stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        Agent { tx, rx }
+    }
+
+    async fn send(&self, kind: agent_message::Kind) {
+        self.tx.send(AgentMessage { kind: Some(kind) }).await.unwrap();
+    }
+
+    async fn hello(&self, host: &str) {
+        self.send(agent_message::Kind::Hello(Hello {
+            host: host.into(),
+            agent_version: "0.1.0".into(),
+            inventory: Some(Inventory {
+                cpu_model: "Xeon".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .await;
+    }
+
+    async fn batch(&self, b: Batch) {
+        self.send(agent_message::Kind::Batch(b)).await;
+    }
+
+    /// The next reply, or None when the collector ended the stream.
+    async fn next(&mut self) -> Result<Option<collector_message::Kind>, Status> {
+        let m = tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+            .await
+            .expect("collector answers within 10 s")?;
+        Ok(m.map(|m| m.kind.unwrap()))
+    }
+
+    async fn expect_ack(&mut self, seq: u64) {
+        match self.next().await.unwrap() {
+            Some(collector_message::Kind::Ack(a)) => assert_eq!(a.seq, seq),
+            other => panic!("expected Ack {seq}, got {other:?}"),
+        }
+    }
+
+    async fn expect_error(&mut self, code: ErrorCode, seq: u64, fatal: bool) -> String {
+        match self.next().await.unwrap() {
+            Some(collector_message::Kind::Error(e)) => {
+                assert_eq!((e.code(), e.seq, e.fatal), (code, seq, fatal), "{}", e.message);
+                e.message
+            }
+            other => panic!("expected {code:?} error, got {other:?}"),
+        }
+    }
+}
+
+fn now() -> i64 {
+    crate::store::now_ms()
+}
+
+fn def(r: u32, name: &str, labels: &[(&str, &str)]) -> SeriesDefinition {
+    SeriesDefinition {
+        r#ref: r,
+        name: name.into(),
+        labels: labels
+            .iter()
+            .map(|(n, v)| Label {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn batch(seq: u64, base: i64, defs: Vec<SeriesDefinition>, samples: &[(u32, f64)]) -> Batch {
+    Batch {
+        seq,
+        new_series: defs,
+        base_timestamp_ms: base,
+        refs: samples.iter().map(|s| s.0).collect(),
+        values: samples.iter().map(|s| s.1).collect(),
+        ..Default::default()
+    }
+}
+
+fn temps() -> Vec<SeriesDefinition> {
+    vec![
+        def(
+            1,
+            "node_hwmon_temp_celsius",
+            &[("chip", "coretemp"), ("sensor", "temp1")],
+        ),
+        def(
+            2,
+            "node_hwmon_temp_celsius",
+            &[("chip", "coretemp"), ("sensor", "temp2")],
+        ),
+    ]
+}
+
+/// Polls until the stream gauge is back to zero: stream tasks end
+/// asynchronously after the client goes away.
+async fn no_streams_left(t: &Telemetry) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.gauge(Gauge::IngestStreamsActive) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "stream gauge stuck at {}",
+            t.gauge(Gauge::IngestStreamsActive)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn hello_and_batches_are_acked_and_stored() {
+    let h = start(IngestLimits::default()).await;
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(1, t0, temps(), &[(1, 41.0), (2, 42.0)])).await;
+    agent.expect_ack(1).await;
+    agent
+        .batch(batch(2, t0 + 10_000, vec![], &[(1, 43.0), (2, 44.0)]))
+        .await;
+    agent.expect_ack(2).await;
+
+    let got = h
+        .store
+        .select(&[Matcher::equal("sensor", "temp1")], t0 - 1, t0 + 20_000)
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].labels.to_string(),
+        r#"node_hwmon_temp_celsius{chip="coretemp",instance="web-1",job="hostpulse",sensor="temp1"}"#
+    );
+    assert_eq!(got[0].samples, vec![(t0, 41.0), (t0 + 10_000, 43.0)]);
+    assert_eq!(h.store.last_seq("web-1").unwrap(), Some(2));
+    let hosts = h.store.hosts().unwrap();
+    assert_eq!(
+        (hosts[0].agent_version.as_str(), hosts[0].cpu_model.as_str()),
+        ("0.1.0", "Xeon")
+    );
+    assert_eq!(h.telemetry.get(Counter::IngestBatches), 2);
+    assert_eq!(h.telemetry.get(Counter::IngestSamples), 4);
+    assert_eq!(h.telemetry.gauge(Gauge::IngestStreamsActive), 1);
+
+    drop(agent);
+    no_streams_left(&h.telemetry).await;
+}
+
+#[tokio::test]
+async fn replayed_batch_is_acked_but_stored_once() {
+    let h = start(IngestLimits::default()).await;
+    let t0 = now();
+    let b = batch(1, t0, temps(), &[(1, 41.0), (2, 42.0)]);
+    for _ in 0..2 {
+        // A reconnecting agent resends unacknowledged batches on a new stream.
+        let mut agent = Agent::connect(&h).await;
+        agent.hello("web-1").await;
+        agent.batch(b.clone()).await;
+        agent.expect_ack(1).await;
+    }
+    assert_eq!(h.telemetry.get(Counter::IngestBatches), 1);
+    assert_eq!(h.telemetry.get(Counter::IngestDuplicateBatches), 1);
+    assert_eq!(h.telemetry.get(Counter::IngestSamples), 2);
+    let got = h.store.select(&[], t0 - 1, t0 + 1).unwrap();
+    assert_eq!(got.iter().map(|s| s.samples.len()).sum::<usize>(), 2);
+}
+
+#[tokio::test]
+async fn protocol_violations_end_the_stream() {
+    let h = start(IngestLimits::default()).await;
+    let mut agent = Agent::connect(&h).await;
+    agent.batch(batch(1, now(), temps(), &[(1, 1.0)])).await;
+    agent.expect_error(ErrorCode::Protocol, 0, true).await;
+    assert!(
+        agent.next().await.unwrap().is_none(),
+        "stream closed after a fatal error"
+    );
+
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.hello("web-1").await;
+    agent.expect_error(ErrorCode::Protocol, 0, true).await;
+    assert!(agent.next().await.unwrap().is_none());
+
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("two words").await;
+    let msg = agent.expect_error(ErrorCode::BadHello, 0, true).await;
+    assert!(msg.contains("two words"), "{msg}");
+    assert!(agent.next().await.unwrap().is_none());
+
+    assert_eq!(h.telemetry.get(Counter::RejectedProtocol), 2);
+    assert_eq!(h.telemetry.get(Counter::RejectedHello), 1);
+    assert!(h.store.select(&[], 0, i64::MAX).unwrap().is_empty());
+    no_streams_left(&h.telemetry).await;
+}
+
+#[tokio::test]
+async fn bad_batch_is_refused_and_not_acked() {
+    let h = start(IngestLimits::default()).await;
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent
+        .batch(batch(1, t0, vec![def(1, "bad-name", &[])], &[(1, 1.0)]))
+        .await;
+    let msg = agent.expect_error(ErrorCode::BadBatch, 1, false).await;
+    assert!(msg.contains("bad-name"), "{msg}");
+    agent.batch(batch(2, t0, temps(), &[(1, 1.0), (7, 2.0)])).await;
+    agent.expect_error(ErrorCode::BadBatch, 2, false).await;
+    // The stream goes on, and the refused definitions did not take effect.
+    agent.batch(batch(3, t0, vec![], &[(1, 1.0)])).await;
+    agent.expect_error(ErrorCode::BadBatch, 3, false).await;
+    agent.batch(batch(4, t0, temps(), &[(1, 1.0)])).await;
+    agent.expect_ack(4).await;
+
+    assert_eq!(h.telemetry.get(Counter::RejectedBatch), 3);
+    assert_eq!(h.store.select(&[], 0, i64::MAX).unwrap().len(), 1);
+    assert_eq!(h.store.last_seq("web-1").unwrap(), Some(4));
+}
+
+#[tokio::test]
+async fn limits_are_reported_as_limit_errors() {
+    let h = start(IngestLimits {
+        max_series_per_stream: 1,
+        ..Default::default()
+    })
+    .await;
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(1, now(), temps(), &[(1, 1.0)])).await;
+    agent.expect_error(ErrorCode::Limit, 1, false).await;
+    assert_eq!(h.telemetry.get(Counter::RejectedLimit), 1);
+}
+
+#[tokio::test]
+async fn nan_sample_is_rejected_and_the_rest_stored() {
+    let h = start(IngestLimits::default()).await;
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(1, t0, temps(), &[(1, f64::NAN), (2, 42.0)])).await;
+    let msg = agent.expect_error(ErrorCode::SampleRejected, 1, false).await;
+    assert!(msg.contains("1 with a non-finite value"), "{msg}");
+    agent.expect_ack(1).await;
+    let got = h.store.select(&[], 0, i64::MAX).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].labels.get("sensor"), "temp2");
+    assert_eq!(h.telemetry.get(Counter::RejectedSample), 1);
+}
+
+#[tokio::test]
+async fn oversized_and_undecodable_messages_end_only_their_stream() {
+    let h = start(IngestLimits {
+        max_message_bytes: 1024,
+        ..Default::default()
+    })
+    .await;
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    let many: Vec<(u32, f64)> = (0..500).map(|i| (1, f64::from(i))).collect();
+    agent.batch(batch(1, now(), temps(), &many)).await;
+    assert!(
+        agent.next().await.is_err(),
+        "oversized message ends the stream with a status"
+    );
+
+    // Bytes that are not an AgentMessage: a Label whose name is not a valid
+    // Hello encoding (0x7f announces field 15 with an invalid wire type).
+    let mut grpc = tonic::client::Grpc::new(channel(h.addr).await);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<Label, CollectorMessage>::default();
+    let junk = Label {
+        name: "\u{7f}\u{7f}\u{7f}".into(),
+        value: String::new(),
+    };
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/hostpulse.v1.Ingest/Stream");
+    let request = Request::new(tokio_stream::iter(vec![junk]));
+    let mut replies = grpc.streaming(request, path, codec).await.unwrap().into_inner();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), replies.message())
+        .await
+        .unwrap();
+    assert!(
+        outcome.is_err(),
+        "undecodable message ends the stream with a status: {outcome:?}"
+    );
+
+    no_streams_left(&h.telemetry).await;
+    assert_eq!(h.telemetry.get(Counter::IngestStreamErrors), 2);
+
+    // The server is still serving.
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(2, now(), temps(), &[(1, 1.0)])).await;
+    agent.expect_ack(2).await;
+}

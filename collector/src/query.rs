@@ -1,0 +1,144 @@
+//! The Prometheus HTTP API of the collector, plus the other HTTP pages
+//! (`/metrics`, health, the status page from `web`), as one axum router.
+//!
+//! Layout: `query/params.rs` parses request parameters, `query/eval.rs`
+//! plans and evaluates PromQL as pure functions over selected series, and
+//! `query/api.rs` is the only place that knows HTTP and JSON (handlers,
+//! response shapes, the error-to-status mapping). This file holds the
+//! shared context, the routes, and the glue that reads the store for an
+//! evaluation on the blocking pool with a deadline.
+
+mod api;
+pub mod eval;
+pub mod params;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+
+use crate::alert::AlertBoard;
+use crate::store::{Store, StoreError};
+use crate::telemetry::{Counter, Telemetry};
+use eval::{EvalError, Plan, Value};
+
+/// Everything the HTTP handlers read; cheap to clone.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// Series storage.
+    pub store: Store,
+    /// Self-telemetry, rendered on `/metrics`.
+    pub telemetry: Arc<Telemetry>,
+    /// Current alerts, shown on the status page.
+    pub alerts: Arc<AlertBoard>,
+    /// When the collector started, ms since epoch.
+    pub started_ms: i64,
+}
+
+/// The collector's HTTP routes.
+pub fn router(ctx: ApiContext) -> Router {
+    let telemetry = ctx.telemetry.clone();
+    Router::new()
+        .route("/", get(crate::web::status_page))
+        .route("/api/v1/query", get(api::query).post(api::query))
+        .route("/api/v1/query_range", get(api::query_range).post(api::query_range))
+        .route("/api/v1/series", get(api::series).post(api::series))
+        .route("/api/v1/labels", get(api::labels).post(api::labels))
+        .route("/api/v1/label/{name}/values", get(api::label_values))
+        .route("/api/v1/metadata", get(api::metadata))
+        .route("/api/v1/status/buildinfo", get(api::buildinfo))
+        .route("/metrics", get(api::metrics))
+        .route("/-/healthy", get(api::healthy))
+        .route("/-/ready", get(api::ready))
+        .layer(middleware::from_fn_with_state(telemetry, count_requests))
+        .with_state(ctx)
+}
+
+/// Counts every request and every error answer in one place.
+async fn count_requests(State(telemetry): State<Arc<Telemetry>>, req: Request, next: Next) -> Response {
+    telemetry.inc(Counter::HttpRequests);
+    let resp = next.run(req).await;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        telemetry.inc(Counter::HttpErrors);
+    }
+    resp
+}
+
+/// Longest a query may run (Prometheus's `--query.timeout` default); a
+/// request's `timeout` parameter can only shorten it.
+pub const MAX_QUERY_TIME: Duration = Duration::from_secs(120);
+
+/// Why a query failed, before it is mapped to an HTTP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The expression cannot be evaluated as asked.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The deadline passed.
+    #[error("query timed out")]
+    Timeout,
+    /// The worker running the query failed (panicked).
+    #[error("query worker failed: {0}")]
+    Worker(String),
+}
+
+/// Runs `work` on the blocking pool (store reads are synchronous sled
+/// calls) within `deadline`. A panic in `work` becomes an error answer, not
+/// a dropped connection.
+pub(crate) async fn blocking<T, F>(deadline: Duration, work: F) -> Result<T, QueryError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, QueryError> + Send + 'static,
+{
+    match tokio::time::timeout(deadline, tokio::task::spawn_blocking(work)).await {
+        Err(_) => Err(QueryError::Timeout),
+        Ok(Err(join)) => Err(QueryError::Worker(join.to_string())),
+        Ok(Ok(result)) => result,
+    }
+}
+
+/// Evaluates `plan` at `t`, reading what it needs from the store.
+pub async fn instant_query(store: Store, plan: Plan, t: i64, deadline: Duration) -> Result<Value, QueryError> {
+    blocking(deadline, move || {
+        let data = match &plan {
+            Plan::Selector(sel) => {
+                let (from, to) = sel.window(t, t);
+                store.select(&sel.matchers, from, to)?
+            }
+            Plan::Number(_) | Plan::String(_) => Vec::new(),
+        };
+        Ok(eval::eval_instant(&plan, data, t)?)
+    })
+    .await
+}
+
+/// Evaluates `plan` at `start, start + step, ... <= end`.
+pub async fn range_query(
+    store: Store,
+    plan: Plan,
+    start: i64,
+    end: i64,
+    step_ms: i64,
+    deadline: Duration,
+) -> Result<Value, QueryError> {
+    blocking(deadline, move || {
+        let data = match &plan {
+            Plan::Selector(sel) => {
+                let (from, to) = sel.window(start, end);
+                store.select(&sel.matchers, from, to)?
+            }
+            Plan::Number(_) | Plan::String(_) => Vec::new(),
+        };
+        Ok(eval::eval_range(&plan, data, start, end, step_ms)?)
+    })
+    .await
+}

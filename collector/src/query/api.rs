@@ -1,0 +1,691 @@
+//! HTTP handlers and JSON shapes of the Prometheus API. This is the only
+//! module that knows JSON: it reads parameters (via `params`), runs the
+//! query (via the parent module), and writes Prometheus's envelope
+//! `{"status":"success","data":...}` or
+//! `{"status":"error","errorType":...,"error":...}`.
+//!
+//! Number formatting follows Prometheus exactly: sample values as strings
+//! in Go's shortest form (`'f'`, switching to `'e'` below 1e-6 and from
+//! 1e21 for vector and matrix samples, like `jsonutil.MarshalValue`;
+//! always `'f'` for scalars, like `promql.Scalar.MarshalJSON`), `NaN`,
+//! `+Inf`, `-Inf`; timestamps as seconds with millisecond fractions.
+//! Every error kind maps to its status code in [`ErrorKind::status`] and
+//! nowhere else; storage details are logged, not sent.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeTuple, Serializer};
+
+use super::eval::{EvalError, Plan, Selector, Value};
+use super::params::{MAX_TIME_MS, MIN_TIME_MS, Params, parse_duration, parse_time};
+use super::{ApiContext, MAX_QUERY_TIME, QueryError, blocking};
+use crate::model::{Labels, Matcher};
+use crate::store::StoreError;
+
+/// Largest form body accepted; PromQL queries are small, so this only
+/// stops abuse.
+const MAX_FORM_BYTES: usize = 1 << 20;
+
+/// Most points per series a range query may return, as Prometheus.
+const MAX_POINTS_PER_SERIES: i128 = 11_000;
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// Prometheus's error types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong.
+    BadData,
+    /// The query is valid but cannot be executed.
+    Execution,
+    /// The query ran out of time.
+    Timeout,
+    /// The collector cannot answer now (shutting down).
+    Unavailable,
+    /// Something failed inside the collector.
+    Internal,
+}
+
+impl ErrorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadData => "bad_data",
+            ErrorKind::Execution => "execution",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// The one mapping from error kind to HTTP status.
+    fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadData => StatusCode::BAD_REQUEST,
+            ErrorKind::Execution => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Timeout | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_data(message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind: ErrorKind::BadData,
+            message: message.into(),
+        }
+    }
+
+    fn invalid_param(name: &str, err: impl std::fmt::Display) -> ApiError {
+        ApiError::bad_data(format!("invalid parameter {name:?}: {err}"))
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        let (kind, message) = match e {
+            QueryError::Eval(e @ (EvalError::Unsupported(_) | EvalError::BadQuery(_))) => {
+                (ErrorKind::BadData, e.to_string())
+            }
+            QueryError::Eval(e @ EvalError::TooManySamples) => (ErrorKind::Execution, e.to_string()),
+            QueryError::Timeout => (ErrorKind::Timeout, "query timed out in query execution".to_string()),
+            QueryError::Store(StoreError::Closed) => (ErrorKind::Unavailable, "collector is shutting down".to_string()),
+            QueryError::Store(e) => {
+                tracing::error!(error = %e, "storage error while answering an API request");
+                (ErrorKind::Internal, "internal storage error".to_string())
+            }
+            QueryError::Worker(e) => {
+                tracing::error!(error = %e, "API worker failed");
+                (ErrorKind::Internal, "internal error".to_string())
+            }
+        };
+        ApiError { kind, message }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    status: &'static str,
+    #[serde(rename = "errorType")]
+    error_type: &'static str,
+    error: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            status: "error",
+            error_type: self.kind.as_str(),
+            error: &self.message,
+        };
+        json_response(self.kind.status(), &body)
+    }
+}
+
+#[derive(Serialize)]
+struct SuccessBody<T> {
+    status: &'static str,
+    data: T,
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut resp = (status, bytes).into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode API response");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }
+    }
+}
+
+fn respond<T: Serialize>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(data) => json_response(
+            StatusCode::OK,
+            &SuccessBody {
+                status: "success",
+                data,
+            },
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Number and time formatting
+
+/// A sample value as Prometheus writes vector and matrix samples.
+pub fn format_sample_value(v: f64) -> String {
+    let abs = v.abs();
+    if abs != 0.0 && abs.is_finite() && !(1e-6..1e21).contains(&abs) {
+        format_go_exponent(v)
+    } else {
+        format_go_fixed(v)
+    }
+}
+
+/// Go's `strconv.FormatFloat(v, 'f', -1, 64)`: shortest digits that round
+/// trip, never an exponent. Rust's `Display` for `f64` is the same except
+/// for infinities.
+pub fn format_go_fixed(v: f64) -> String {
+    if v.is_infinite() {
+        return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
+    }
+    v.to_string()
+}
+
+/// Go's `strconv.FormatFloat(v, 'e', -1, 64)`: `d.ddde±XX` with at least
+/// two exponent digits.
+fn format_go_exponent(v: f64) -> String {
+    let s = format!("{v:e}");
+    match s.split_once('e') {
+        Some((mantissa, exp)) => {
+            let (sign, digits) = match exp.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', exp),
+            };
+            format!("{mantissa}e{sign}{digits:0>2}")
+        }
+        None => s,
+    }
+}
+
+/// A timestamp in ms, written as seconds: an integer when whole (as Go
+/// writes `float64` seconds), a decimal with the milliseconds otherwise.
+struct Timestamp(i64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 % 1000 == 0 {
+            s.serialize_i64(self.0 / 1000)
+        } else {
+            s.serialize_f64(self.0 as f64 / 1000.0)
+        }
+    }
+}
+
+/// `[timestamp, "value"]`.
+struct Point(i64, String);
+
+impl Serialize for Point {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&Timestamp(self.0))?;
+        t.serialize_element(&self.1)?;
+        t.end()
+    }
+}
+
+/// A label set as a JSON object, in label order.
+struct LabelMap<'a>(&'a Labels);
+
+impl Serialize for LabelMap<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let pairs = self.0.pairs();
+        let mut m = s.serialize_map(Some(pairs.len()))?;
+        for (k, v) in pairs {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+#[derive(Serialize)]
+struct VectorSample<'a> {
+    metric: LabelMap<'a>,
+    value: Point,
+}
+
+#[derive(Serialize)]
+struct MatrixSeries<'a> {
+    metric: LabelMap<'a>,
+    values: Vec<Point>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
+enum QueryData<'a> {
+    Vector(Vec<VectorSample<'a>>),
+    Matrix(Vec<MatrixSeries<'a>>),
+    Scalar(Point),
+    String(Point),
+}
+
+impl<'a> QueryData<'a> {
+    fn from_value(v: &'a Value) -> QueryData<'a> {
+        match v {
+            Value::Scalar { t, v } => QueryData::Scalar(Point(*t, format_go_fixed(*v))),
+            Value::String { t, v } => QueryData::String(Point(*t, v.clone())),
+            Value::Vector(samples) => QueryData::Vector(
+                samples
+                    .iter()
+                    .map(|s| VectorSample {
+                        metric: LabelMap(&s.labels),
+                        value: Point(s.t, format_sample_value(s.v)),
+                    })
+                    .collect(),
+            ),
+            Value::Matrix(series) => QueryData::Matrix(
+                series
+                    .iter()
+                    .map(|s| MatrixSeries {
+                        metric: LabelMap(&s.labels),
+                        values: s
+                            .points
+                            .iter()
+                            .map(|(t, v)| Point(*t, format_sample_value(*v)))
+                            .collect(),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parameters
+
+/// Reads the URL query and, for form POSTs, the body (Go's `r.Form`).
+async fn read_params(req: Request) -> Result<Params, ApiError> {
+    let (parts, body) = req.into_parts();
+    let is_form = parts.method == Method::POST
+        && parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ct| ct.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    let body = if is_form {
+        Some(
+            axum::body::to_bytes(body, MAX_FORM_BYTES)
+                .await
+                .map_err(|e| ApiError::bad_data(format!("error reading form body: {e}")))?,
+        )
+    } else {
+        None
+    };
+    Params::parse(parts.uri.query(), body.as_deref())
+        .map_err(|e| ApiError::bad_data(format!("error parsing form values: {e}")))
+}
+
+fn time_param(p: &Params, name: &str, default: i64) -> Result<i64, ApiError> {
+    match p.get(name) {
+        None => Ok(default),
+        Some(s) => parse_time(s).map_err(|e| ApiError::invalid_param(name, e)),
+    }
+}
+
+/// The query deadline: the `timeout` parameter, capped by
+/// [`MAX_QUERY_TIME`]. A non-positive timeout has already expired.
+fn deadline_param(p: &Params) -> Result<Duration, ApiError> {
+    match p.get("timeout") {
+        None => Ok(MAX_QUERY_TIME),
+        Some(s) => {
+            let ns = parse_duration(s).map_err(|e| ApiError::invalid_param("timeout", e))?;
+            Ok(Duration::from_nanos(u64::try_from(ns).unwrap_or(0)).min(MAX_QUERY_TIME))
+        }
+    }
+}
+
+/// Parses PromQL, turning a panic inside the third-party parser into a
+/// client error so that no query text can take a request task down.
+fn parse_promql(text: &str) -> Result<promql_parser::parser::Expr, String> {
+    std::panic::catch_unwind(|| promql_parser::parser::parse(text))
+        .unwrap_or_else(|_| Err("the query could not be parsed".to_string()))
+}
+
+fn plan_param(p: &Params) -> Result<Plan, ApiError> {
+    let text = p.get("query").unwrap_or_default();
+    let expr = parse_promql(text).map_err(|e| ApiError::invalid_param("query", e))?;
+    Plan::from_expr(&expr).map_err(|e| ApiError::from(QueryError::Eval(e)))
+}
+
+/// `match[]` values as selectors (a bare series selector each, no offset or
+/// `@`, as Prometheus's `ParseMetricSelector` accepts).
+fn match_params(p: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    p.all("match[]")
+        .into_iter()
+        .map(|text| {
+            let expr = parse_promql(text).map_err(|e| ApiError::invalid_param("match[]", e))?;
+            match expr {
+                promql_parser::parser::Expr::VectorSelector(vs) if vs.offset.is_none() && vs.at.is_none() => {
+                    Selector::from_parsed(&vs)
+                        .map(|s| s.matchers)
+                        .map_err(|e| ApiError::invalid_param("match[]", e))
+                }
+                _ => Err(ApiError::invalid_param(
+                    "match[]",
+                    format!("{text:?} is not a series selector such as up{{job=\"hostpulse\"}}"),
+                )),
+            }
+        })
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+
+/// `/api/v1/query`.
+pub async fn query(State(ctx): State<ApiContext>, req: Request) -> Response {
+    let result = async {
+        let p = read_params(req).await?;
+        let t = time_param(&p, "time", now_ms())?;
+        let deadline = deadline_param(&p)?;
+        let plan = plan_param(&p)?;
+        Ok(super::instant_query(ctx.store.clone(), plan, t, deadline).await?)
+    }
+    .await;
+    respond_value(result)
+}
+
+/// `/api/v1/query_range`.
+pub async fn query_range(State(ctx): State<ApiContext>, req: Request) -> Response {
+    let result = async {
+        let p = read_params(req).await?;
+        let start = parse_time(p.get("start").unwrap_or_default()).map_err(|e| ApiError::invalid_param("start", e))?;
+        let end = parse_time(p.get("end").unwrap_or_default()).map_err(|e| ApiError::invalid_param("end", e))?;
+        if end < start {
+            return Err(ApiError::bad_data("end timestamp must not be before start time"));
+        }
+        let step_ns = parse_duration(p.get("step").unwrap_or_default()).map_err(|e| ApiError::invalid_param("step", e))?;
+        if step_ns <= 0 {
+            return Err(ApiError::bad_data(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
+        }
+        // Same arithmetic as Prometheus: the duration in ns divided by the step.
+        if (i128::from(end) - i128::from(start)) * 1_000_000 / i128::from(step_ns) > MAX_POINTS_PER_SERIES {
+            return Err(ApiError::bad_data(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+            ));
+        }
+        let step_ms = step_ns / 1_000_000;
+        if step_ms == 0 {
+            return Err(ApiError::bad_data("query resolution step widths below 1ms are not supported"));
+        }
+        let deadline = deadline_param(&p)?;
+        let plan = plan_param(&p)?;
+        Ok(super::range_query(ctx.store.clone(), plan, start, end, step_ms, deadline).await?)
+    }
+    .await;
+    respond_value(result)
+}
+
+fn respond_value(result: Result<Value, ApiError>) -> Response {
+    match result {
+        Ok(v) => respond::<QueryData>(Ok(QueryData::from_value(&v))),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `/api/v1/series`.
+pub async fn series(State(ctx): State<ApiContext>, req: Request) -> Response {
+    let result: Result<Vec<Labels>, ApiError> = async {
+        let p = read_params(req).await?;
+        if p.all("match[]").is_empty() {
+            return Err(ApiError::bad_data("no match[] parameter provided"));
+        }
+        let start = time_param(&p, "start", MIN_TIME_MS)?;
+        let end = time_param(&p, "end", MAX_TIME_MS)?;
+        let sets = match_params(&p)?;
+        let store = ctx.store.clone();
+        Ok(blocking(MAX_QUERY_TIME, move || {
+            let mut all = BTreeSet::new();
+            for matchers in &sets {
+                all.extend(store.series(matchers, start, end)?);
+            }
+            Ok(all.into_iter().collect())
+        })
+        .await?)
+    }
+    .await;
+    match result {
+        Ok(list) => respond::<Vec<LabelMap>>(Ok(list.iter().map(LabelMap).collect())),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `/api/v1/labels`.
+pub async fn labels(State(ctx): State<ApiContext>, req: Request) -> Response {
+    let result = async {
+        let p = read_params(req).await?;
+        let start = time_param(&p, "start", MIN_TIME_MS)?;
+        let end = time_param(&p, "end", MAX_TIME_MS)?;
+        let sets = match_params(&p)?;
+        let store = ctx.store.clone();
+        Ok(blocking(MAX_QUERY_TIME, move || {
+            if sets.is_empty() {
+                return Ok(store.label_names()?);
+            }
+            let mut names = BTreeSet::new();
+            for matchers in &sets {
+                for labels in store.series(matchers, start, end)? {
+                    names.extend(labels.pairs().iter().map(|(k, _)| k.clone()));
+                }
+            }
+            Ok(names.into_iter().collect::<Vec<String>>())
+        })
+        .await?)
+    }
+    .await;
+    respond(result)
+}
+
+/// `/api/v1/label/{name}/values`.
+pub async fn label_values(State(ctx): State<ApiContext>, Path(name): Path<String>, req: Request) -> Response {
+    let result = async {
+        // Prometheus 3 accepts any UTF-8 label name; only the empty name is
+        // invalid (and axum already guarantees UTF-8).
+        if name.is_empty() {
+            return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
+        }
+        let p = read_params(req).await?;
+        let start = time_param(&p, "start", MIN_TIME_MS)?;
+        let end = time_param(&p, "end", MAX_TIME_MS)?;
+        let sets = match_params(&p)?;
+        let store = ctx.store.clone();
+        Ok(blocking(MAX_QUERY_TIME, move || {
+            if sets.is_empty() {
+                return Ok(store.label_values(&name)?);
+            }
+            let mut values = BTreeSet::new();
+            for matchers in &sets {
+                for labels in store.series(matchers, start, end)? {
+                    let v = labels.get(&name);
+                    if !v.is_empty() {
+                        values.insert(v.to_string());
+                    }
+                }
+            }
+            Ok(values.into_iter().collect::<Vec<String>>())
+        })
+        .await?)
+    }
+    .await;
+    respond(result)
+}
+
+/// `/api/v1/metadata`: no metric metadata is kept yet, so an empty object
+/// (what Prometheus answers when it knows none) lets Grafana carry on.
+pub async fn metadata() -> Response {
+    respond::<serde_json::Map<String, serde_json::Value>>(Ok(serde_json::Map::new()))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BuildInfo {
+    version: &'static str,
+    revision: &'static str,
+    branch: &'static str,
+    build_user: &'static str,
+    build_date: &'static str,
+    go_version: &'static str,
+}
+
+/// `/api/v1/status/buildinfo`, with Prometheus's field names; fields that
+/// mean nothing for a Rust build are empty.
+pub async fn buildinfo() -> Response {
+    respond::<BuildInfo>(Ok(BuildInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        revision: "",
+        branch: "",
+        build_user: "",
+        build_date: "",
+        go_version: "",
+    }))
+}
+
+/// `/metrics`: the collector's own counters plus store figures.
+pub async fn metrics(State(ctx): State<ApiContext>) -> Response {
+    let mut text = ctx.telemetry.render();
+    let store = ctx.store.clone();
+    match blocking(Duration::from_secs(10), move || Ok(store.stats())).await {
+        Ok(stats) => {
+            text.push_str(&format!(
+                "# HELP hostpulse_store_series Series known to the store.\n\
+                 # TYPE hostpulse_store_series gauge\nhostpulse_store_series {}\n\
+                 # HELP hostpulse_store_disk_bytes Bytes the store occupies on disk.\n\
+                 # TYPE hostpulse_store_disk_bytes gauge\nhostpulse_store_disk_bytes {}\n",
+                stats.series, stats.disk_bytes
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "store statistics unavailable for /metrics"),
+    }
+    text.push_str(&format!(
+        "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
+         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}\n\
+         # HELP hostpulse_build_info The collector's version.\n\
+         # TYPE hostpulse_build_info gauge\nhostpulse_build_info{{version=\"{}\"}} 1\n",
+        format_go_fixed(ctx.started_ms as f64 / 1000.0),
+        env!("CARGO_PKG_VERSION"),
+    ));
+    let mut resp = Response::new(Body::from(text));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// `/-/healthy`: the process answers.
+pub async fn healthy() -> &'static str {
+    "hostpulse collector is Healthy.\n"
+}
+
+/// `/-/ready`: the router only exists once the store is open.
+pub async fn ready() -> &'static str {
+    "hostpulse collector is Ready.\n"
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::query::eval::{Sample, Series};
+
+    #[test]
+    fn values_format_like_prometheus() {
+        let cases: &[(f64, &str)] = &[
+            (42.0, "42"),
+            (0.5, "0.5"),
+            (-0.0, "-0"),
+            (1e21, "1e+21"),
+            (1.5e21, "1.5e+21"),
+            (1e20, "100000000000000000000"),
+            (1e-6, "0.000001"),
+            (1.5e-7, "1.5e-07"),
+            (1e-100, "1e-100"),
+            (123456.789, "123456.789"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(format_sample_value(*v), *want, "{v}");
+        }
+        assert_eq!(format_go_fixed(1e21), "1000000000000000000000");
+    }
+
+    fn json(v: &Value) -> String {
+        serde_json::to_string(&QueryData::from_value(v)).unwrap()
+    }
+
+    #[test]
+    fn results_have_prometheus_shapes() {
+        let labels = Labels::new(vec![("__name__".into(), "up".into()), ("job".into(), "x".into())]);
+        assert_eq!(
+            json(&Value::Vector(vec![Sample {
+                labels: labels.clone(),
+                t: 1_435_781_451_781,
+                v: 1.0
+            }])),
+            r#"{"resultType":"vector","result":[{"metric":{"__name__":"up","job":"x"},"value":[1435781451.781,"1"]}]}"#
+        );
+        assert_eq!(
+            json(&Value::Matrix(vec![Series {
+                labels,
+                points: vec![(1_000, 1.0), (16_000, 2.5)]
+            }])),
+            r#"{"resultType":"matrix","result":[{"metric":{"__name__":"up","job":"x"},"values":[[1,"1"],[16,"2.5"]]}]}"#
+        );
+        assert_eq!(
+            json(&Value::Scalar { t: 1_500, v: 1e21 }),
+            r#"{"resultType":"scalar","result":[1.5,"1000000000000000000000"]}"#
+        );
+        assert_eq!(
+            json(&Value::String { t: 0, v: "a\"b".into() }),
+            r#"{"resultType":"string","result":[0,"a\"b"]}"#
+        );
+        assert_eq!(json(&Value::Vector(vec![])), r#"{"resultType":"vector","result":[]}"#);
+    }
+
+    #[test]
+    fn errors_map_to_status_codes_in_one_place() {
+        let cases = [
+            (QueryError::Eval(EvalError::Unsupported("x".into())), 400, "bad_data"),
+            (QueryError::Eval(EvalError::TooManySamples), 422, "execution"),
+            (QueryError::Timeout, 503, "timeout"),
+            (QueryError::Store(StoreError::Closed), 503, "unavailable"),
+            (
+                QueryError::Store(StoreError::Corrupt {
+                    tree: "blocks",
+                    detail: "secret detail".into(),
+                }),
+                500,
+                "internal",
+            ),
+            (QueryError::Worker("panic".into()), 500, "internal"),
+        ];
+        for (err, status, kind) in cases {
+            let api = ApiError::from(err);
+            assert_eq!(api.kind.status().as_u16(), status);
+            assert_eq!(api.kind.as_str(), kind);
+            assert!(!api.message.contains("secret"), "internals hidden");
+        }
+    }
+}
