@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hostpulse_proto::ingest_client::IngestClient;
-use hostpulse_proto::{AgentMessage, Batch, ErrorCode, Hello, Label, SeriesDefinition, agent_message, collector_message};
+use hostpulse_proto::{
+    AgentMessage, Batch, ErrorCode, Hello, Label, SeriesDefinition, agent_message, collector_message,
+};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
@@ -61,7 +63,10 @@ struct SeriesTable {
 
 impl SeriesTable {
     fn intern(&mut self, name: &str, labels: &[(String, String)]) -> u32 {
-        let key = SeriesKey { name: name.to_string(), labels: labels.to_vec() };
+        let key = SeriesKey {
+            name: name.to_string(),
+            labels: labels.to_vec(),
+        };
         if let Some(id) = self.index.get(&key) {
             return *id;
         }
@@ -131,7 +136,10 @@ impl SeqSource {
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(0);
         let clock = crate::sampler::now_ms().max(0) as u64;
-        SeqSource { next: persisted.saturating_add(1).max(clock), state_file }
+        SeqSource {
+            next: persisted.saturating_add(1).max(clock),
+            state_file,
+        }
     }
 
     fn take(&mut self) -> u64 {
@@ -191,13 +199,19 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ClientError> {
     let endpoint = Endpoint::from_shared(settings.collector.clone())
-        .map_err(|e| ClientError::BadUrl { url: settings.collector.clone(), message: e.to_string() })?
+        .map_err(|e| ClientError::BadUrl {
+            url: settings.collector.clone(),
+            message: e.to_string(),
+        })?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
     let shared = Arc::new(Shared {
         table: Mutex::new(SeriesTable::default()),
-        spool: Mutex::new(Spool { batches: VecDeque::new(), max: settings.max_pending_batches }),
+        spool: Mutex::new(Spool {
+            batches: VecDeque::new(),
+            max: settings.max_pending_batches,
+        }),
         new_batch: Notify::new(),
         status,
     });
@@ -213,7 +227,16 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut failures = 0u32;
     while !*shutdown.borrow() {
-        let outcome = stream_once(&endpoint, &settings, &host, &inventory, &shared, &mut shutdown, &mut backoff).await;
+        let outcome = stream_once(
+            &endpoint,
+            &settings,
+            &host,
+            &inventory,
+            &shared,
+            &mut shutdown,
+            &mut backoff,
+        )
+        .await;
         shared.status.connected.store(false, Ordering::Relaxed);
         match outcome {
             Ok(()) => break,
@@ -286,7 +309,12 @@ fn intern_cycle(shared: &Shared, seq: u64, cycle: Cycle) -> PendingBatch {
         series.push(table.intern(&s.name, &s.labels));
         values.push(s.value);
     }
-    PendingBatch { seq, timestamp_ms: cycle.timestamp_ms, series, values }
+    PendingBatch {
+        seq,
+        timestamp_ms: cycle.timestamp_ms,
+        series,
+        values,
+    }
 }
 
 /// Capped exponential backoff with jitter (each delay is drawn between half
@@ -325,7 +353,10 @@ async fn stream_once(
     backoff: &mut Backoff,
 ) -> Result<(), ClientError> {
     let url = settings.collector.clone();
-    let fail = |message: String| ClientError::Stream { url: url.clone(), message };
+    let fail = |message: String| ClientError::Stream {
+        url: url.clone(),
+        message,
+    };
     let channel = endpoint.connect().await.map_err(|e| fail(source_chain(&e)))?;
     let mut client = IngestClient::new(channel)
         .send_compressed(CompressionEncoding::Zstd)
@@ -342,21 +373,33 @@ async fn stream_once(
         first_unacked_seq,
         interval_ms: settings.interval.as_millis() as u64,
     };
-    tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) })
+    tx.send(AgentMessage {
+        kind: Some(agent_message::Kind::Hello(hello)),
+    })
+    .await
+    .map_err(|_| fail("stream closed before hello".into()))?;
+    let mut inbound = client
+        .stream(ReceiverStream::new(rx))
         .await
-        .map_err(|_| fail("stream closed before hello".into()))?;
-    let mut inbound = client.stream(ReceiverStream::new(rx)).await.map_err(|s| fail(status_text(&s)))?.into_inner();
+        .map_err(|s| fail(status_text(&s)))?
+        .into_inner();
     shared.status.connected.store(true, Ordering::Relaxed);
     tracing::info!(collector = %url, host, "stream open");
 
     let mut refs: HashMap<u32, u32> = HashMap::new();
     let mut last_sent = 0u64;
     loop {
-        let unsent: Vec<PendingBatch> =
-            lock(&shared.spool).batches.iter().filter(|b| b.seq > last_sent).cloned().collect();
+        let unsent: Vec<PendingBatch> = lock(&shared.spool)
+            .batches
+            .iter()
+            .filter(|b| b.seq > last_sent)
+            .cloned()
+            .collect();
         for batch in unsent {
             let msg = encode(&batch, &mut refs, shared);
-            tx.send(msg).await.map_err(|_| fail("stream closed by collector".into()))?;
+            tx.send(msg)
+                .await
+                .map_err(|_| fail("stream closed by collector".into()))?;
             last_sent = batch.seq;
         }
         tokio::select! {
@@ -408,7 +451,14 @@ fn encode(batch: &PendingBatch, refs: &mut HashMap<u32, u32>, shared: &Shared) -
             new_series.push(SeriesDefinition {
                 r#ref: next,
                 name: key.name.clone(),
-                labels: key.labels.iter().map(|(n, v)| Label { name: n.clone(), value: v.clone() }).collect(),
+                labels: key
+                    .labels
+                    .iter()
+                    .map(|(n, v)| Label {
+                        name: n.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
             });
             next
         });
@@ -428,7 +478,11 @@ fn encode(batch: &PendingBatch, refs: &mut HashMap<u32, u32>, shared: &Shared) -
 }
 
 fn status_text(s: &tonic::Status) -> String {
-    if s.message().is_empty() { format!("{:?}", s.code()) } else { format!("{:?}: {}", s.code(), s.message()) }
+    if s.message().is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        format!("{:?}: {}", s.code(), s.message())
+    }
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -448,12 +502,20 @@ mod tests {
     use super::*;
 
     fn batch(seq: u64) -> PendingBatch {
-        PendingBatch { seq, timestamp_ms: 0, series: vec![], values: vec![] }
+        PendingBatch {
+            seq,
+            timestamp_ms: 0,
+            series: vec![],
+            values: vec![],
+        }
     }
 
     #[test]
     fn spool_drops_oldest_and_acks_cumulatively() {
-        let mut spool = Spool { batches: VecDeque::new(), max: 3 };
+        let mut spool = Spool {
+            batches: VecDeque::new(),
+            max: 3,
+        };
         for seq in 1..=3 {
             assert_eq!(spool.push(batch(seq)), 0);
         }
@@ -486,15 +548,27 @@ mod tests {
     fn each_stream_defines_a_series_once() {
         let shared = Shared {
             table: Mutex::new(SeriesTable::default()),
-            spool: Mutex::new(Spool { batches: VecDeque::new(), max: 4 }),
+            spool: Mutex::new(Spool {
+                batches: VecDeque::new(),
+                max: 4,
+            }),
             new_batch: Notify::new(),
             status: Arc::default(),
         };
         let id = lock(&shared.table).intern("node_load1", &[]);
-        let b = PendingBatch { seq: 1, timestamp_ms: 5, series: vec![id], values: vec![0.5] };
+        let b = PendingBatch {
+            seq: 1,
+            timestamp_ms: 5,
+            series: vec![id],
+            values: vec![0.5],
+        };
         let mut refs = HashMap::new();
-        let Some(agent_message::Kind::Batch(first)) = encode(&b, &mut refs, &shared).kind else { panic!() };
-        let Some(agent_message::Kind::Batch(second)) = encode(&b, &mut refs, &shared).kind else { panic!() };
+        let Some(agent_message::Kind::Batch(first)) = encode(&b, &mut refs, &shared).kind else {
+            panic!()
+        };
+        let Some(agent_message::Kind::Batch(second)) = encode(&b, &mut refs, &shared).kind else {
+            panic!()
+        };
         assert_eq!(first.new_series.len(), 1);
         assert!(second.new_series.is_empty());
         assert_eq!(first.refs, second.refs);

@@ -75,7 +75,10 @@ pub enum ConfigError {
 impl FileConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -83,7 +86,12 @@ impl FileConfig {
     pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.into(),
-            message: e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "),
+            message: e
+                .to_string()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
         })
     }
 }
@@ -128,11 +136,17 @@ impl Settings {
     pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<Settings, ConfigError> {
         let d = Settings::default();
         let interval = match flags.interval.or(file.interval) {
-            Some(s) => parse_duration(&s).map_err(|message| ConfigError::Invalid { key: "interval", message })?,
+            Some(s) => parse_duration(&s).map_err(|message| ConfigError::Invalid {
+                key: "interval",
+                message,
+            })?,
             None => d.interval,
         };
         if interval < Duration::from_millis(100) {
-            return Err(ConfigError::Invalid { key: "interval", message: format!("{interval:?} is below the 100ms minimum") });
+            return Err(ConfigError::Invalid {
+                key: "interval",
+                message: format!("{interval:?} is below the 100ms minimum"),
+            });
         }
         let collector = flags.collector.or(file.collector).unwrap_or(d.collector);
         if !(collector.starts_with("http://") || collector.starts_with("https://")) {
@@ -145,11 +159,20 @@ impl Settings {
         if let Some(h) = &host
             && (h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
-            return Err(ConfigError::Invalid { key: "host", message: format!("{h:?} is not a valid host name") });
+            return Err(ConfigError::Invalid {
+                key: "host",
+                message: format!("{h:?} is not a valid host name"),
+            });
         }
-        let max_pending_batches = flags.max_pending_batches.or(file.max_pending_batches).unwrap_or(d.max_pending_batches);
+        let max_pending_batches = flags
+            .max_pending_batches
+            .or(file.max_pending_batches)
+            .unwrap_or(d.max_pending_batches);
         if max_pending_batches == 0 {
-            return Err(ConfigError::Invalid { key: "max_pending_batches", message: "must be at least 1".into() });
+            return Err(ConfigError::Invalid {
+                key: "max_pending_batches",
+                message: "must be at least 1".into(),
+            });
         }
         let dp = d.paths;
         Ok(Settings {
@@ -175,7 +198,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("{text:?} is not a duration like 10s, 500ms or 1m"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s, 500ms or 1m"))?;
     let secs = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
@@ -200,21 +225,33 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("10 parsecs"), Err("\"10 parsecs\" has unknown unit \" parsecs\" (use ms, s, m or h)".into()));
+        assert_eq!(
+            parse_duration("10 parsecs"),
+            Err("\"10 parsecs\" has unknown unit \" parsecs\" (use ms, s, m or h)".into())
+        );
         assert!(parse_duration("fast").is_err());
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let err = FileConfig::parse(Path::new("agent.toml"), "colector = \"http://x\"\n").unwrap_err().to_string();
+        let err = FileConfig::parse(Path::new("agent.toml"), "colector = \"http://x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("config agent.toml: "), "{err}");
         assert!(err.contains("unknown field `colector`"), "{err}");
     }
 
     #[test]
     fn flags_override_file() {
-        let file = FileConfig::parse(Path::new("a.toml"), "interval = \"30s\"\nhost = \"alpha\"\nsysfs = \"/fixture/sys\"\n").unwrap();
-        let flags = FileConfig { interval: Some("5s".into()), ..Default::default() };
+        let file = FileConfig::parse(
+            Path::new("a.toml"),
+            "interval = \"30s\"\nhost = \"alpha\"\nsysfs = \"/fixture/sys\"\n",
+        )
+        .unwrap();
+        let flags = FileConfig {
+            interval: Some("5s".into()),
+            ..Default::default()
+        };
         let s = Settings::resolve(file, flags).unwrap();
         assert_eq!(s.interval, Duration::from_secs(5));
         assert_eq!(s.host.as_deref(), Some("alpha"));
@@ -225,7 +262,19 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let bad = |f: FileConfig| Settings::resolve(FileConfig::default(), f).unwrap_err().to_string();
-        assert_eq!(bad(FileConfig { collector: Some("127.0.0.1:9471".into()), ..Default::default() }), "collector: \"127.0.0.1:9471\" is not an http:// or https:// URL");
-        assert_eq!(bad(FileConfig { interval: Some("1ms".into()), ..Default::default() }), "interval: 1ms is below the 100ms minimum");
+        assert_eq!(
+            bad(FileConfig {
+                collector: Some("127.0.0.1:9471".into()),
+                ..Default::default()
+            }),
+            "collector: \"127.0.0.1:9471\" is not an http:// or https:// URL"
+        );
+        assert_eq!(
+            bad(FileConfig {
+                interval: Some("1ms".into()),
+                ..Default::default()
+            }),
+            "interval: 1ms is below the 100ms minimum"
+        );
     }
 }

@@ -82,7 +82,9 @@ pub fn parse_cpuinfo(text: &str) -> (String, u32) {
     let mut model = String::new();
     let mut count = 0;
     for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         match key.trim() {
             "processor" => count += 1,
             "model name" if model.is_empty() => model = value.trim().to_string(),
@@ -123,8 +125,14 @@ mod tests {
 
     #[test]
     fn meminfo_and_os_release() {
-        assert_eq!(parse_mem_total("MemTotal:       16042172 kB\nMemFree: 1 kB\n"), 16042172 * 1024);
+        assert_eq!(
+            parse_mem_total("MemTotal:       16042172 kB\nMemFree: 1 kB\n"),
+            16042172 * 1024
+        );
         assert_eq!(parse_mem_total("garbage"), 0);
-        assert_eq!(parse_os_pretty_name("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n"), "Debian GNU/Linux 12 (bookworm)");
+        assert_eq!(
+            parse_os_pretty_name("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n"),
+            "Debian GNU/Linux 12 (bookworm)"
+        );
     }
 }

@@ -143,7 +143,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let settings = settings(args.common, extra)?;
             let sampler = Sampler::new(settings.paths.clone(), &settings.only)?;
             let inventory = Inventory::read(&settings.paths);
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
             runtime.block_on(async move {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {

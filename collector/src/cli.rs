@@ -73,7 +73,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         http_addr: cli.http_addr,
         grpc_addr: cli.grpc_addr,
-        webhook_url: if cli.webhook_url.is_empty() { None } else { Some(cli.webhook_url) },
+        webhook_url: if cli.webhook_url.is_empty() {
+            None
+        } else {
+            Some(cli.webhook_url)
+        },
         rule_interval: cli.rule_interval,
         local_agent: cli.local_agent.then_some(true),
         local_agent_interval: cli.local_agent_interval,

@@ -74,7 +74,10 @@ pub enum ConfigError {
 impl FileConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -82,7 +85,12 @@ impl FileConfig {
     pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.into(),
-            message: e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "),
+            message: e
+                .to_string()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
         })
     }
 }
@@ -140,7 +148,10 @@ impl Settings {
                     .map_err(|message| ConfigError::Invalid { key, message })
                     .and_then(|d| {
                         if d < Duration::from_millis(100) {
-                            Err(ConfigError::Invalid { key, message: format!("{t:?} is below the 100ms minimum") })
+                            Err(ConfigError::Invalid {
+                                key,
+                                message: format!("{t:?} is below the 100ms minimum"),
+                            })
                         } else {
                             Ok(d)
                         }
@@ -171,11 +182,18 @@ impl Settings {
             }
         }
         Ok(Settings {
-            data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir: flags
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             http_addr,
             grpc_addr,
             webhook_urls,
-            rule_interval: duration("rule_interval", flags.rule_interval.or(file.rule_interval), DEFAULT_RULE_INTERVAL)?,
+            rule_interval: duration(
+                "rule_interval",
+                flags.rule_interval.or(file.rule_interval),
+                DEFAULT_RULE_INTERVAL,
+            )?,
             local_agent: flags.local_agent.or(file.local_agent).unwrap_or(false),
             local_agent_interval: duration(
                 "local_agent_interval",
@@ -206,18 +224,47 @@ mod tests {
 
     #[test]
     fn public_bind_needs_insecure() {
-        let flags = FileConfig { http_addr: Some("0.0.0.0:9470".into()), ..Default::default() };
-        assert!(resolve(flags.clone()).unwrap_err().starts_with("http_addr: 0.0.0.0:9470 is not a loopback address"));
-        assert!(resolve(FileConfig { insecure: Some(true), ..flags }).is_ok());
+        let flags = FileConfig {
+            http_addr: Some("0.0.0.0:9470".into()),
+            ..Default::default()
+        };
+        assert!(
+            resolve(flags.clone())
+                .unwrap_err()
+                .starts_with("http_addr: 0.0.0.0:9470 is not a loopback address")
+        );
+        assert!(
+            resolve(FileConfig {
+                insecure: Some(true),
+                ..flags
+            })
+            .is_ok()
+        );
     }
 
     #[test]
     fn bad_values_are_named() {
-        let e = resolve(FileConfig { grpc_addr: Some("localhost".into()), ..Default::default() }).unwrap_err();
-        assert_eq!(e, "grpc_addr: \"localhost\" is not an address like 127.0.0.1:9470 or [::1]:9470");
-        let e = resolve(FileConfig { webhook_url: Some(vec!["ftp://x".into()]), ..Default::default() }).unwrap_err();
+        let e = resolve(FileConfig {
+            grpc_addr: Some("localhost".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "grpc_addr: \"localhost\" is not an address like 127.0.0.1:9470 or [::1]:9470"
+        );
+        let e = resolve(FileConfig {
+            webhook_url: Some(vec!["ftp://x".into()]),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(e, "webhook_url: \"ftp://x\" is not an http:// or https:// URL");
-        let e = FileConfig::parse(Path::new("c.toml"), "data-dir = \"/x\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("config c.toml: ") && e.contains("unknown field `data-dir`"), "{e}");
+        let e = FileConfig::parse(Path::new("c.toml"), "data-dir = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config c.toml: ") && e.contains("unknown field `data-dir`"),
+            "{e}"
+        );
     }
 }

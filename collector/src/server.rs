@@ -64,15 +64,31 @@ pub enum StartError {
 
 /// Starts every part of the collector and returns once they listen.
 pub async fn start(settings: Settings) -> Result<RunningCollector, StartError> {
-    let store = Store::open(&settings.data_dir, StoreOptions { cache_capacity_bytes: settings.cache_capacity_bytes })
-        .map_err(|source| StartError::Store { dir: settings.data_dir.clone(), source })?;
+    let store = Store::open(
+        &settings.data_dir,
+        StoreOptions {
+            cache_capacity_bytes: settings.cache_capacity_bytes,
+        },
+    )
+    .map_err(|source| StartError::Store {
+        dir: settings.data_dir.clone(),
+        source,
+    })?;
     let telemetry = Arc::new(Telemetry::default());
     let bind = |what: &'static str, addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { what, addr, source })
     };
     let http_listener = bind("HTTP", settings.http_addr).await?;
     let grpc_listener = bind("gRPC", settings.grpc_addr).await?;
-    let local = |l: &TcpListener, addr| l.local_addr().map_err(|source| StartError::Bind { what: "local", addr, source });
+    let local = |l: &TcpListener, addr| {
+        l.local_addr().map_err(|source| StartError::Bind {
+            what: "local",
+            addr,
+            source,
+        })
+    };
     let http_addr = local(&http_listener, settings.http_addr)?;
     let grpc_addr = local(&grpc_listener, settings.grpc_addr)?;
     let (stop, stop_rx) = watch::channel(false);
@@ -97,7 +113,10 @@ pub async fn start(settings: Settings) -> Result<RunningCollector, StartError> {
     ));
 
     let board = Arc::new(AlertBoard::default());
-    let notifier = Arc::new(Notifier::new(settings.webhook_urls.clone(), telemetry.clone()));
+    let notifier = Arc::new(
+        Notifier::new(settings.webhook_urls.clone(), telemetry.clone())
+            .with_external_url(format!("http://{http_addr}")),
+    );
     let api = ApiContext {
         store: store.clone(),
         telemetry: telemetry.clone(),
@@ -154,7 +173,15 @@ pub async fn start(settings: Settings) -> Result<RunningCollector, StartError> {
     }
 
     tracing::info!(%http_addr, %grpc_addr, data_dir = %settings.data_dir.display(), "collector listening");
-    Ok(RunningCollector { http_addr, grpc_addr, store, telemetry, local_agent, stop, tasks })
+    Ok(RunningCollector {
+        http_addr,
+        grpc_addr,
+        store,
+        telemetry,
+        local_agent,
+        stop,
+        tasks,
+    })
 }
 
 impl RunningCollector {

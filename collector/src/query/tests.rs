@@ -400,3 +400,49 @@ async fn status_metrics_and_health_pages() {
     let html = body.as_str().unwrap();
     assert!(html.contains("<td>db1</td>") && html.contains("Test CPU"), "{html}");
 }
+
+/// Interop with the real Go client: `promtool query instant|range` against
+/// the router. Needs `promtool` (Debian package `prometheus`).
+#[tokio::test]
+#[ignore = "needs promtool from the Debian prometheus package"]
+async fn promtool_queries_work() {
+    let s = Server::start().await;
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("promtool").args(&args).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            (out.status.success(), text)
+        })
+    };
+    let (ok, text) = run(vec![
+        "query".into(),
+        "instant".into(),
+        format!("--time={}", secs(T0 + 20_000)),
+        s.base.clone(),
+        "node_load1".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(r#"node_load1{instance="db1", job="hostpulse"} => 1.5 @[1700000020]"#),
+        "{text}"
+    );
+    let (ok, text) = run(vec![
+        "query".into(),
+        "range".into(),
+        format!("--start={}", secs(T0)),
+        format!("--end={}", secs(T0 + 30_000)),
+        "--step=15s".into(),
+        s.base.clone(),
+        r#"node_load1{instance="db2"}"#.into(),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{text}");
+    assert!(text.contains("2 @[1700000000]"), "{text}");
+    let (ok, text) = run(vec!["query".into(), "instant".into(), s.base.clone(), "sum(up)".into()])
+        .await
+        .unwrap();
+    assert!(!ok && text.contains("not supported yet"), "{text}");
+}

@@ -23,14 +23,22 @@ fn example_agent_config_is_valid() {
     let file = FileConfig::load(&deploy("config/agent.toml")).unwrap();
     let settings = Settings::resolve(file, FileConfig::default()).unwrap();
     assert_eq!(settings.collector, "http://127.0.0.1:9471");
-    assert_eq!(settings.state_dir.as_deref(), Some(Path::new("/var/lib/hostpulse-agent")));
+    assert_eq!(
+        settings.state_dir.as_deref(),
+        Some(Path::new("/var/lib/hostpulse-agent"))
+    );
 }
 
 #[test]
 fn systemd_units_are_hardened() {
     for unit in ["systemd/hostpulse-agent.service", "systemd/hostpulse-collector.service"] {
         let text = std::fs::read_to_string(deploy(unit)).unwrap();
-        for key in ["NoNewPrivileges=yes", "ProtectSystem=strict", "DynamicUser=yes", "CapabilityBoundingSet="] {
+        for key in [
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "DynamicUser=yes",
+            "CapabilityBoundingSet=",
+        ] {
             assert!(text.lines().any(|l| l.trim() == key), "{unit} lacks {key}");
         }
     }

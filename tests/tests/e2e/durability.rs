@@ -3,11 +3,11 @@
 //! killed with SIGKILL mid-stream, and after restarts every acknowledged
 //! batch is on disk, replays are recognised, and each sample exists once.
 
-use std::collections::BTreeMap;
 use hostpulse_collector::model::Matcher;
 use hostpulse_collector::store::{Store, StoreOptions};
 use hostpulse_proto::ingest_client::IngestClient;
 use hostpulse_proto::{AgentMessage, Batch, Hello, Label, SeriesDefinition, agent_message, collector_message};
+use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -15,15 +15,17 @@ use crate::support::{CollectorProcess, get_json};
 
 const BATCHES: u64 = 300;
 const SERIES: u32 = 3;
-const T0: i64 = 1_700_000_000_000;
 
-fn batch(seq: u64, define: bool) -> AgentMessage {
+fn batch(t0: i64, seq: u64, define: bool) -> AgentMessage {
     let new_series = if define {
         (0..SERIES)
             .map(|n| SeriesDefinition {
                 r#ref: n + 1,
                 name: "durability_probe".into(),
-                labels: vec![Label { name: "n".into(), value: n.to_string() }],
+                labels: vec![Label {
+                    name: "n".into(),
+                    value: n.to_string(),
+                }],
             })
             .collect()
     } else {
@@ -33,7 +35,7 @@ fn batch(seq: u64, define: bool) -> AgentMessage {
         kind: Some(agent_message::Kind::Batch(Batch {
             seq,
             new_series,
-            base_timestamp_ms: T0 + seq as i64 * 1000,
+            base_timestamp_ms: t0 + seq as i64 * 1000,
             refs: (1..=SERIES).collect(),
             timestamp_deltas_ms: Vec::new(),
             values: (0..SERIES).map(|n| value(seq, n)).collect(),
@@ -48,18 +50,27 @@ fn value(seq: u64, n: u32) -> f64 {
 
 /// Streams batches `seqs` as host "beta"; calls `on_ack` for every ack and
 /// stops when it returns false or the stream ends. Returns the highest ack.
-async fn stream(grpc: std::net::SocketAddr, seqs: std::ops::RangeInclusive<u64>, mut on_ack: impl FnMut(u64) -> bool) -> u64 {
+async fn stream(
+    t0: i64,
+    grpc: std::net::SocketAddr,
+    seqs: std::ops::RangeInclusive<u64>,
+    mut on_ack: impl FnMut(u64) -> bool,
+) -> u64 {
     let mut client = IngestClient::connect(format!("http://{grpc}")).await.unwrap();
     let (tx, rx) = mpsc::channel(8);
     tx.send(AgentMessage {
-        kind: Some(agent_message::Kind::Hello(Hello { host: "beta".into(), agent_version: "test".into(), ..Default::default() })),
+        kind: Some(agent_message::Kind::Hello(Hello {
+            host: "beta".into(),
+            agent_version: "test".into(),
+            ..Default::default()
+        })),
     })
     .await
     .unwrap();
     let first = *seqs.start();
     tokio::spawn(async move {
         for seq in seqs {
-            if tx.send(batch(seq, seq == first)).await.is_err() {
+            if tx.send(batch(t0, seq, seq == first)).await.is_err() {
                 return;
             }
         }
@@ -84,8 +95,13 @@ async fn stream(grpc: std::net::SocketAddr, seqs: std::ops::RangeInclusive<u64>,
 /// each probe series' samples.
 fn stored(data: &std::path::Path) -> (BTreeMap<String, Vec<(i64, f64)>>, Option<u64>) {
     let store = Store::open(data, StoreOptions::default()).unwrap();
-    let series = store.select(&[Matcher::equal("__name__", "durability_probe")], 0, i64::MAX).unwrap();
-    let map = series.into_iter().map(|s| (s.labels.get("n").to_string(), s.samples)).collect();
+    let series = store
+        .select(&[Matcher::equal("__name__", "durability_probe")], 0, i64::MAX)
+        .unwrap();
+    let map = series
+        .into_iter()
+        .map(|s| (s.labels.get("n").to_string(), s.samples))
+        .collect();
     (map, store.last_seq("beta").unwrap())
 }
 
@@ -93,11 +109,14 @@ fn stored(data: &std::path::Path) -> (BTreeMap<String, Vec<(i64, f64)>>, Option<
 async fn acknowledged_batches_survive_kill_9_and_are_stored_once() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
+    // Recent enough to pass the collector's timestamp limits: an hour ago,
+    // on a whole second.
+    let t0 = (hostpulse_agent::sampler::now_ms() / 1000 - 3600) * 1000;
 
     // Stream until a third of the batches are acknowledged, then SIGKILL the
     // collector while batches are still in flight.
     let collector = CollectorProcess::start(&data).await;
-    let acked = stream(collector.grpc, 1..=BATCHES, |seq| seq < BATCHES / 3).await;
+    let acked = stream(t0, collector.grpc, 1..=BATCHES, |seq| seq < BATCHES / 3).await;
     assert!(acked >= BATCHES / 3, "acked {acked}");
     collector.kill_9();
 
@@ -108,32 +127,54 @@ async fn acknowledged_batches_survive_kill_9_and_are_stored_once() {
     for n in 0..SERIES {
         let samples = &after_kill[&n.to_string()];
         for seq in 1..=acked {
-            let ts = T0 + seq as i64 * 1000;
-            assert!(samples.contains(&(ts, value(seq, n))), "acknowledged batch {seq} of series {n} lost after kill -9");
+            let ts = t0 + seq as i64 * 1000;
+            assert!(
+                samples.contains(&(ts, value(seq, n))),
+                "acknowledged batch {seq} of series {n} lost after kill -9"
+            );
         }
     }
 
     // The agent resends everything from the start; the collector stores only
     // what it did not have and acknowledges all of it.
     let collector = CollectorProcess::start(&data).await;
-    let acked_all = stream(collector.grpc, 1..=BATCHES, |seq| seq < BATCHES).await;
+    let acked_all = stream(t0, collector.grpc, 1..=BATCHES, |seq| seq < BATCHES).await;
     assert_eq!(acked_all, BATCHES);
-    let metrics = reqwest::get(format!("http://{}/metrics", collector.http)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", collector.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let duplicates: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("hostpulse_ingest_duplicate_batches_total "))
         .and_then(|v| v.trim().parse().ok())
         .expect("/metrics reports duplicate batches");
-    assert!(duplicates >= last_seq, "replays of {last_seq} stored batches recognised, saw {duplicates}");
-    let body = get_json(&format!("http://{}/api/v1/query?query=durability_probe&time={}", collector.http, (T0 as f64 / 1000.0) + BATCHES as f64)).await;
-    assert_eq!(body["data"]["result"].as_array().map(Vec::len), Some(SERIES as usize), "{body}");
+    assert!(
+        duplicates >= last_seq,
+        "replays of {last_seq} stored batches recognised, saw {duplicates}"
+    );
+    let body = get_json(&format!(
+        "http://{}/api/v1/query?query=durability_probe&time={}",
+        collector.http,
+        (t0 as f64 / 1000.0) + BATCHES as f64
+    ))
+    .await;
+    assert_eq!(
+        body["data"]["result"].as_array().map(Vec::len),
+        Some(SERIES as usize),
+        "{body}"
+    );
     collector.kill_9();
 
     let (final_state, last_seq) = stored(&data);
     assert_eq!(last_seq, Some(BATCHES));
     for n in 0..SERIES {
         let samples = &final_state[&n.to_string()];
-        let expected: Vec<(i64, f64)> = (1..=BATCHES).map(|seq| (T0 + seq as i64 * 1000, value(seq, n))).collect();
+        let expected: Vec<(i64, f64)> = (1..=BATCHES)
+            .map(|seq| (t0 + seq as i64 * 1000, value(seq, n)))
+            .collect();
         assert_eq!(samples, &expected, "series {n}: every batch exactly once");
     }
 }

@@ -74,7 +74,11 @@ async fn hot_sensor_is_stored_queried_alerted_and_resolved() {
     settings.rule_interval = Duration::from_millis(200);
     let collector = server::start(settings).await.unwrap();
     let started = now_s() - 1.0;
-    let (status, stop, agent) = start_agent(agent_settings(format!("http://{}", collector.grpc_addr), &tree, "alpha"));
+    let (status, stop, agent) = start_agent(agent_settings(
+        format!("http://{}", collector.grpc_addr),
+        &tree,
+        "alpha",
+    ));
 
     // (a) The series comes back through query_range with node_exporter's
     // names and the collector's instance/job labels.
@@ -97,27 +101,46 @@ async fn hot_sensor_is_stored_queried_alerted_and_resolved() {
     assert_eq!(metric["sensor"], "temp1");
     let values = result[0]["values"].as_array().unwrap();
     assert!(!values.is_empty());
-    assert!(values.iter().all(|v| v[1] == "95"), "every point reads 95 °C: {values:?}");
+    assert!(
+        values.iter().all(|v| v[1] == "95"),
+        "every point reads 95 °C: {values:?}"
+    );
 
     // The normal chip is there too, and below its limit.
-    let body = get_json(&format!("http://{http}/api/v1/query?query=node_hwmon_temp_crit_celsius")).await;
+    let body = get_json(&format!(
+        "http://{http}/api/v1/query?query=node_hwmon_temp_crit_celsius"
+    ))
+    .await;
     assert_eq!(body["status"], "success", "{body}");
     assert!(body["data"]["result"].as_array().unwrap().len() >= 2, "{body}");
 
     // (b) The temperature rule fires once for the hot sensor only.
     let is_hot = |a: &Value| a["labels"]["chip"] == "platform_coretemp_0" && a["labels"]["sensor"] == "temp1";
-    let fired = sink.wait_for("firing alert", Duration::from_secs(30), |a| is_hot(a) && a["status"] == "firing").await;
+    let fired = sink
+        .wait_for("firing alert", Duration::from_secs(30), |a| {
+            is_hot(a) && a["status"] == "firing"
+        })
+        .await;
     assert_eq!(fired["labels"]["instance"], "alpha");
     assert!(
-        sink.alerts().iter().all(|a| a["labels"]["chip"] == "platform_coretemp_0"),
+        sink.alerts()
+            .iter()
+            .all(|a| a["labels"]["chip"] == "platform_coretemp_0"),
         "only the hot chip alerts: {:?}",
         sink.alerts()
     );
 
     // The fixture cools below the limit: the alert resolves.
     std::fs::write(tree.join("sys/class/hwmon/hwmon0/temp1_input"), "70000\n").unwrap();
-    sink.wait_for("resolved alert", Duration::from_secs(30), |a| is_hot(a) && a["status"] == "resolved").await;
-    let firing_count = sink.alerts().iter().filter(|a| is_hot(a) && a["status"] == "firing").count();
+    sink.wait_for("resolved alert", Duration::from_secs(30), |a| {
+        is_hot(a) && a["status"] == "resolved"
+    })
+    .await;
+    let firing_count = sink
+        .alerts()
+        .iter()
+        .filter(|a| is_hot(a) && a["status"] == "firing")
+        .count();
     assert_eq!(firing_count, 1, "a steady alert is sent once, not every evaluation");
 
     assert!(status.acked_seq.load(Ordering::Relaxed) > 0);
@@ -131,14 +154,24 @@ async fn agent_keeps_sampling_while_collector_is_down_and_catches_up() {
     let tmp = tempfile::tempdir().unwrap();
     let tree = copy_fixture("hot", &tmp.path().join("tree"));
     // Reserve a port, then free it: nothing listens there yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let started = now_s() - 1.0;
     let (status, stop, agent) = start_agent(agent_settings(format!("http://127.0.0.1:{port}"), &tree, "gamma"));
-    poll("cycles while the collector is down", Duration::from_secs(30), || async {
-        (status.cycles.load(Ordering::Relaxed) >= 5).then_some(())
-    })
+    poll(
+        "cycles while the collector is down",
+        Duration::from_secs(30),
+        || async { (status.cycles.load(Ordering::Relaxed) >= 5).then_some(()) },
+    )
     .await;
-    assert_eq!(status.acked_seq.load(Ordering::Relaxed), 0, "nothing can be acknowledged yet");
+    assert_eq!(
+        status.acked_seq.load(Ordering::Relaxed),
+        0,
+        "nothing can be acknowledged yet"
+    );
     let first_seq = status.produced_seq.load(Ordering::Relaxed) - 4;
 
     let mut settings = Settings::ephemeral(tmp.path().join("data"));
@@ -152,7 +185,11 @@ async fn agent_keeps_sampling_while_collector_is_down_and_catches_up() {
     // distinct timestamp per cycle for node_load1.
     let samples = collector
         .store
-        .select(&[hostpulse_collector::model::Matcher::equal("__name__", "node_load1")], (started * 1000.0) as i64, i64::MAX)
+        .select(
+            &[hostpulse_collector::model::Matcher::equal("__name__", "node_load1")],
+            (started * 1000.0) as i64,
+            i64::MAX,
+        )
         .unwrap();
     assert_eq!(samples.len(), 1);
     assert!(samples[0].samples.len() >= 5, "{} samples", samples[0].samples.len());

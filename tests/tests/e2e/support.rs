@@ -14,7 +14,9 @@ use tokio::sync::Notify;
 /// A fixture tree of the agent's own tests, copied into `dst` so a test can
 /// change sensor values (symlinks are kept as symlinks).
 pub fn copy_fixture(name: &str, dst: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures").join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../agent/tests/fixtures")
+        .join(name);
     assert!(src.is_dir(), "fixture {} is missing", src.display());
     copy_tree(&src, dst);
     dst.to_path_buf()
@@ -47,7 +49,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -55,7 +60,9 @@ where
 /// GETs a URL and parses the JSON body (any status).
 pub async fn get_json(url: &str) -> Value {
     let resp = reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    resp.json().await.unwrap_or_else(|e| panic!("GET {url}: body is not JSON: {e}"))
+    resp.json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: body is not JSON: {e}"))
 }
 
 /// A webhook receiver recording every JSON body posted to it.
@@ -86,14 +93,21 @@ impl WebhookSink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        WebhookSink { url: format!("http://{addr}/hook"), bodies, arrived }
+        WebhookSink {
+            url: format!("http://{addr}/hook"),
+            bodies,
+            arrived,
+        }
     }
 
     /// Every alert object received so far, with the payload's status copied
     /// in when the alert has none.
     pub fn alerts(&self) -> Vec<Value> {
         let bodies = self.bodies.lock().unwrap();
-        bodies.iter().flat_map(|b| b["alerts"].as_array().cloned().unwrap_or_default()).collect()
+        bodies
+            .iter()
+            .flat_map(|b| b["alerts"].as_array().cloned().unwrap_or_default())
+            .collect()
     }
 
     /// Waits until an alert satisfying `pred` has arrived.
@@ -105,7 +119,11 @@ impl WebhookSink {
                 return a;
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            assert!(!left.is_zero(), "timed out after {limit:?} waiting for webhook: {what}; got {:?}", self.alerts());
+            assert!(
+                !left.is_zero(),
+                "timed out after {limit:?} waiting for webhook: {what}; got {:?}",
+                self.alerts()
+            );
             let _ = tokio::time::timeout(left, notified).await;
         }
     }
@@ -133,7 +151,10 @@ impl CollectorProcess {
             match Self::try_start(data_dir).await {
                 Some(p) => return p,
                 None => {
-                    assert!(tokio::time::Instant::now() < deadline, "collector did not start within 30s");
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "collector did not start within 30s"
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -142,7 +163,14 @@ impl CollectorProcess {
 
     async fn try_start(data_dir: &Path) -> Option<CollectorProcess> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_e2e-collector"))
-            .args(["--data-dir", data_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .args([
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -156,7 +184,11 @@ impl CollectorProcess {
         std::thread::spawn(move || {
             use std::io::BufRead;
             let addr = |l: &str| -> Option<SocketAddr> {
-                l.split_whitespace().find_map(|w| w.strip_prefix("http://"))?.trim_end_matches('/').parse().ok()
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("http://"))?
+                    .trim_end_matches('/')
+                    .parse()
+                    .ok()
             };
             let mut tx = Some(tx);
             let mut http = None;
@@ -171,7 +203,9 @@ impl CollectorProcess {
                 }
             }
         });
-        let started = tokio::time::timeout(Duration::from_secs(60), rx).await.expect("collector did not start in 60s");
+        let started = tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .expect("collector did not start in 60s");
         match started {
             Ok((http, grpc)) => Some(CollectorProcess { child, http, grpc }),
             Err(_) => {
