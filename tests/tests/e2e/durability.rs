@@ -93,7 +93,10 @@ async fn stream(
 
 /// Opens the store directly (the collector must not be running) and returns
 /// each probe series' samples.
-fn stored(data: &std::path::Path) -> (BTreeMap<String, Vec<(i64, f64)>>, Option<u64>) {
+/// Samples per probe series (keyed by its `n` label).
+type ProbeSamples = BTreeMap<String, Vec<(i64, f64)>>;
+
+fn stored(data: &std::path::Path) -> (ProbeSamples, Option<u64>) {
     let store = Store::open(data, StoreOptions::default()).unwrap();
     let series = store
         .select(&[Matcher::equal("__name__", "durability_probe")], 0, i64::MAX)
