@@ -14,6 +14,7 @@ pub mod exposition;
 pub mod inventory;
 pub mod paths;
 pub mod sampler;
+pub mod signal;
 pub mod source;
 pub mod sources;
 

@@ -150,7 +150,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(async move {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    hostpulse_agent::signal::shutdown_requested().await;
                     tracing::info!("shutting down");
                     let _ = stop_tx.send(true);
                 });
@@ -159,28 +159,5 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             })?;
             Ok(())
         }
-    }
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

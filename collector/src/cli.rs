@@ -99,32 +99,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  try:            promtool query instant http://{http} node_memory_MemAvailable_bytes");
         }
         println!("Press Ctrl-C to stop.");
-        wait_for_signal().await;
+        hostpulse_agent::signal::shutdown_requested().await;
         tracing::info!("shutting down");
         running.shutdown().await;
         anyhow::Ok(())
     })
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use hostpulse_agent::config::ConfigError;
+use hostpulse_agent::config::{load_toml, parse_toml};
 use serde::Deserialize;
 
 /// Default HTTP address (API, status page, /metrics).
@@ -42,56 +44,15 @@ pub struct FileConfig {
     pub insecure: Option<bool>,
 }
 
-/// A configuration problem naming the file, key or value.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or has unknown keys or wrong types.
-    #[error("config {}: {message}", path.display())]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
-    /// A value is malformed or not allowed.
-    #[error("{key}: {message}")]
-    Invalid {
-        /// Key or flag name.
-        key: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 impl FileConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        load_toml(path)
     }
 
     /// Parses config text; `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e
-                .to_string()
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .collect::<Vec<_>>()
-                .join(" "),
-        })
+        parse_toml(path, text)
     }
 }
 

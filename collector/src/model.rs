@@ -29,6 +29,16 @@ impl Labels {
         Labels(out)
     }
 
+    /// Builds a label set from borrowed pairs (see [`Labels::new`]).
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        Labels::new(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+        )
+    }
+
     /// Value of label `name`, or "" when absent (Prometheus semantics).
     pub fn get(&self, name: &str) -> &str {
         self.0
@@ -172,7 +182,7 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Labels::from_pairs(pairs)
     }
 
     #[test]

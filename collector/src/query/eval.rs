@@ -309,7 +309,7 @@ mod tests {
     use crate::model::STALE_NAN_BITS;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Labels::from_pairs(pairs)
     }
 
     fn series(instance: &str, samples: &[(i64, f64)]) -> SeriesSamples {

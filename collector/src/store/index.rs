@@ -112,7 +112,7 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Labels::from_pairs(pairs)
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::*;
 use crate::model::{Matcher, STALE_NAN_BITS, is_stale_marker};
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    Labels::from_pairs(pairs)
 }
 
 fn series(pairs: &[(&str, &str)], samples: &[(i64, f64)]) -> SeriesSamples {
