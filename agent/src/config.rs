@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::paths::HostPaths;
+use crate::source::SourceOptions;
 
 /// Default collector address (the collector's gRPC ingest port).
 pub const DEFAULT_COLLECTOR: &str = "http://127.0.0.1:9471";
@@ -27,8 +28,10 @@ pub struct FileConfig {
     pub host: Option<String>,
     /// Sampling interval, e.g. `10s`, `500ms`, `1m`.
     pub interval: Option<String>,
-    /// Only these sources (default: all).
+    /// Only these sources (default: all default-on sources).
     pub only: Option<Vec<String>>,
+    /// Never run these sources.
+    pub disable: Option<Vec<String>>,
     /// sysfs root (default `/sys`).
     pub sysfs: Option<PathBuf>,
     /// procfs root (default `/proc`).
@@ -37,6 +40,20 @@ pub struct FileConfig {
     pub rootfs: Option<PathBuf>,
     /// udev database (default `/run/udev/data`).
     pub udev_data: Option<PathBuf>,
+    /// Kernel log to follow (default `/dev/kmsg`).
+    pub kmsg: Option<PathBuf>,
+    /// Read smartctl JSON files from this directory instead of running smartctl.
+    pub smartctl_json_dir: Option<PathBuf>,
+    /// smartctl binary (default `smartctl` on PATH).
+    pub smartctl: Option<PathBuf>,
+    /// How often SMART data is refreshed, e.g. `10m`.
+    pub smart_interval: Option<String>,
+    /// ipmitool binary for the optional `ipmi` source.
+    pub ipmitool: Option<PathBuf>,
+    /// Deadline for external commands (smartctl, ipmitool), e.g. `10s`.
+    pub command_timeout: Option<String>,
+    /// Serve `/metrics` on this address (e.g. `127.0.0.1:9472`).
+    pub listen: Option<String>,
     /// Directory for the agent's state (the batch sequence number).
     pub state_dir: Option<PathBuf>,
     /// Most batches kept unacknowledged; the oldest are dropped beyond it.
@@ -117,10 +134,16 @@ pub struct Settings {
     pub host: Option<String>,
     /// Sampling interval.
     pub interval: Duration,
-    /// Only these sources (empty: all).
+    /// Only these sources (empty: all default-on sources).
     pub only: Vec<String>,
+    /// Never these sources.
+    pub disable: Vec<String>,
     /// Filesystem roots.
     pub paths: HostPaths,
+    /// Options of individual sources.
+    pub sources: SourceOptions,
+    /// Address to serve `/metrics` on, if any.
+    pub listen: Option<std::net::SocketAddr>,
     /// Where the sequence number is kept across restarts (None: not kept;
     /// sequence numbers then start from the wall clock).
     pub state_dir: Option<PathBuf>,
@@ -135,7 +158,10 @@ impl Default for Settings {
             host: None,
             interval: DEFAULT_INTERVAL,
             only: Vec::new(),
+            disable: Vec::new(),
             paths: HostPaths::default(),
+            sources: SourceOptions::default(),
+            listen: None,
             state_dir: None,
             max_pending_batches: DEFAULT_MAX_PENDING_BATCHES,
         }
@@ -187,10 +213,41 @@ impl Settings {
             });
         }
         let dp = d.paths;
+        let ds = d.sources;
+        let duration = |key: &'static str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(t) => parse_duration(&t).map_err(|message| ConfigError::Invalid { key, message }),
+        };
+        let listen = match flags.listen.or(file.listen) {
+            None => None,
+            Some(t) => Some(t.parse().map_err(|_| ConfigError::Invalid {
+                key: "listen",
+                message: format!("{t:?} is not an address like 127.0.0.1:9472"),
+            })?),
+        };
+        let sources = SourceOptions {
+            kmsg: flags.kmsg.or(file.kmsg),
+            smartctl_json_dir: flags.smartctl_json_dir.or(file.smartctl_json_dir),
+            smartctl: flags.smartctl.or(file.smartctl).unwrap_or(ds.smartctl),
+            smart_interval: duration(
+                "smart_interval",
+                flags.smart_interval.or(file.smart_interval),
+                ds.smart_interval,
+            )?,
+            ipmitool: flags.ipmitool.or(file.ipmitool).unwrap_or(ds.ipmitool),
+            command_timeout: duration(
+                "command_timeout",
+                flags.command_timeout.or(file.command_timeout),
+                ds.command_timeout,
+            )?,
+        };
         Ok(Settings {
             collector,
             host,
             interval,
+            disable: flags.disable.or(file.disable).unwrap_or_default(),
+            sources,
+            listen,
             only: flags.only.or(file.only).unwrap_or_default(),
             paths: HostPaths {
                 sysfs: flags.sysfs.or(file.sysfs).unwrap_or(dp.sysfs),

@@ -65,6 +65,9 @@ struct CommonArgs {
     /// Only these sources, comma-separated (see the list below)
     #[arg(long, value_delimiter = ',', env = "HOSTPULSE_ONLY")]
     only: Option<Vec<String>>,
+    /// Never run these sources, comma-separated
+    #[arg(long, value_delimiter = ',', env = "HOSTPULSE_DISABLE")]
+    disable: Option<Vec<String>>,
     /// sysfs root [default: /sys]
     #[arg(long, env = "HOSTPULSE_SYSFS")]
     sysfs: Option<PathBuf>,
@@ -77,12 +80,35 @@ struct CommonArgs {
     /// udev database [default: /run/udev/data]
     #[arg(long, env = "HOSTPULSE_UDEV_DATA")]
     udev_data: Option<PathBuf>,
+    /// Kernel log to follow [default: /dev/kmsg]
+    #[arg(long, env = "HOSTPULSE_KMSG")]
+    kmsg: Option<PathBuf>,
+    /// Read smartctl --json files from this directory instead of running smartctl
+    #[arg(long, env = "HOSTPULSE_SMARTCTL_JSON_DIR")]
+    smartctl_json_dir: Option<PathBuf>,
+    /// smartctl binary [default: smartctl]
+    #[arg(long, env = "HOSTPULSE_SMARTCTL")]
+    smartctl: Option<PathBuf>,
+    /// How often SMART data is refreshed [default: 10m]
+    #[arg(long, env = "HOSTPULSE_SMART_INTERVAL")]
+    smart_interval: Option<String>,
+    /// ipmitool binary for the optional ipmi source [default: ipmitool]
+    #[arg(long, env = "HOSTPULSE_IPMITOOL")]
+    ipmitool: Option<PathBuf>,
+    /// Deadline for external commands (smartctl, ipmitool) [default: 10s]
+    #[arg(long, env = "HOSTPULSE_COMMAND_TIMEOUT")]
+    command_timeout: Option<String>,
 }
 
 fn sources_help() -> String {
     let mut s = String::from("Sources:\n");
     for e in REGISTRY {
-        s.push_str(&format!("  {:<14} {}\n", e.name, e.about));
+        let off = if e.default_on {
+            ""
+        } else {
+            " (off unless named by --only)"
+        };
+        s.push_str(&format!("  {:<14} {}{off}\n", e.name, e.about));
     }
     s
 }
@@ -94,6 +120,13 @@ fn settings(common: CommonArgs, extra: FileConfig) -> anyhow::Result<Settings> {
     };
     let flags = FileConfig {
         only: common.only,
+        disable: common.disable,
+        kmsg: common.kmsg,
+        smartctl_json_dir: common.smartctl_json_dir,
+        smartctl: common.smartctl,
+        smart_interval: common.smart_interval,
+        ipmitool: common.ipmitool,
+        command_timeout: common.command_timeout,
         sysfs: common.sysfs,
         procfs: common.procfs,
         rootfs: common.rootfs,
@@ -126,7 +159,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sample(args) => {
             let settings = settings(args.common, FileConfig::default())?;
-            let mut sampler = Sampler::new(settings.paths.clone(), &settings.only)?;
+            let mut sampler = Sampler::build(
+                settings.paths.clone(),
+                &settings.only,
+                &settings.disable,
+                &settings.sources,
+            )?;
             let cycle = sampler.sample();
             print!("{}", exposition::render(&cycle));
             Ok(())
@@ -141,7 +179,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 ..FileConfig::default()
             };
             let settings = settings(args.common, extra)?;
-            let sampler = Sampler::new(settings.paths.clone(), &settings.only)?;
+            let sampler = Sampler::build(
+                settings.paths.clone(),
+                &settings.only,
+                &settings.disable,
+                &settings.sources,
+            )?;
             let inventory = Inventory::read(&settings.paths);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)

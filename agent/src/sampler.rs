@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::emit::{Emitter, MetricMeta, Sample};
 use crate::paths::HostPaths;
-use crate::source::{Source, SourceError};
+use crate::source::{Source, SourceError, SourceOptions};
 use crate::sources::{REGISTRY, find};
 
 /// One sampling cycle's output.
@@ -39,21 +39,39 @@ pub struct UnknownSource {
 }
 
 impl Sampler {
-    /// A sampler running `only` (or every registered source when empty).
+    /// A sampler running `only` (or every default source when empty) with
+    /// default source options.
     pub fn new(paths: HostPaths, only: &[String]) -> Result<Self, UnknownSource> {
-        let sources = if only.is_empty() {
-            REGISTRY.iter().map(|e| (e.make)()).collect()
-        } else {
-            let mut v = Vec::new();
-            for name in only {
-                let entry = find(name).ok_or_else(|| UnknownSource {
-                    name: name.clone(),
-                    known: REGISTRY.iter().map(|e| e.name).collect::<Vec<_>>().join(","),
-                })?;
-                v.push((entry.make)());
-            }
-            v
+        Self::build(paths, only, &[], &SourceOptions::default())
+    }
+
+    /// A sampler running `only` (or every default-on source when empty),
+    /// minus `disable`, with the given source options.
+    pub fn build(
+        paths: HostPaths,
+        only: &[String],
+        disable: &[String],
+        options: &SourceOptions,
+    ) -> Result<Self, UnknownSource> {
+        let unknown = |name: &String| UnknownSource {
+            name: name.clone(),
+            known: REGISTRY.iter().map(|e| e.name).collect::<Vec<_>>().join(","),
         };
+        for name in only.iter().chain(disable) {
+            find(name).ok_or_else(|| unknown(name))?;
+        }
+        let sources = REGISTRY
+            .iter()
+            .filter(|e| {
+                if only.is_empty() {
+                    e.default_on
+                } else {
+                    only.iter().any(|n| n == e.name)
+                }
+            })
+            .filter(|e| !disable.iter().any(|n| n == e.name))
+            .map(|e| (e.make)(options))
+            .collect();
         Ok(Self::with_sources(paths, sources))
     }
 
@@ -167,6 +185,24 @@ mod tests {
         assert_eq!(get("hostpulse_source_success", "fails"), Some(0.0));
         assert_eq!(get("hostpulse_source_success", "works"), Some(1.0));
         assert!(cycle.samples.iter().any(|x| x.name == "whole" && x.value == 2.0));
+    }
+
+    #[test]
+    fn disable_removes_a_source_and_is_checked() {
+        let opts = SourceOptions::default();
+        let all = Sampler::build(HostPaths::default(), &[], &[], &opts)
+            .unwrap()
+            .source_names();
+        let without = Sampler::build(HostPaths::default(), &[], &["hwmon".to_string()], &opts)
+            .unwrap()
+            .source_names();
+        assert!(all.contains(&"hwmon"));
+        assert!(!without.contains(&"hwmon"));
+        assert_eq!(without.len(), all.len() - 1);
+        let err = Sampler::build(HostPaths::default(), &[], &["hwmonn".to_string()], &opts)
+            .err()
+            .map(|e| e.name);
+        assert_eq!(err.as_deref(), Some("hwmonn"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! never a crash, and "no such hardware" is not a failure.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
@@ -16,6 +17,39 @@ pub trait Source: Send {
     ///
     /// Returns `Ok(())` when the hardware is simply absent (nothing emitted).
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError>;
+}
+
+/// Settings some sources need beyond [`HostPaths`], built from config and
+/// handed to each source's constructor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceOptions {
+    /// Kernel log device to follow (default `<dev>/kmsg`); a plain file works
+    /// for tests.
+    pub kmsg: Option<PathBuf>,
+    /// Read `smartctl --json` outputs from this directory (written by the
+    /// privileged helper) instead of running smartctl.
+    pub smartctl_json_dir: Option<PathBuf>,
+    /// The smartctl binary the agent runs when no JSON directory is set.
+    pub smartctl: PathBuf,
+    /// How often SMART data is refreshed (SMART is slow and wakes disks).
+    pub smart_interval: Duration,
+    /// The ipmitool binary for the optional IPMI source.
+    pub ipmitool: PathBuf,
+    /// Deadline for any external command (smartctl, ipmitool).
+    pub command_timeout: Duration,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            kmsg: None,
+            smartctl_json_dir: None,
+            smartctl: PathBuf::from("smartctl"),
+            smart_interval: Duration::from_secs(600),
+            ipmitool: PathBuf::from("ipmitool"),
+            command_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Why a source could not deliver.
