@@ -85,6 +85,7 @@ struct PendingBatch {
     timestamp_ms: i64,
     series: Vec<u32>,
     values: Vec<f64>,
+    events: Vec<crate::emit::KernelEvent>,
 }
 
 /// Batches not yet acknowledged, oldest first.
@@ -472,7 +473,16 @@ fn encode(batch: &PendingBatch, refs: &mut HashMap<u32, u32>, shared: &Shared) -
             refs: wire_refs,
             timestamp_deltas_ms: Vec::new(),
             values: batch.values.clone(),
-            events: Vec::new(),
+            events: batch
+                .events
+                .iter()
+                .map(|e| KernelEvent {
+                    timestamp_ms: e.timestamp_ms,
+                    kind: e.kind.clone(),
+                    device: e.device.clone(),
+                    message: e.message.clone(),
+                })
+                .collect(),
         })),
     }
 }

@@ -47,11 +47,25 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// Collects the samples of one cycle.
+/// A hardware-related kernel log line, sent with the cycle's batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelEvent {
+    /// When the kernel logged it, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Classification, e.g. `mce`, `nvme_timeout`, `medium_error`.
+    pub kind: String,
+    /// Device the line names (`nvme0`, `sda`), empty if none.
+    pub device: String,
+    /// The line as the kernel wrote it.
+    pub message: String,
+}
+
+/// Collects the samples (and kernel events) of one cycle.
 #[derive(Debug, Default)]
 pub struct Emitter {
     samples: Vec<Sample>,
     meta: BTreeMap<String, MetricMeta>,
+    events: Vec<KernelEvent>,
 }
 
 impl Emitter {
@@ -94,6 +108,21 @@ impl Emitter {
         });
     }
 
+    /// Records a kernel event to send with this cycle.
+    pub fn event(&mut self, event: KernelEvent) {
+        self.events.push(event);
+    }
+
+    /// Kernel events recorded so far.
+    pub fn events(&self) -> &[KernelEvent] {
+        &self.events
+    }
+
+    /// Moves the kernel events out.
+    pub fn take_events(&mut self) -> Vec<KernelEvent> {
+        std::mem::take(&mut self.events)
+    }
+
     /// Samples recorded so far, in emission order.
     pub fn samples(&self) -> &[Sample] {
         &self.samples
@@ -115,6 +144,7 @@ impl Emitter {
             self.meta.entry(name).or_insert(meta);
         }
         self.samples.extend(other.samples);
+        self.events.extend(other.events);
     }
 }
 

@@ -18,7 +18,7 @@ pub mod signal;
 pub mod source;
 pub mod sources;
 
-pub use emit::{Emitter, MetricType, Sample};
+pub use emit::{Emitter, KernelEvent, MetricType, Sample};
 pub use paths::HostPaths;
 pub use sampler::{Cycle, Sampler};
 pub use source::{Source, SourceError};

@@ -4,7 +4,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::emit::{Emitter, MetricMeta, Sample};
+use crate::emit::{Emitter, KernelEvent, MetricMeta, Sample};
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError, SourceOptions};
 use crate::sources::{REGISTRY, find};
@@ -18,6 +18,8 @@ pub struct Cycle {
     pub samples: Vec<Sample>,
     /// Type and help of every metric name in `samples`.
     pub meta: std::collections::BTreeMap<String, MetricMeta>,
+    /// Kernel events seen during the cycle.
+    pub events: Vec<KernelEvent>,
 }
 
 /// Runs a fixed set of sources against one `HostPaths`.
