@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use hostpulse_proto::ingest_client::IngestClient;
 use hostpulse_proto::{
-    AgentMessage, Batch, ErrorCode, Hello, Label, SeriesDefinition, agent_message, collector_message,
+    AgentMessage, Batch, ErrorCode, Hello, KernelEvent, Label, SeriesDefinition, agent_message, collector_message,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -315,6 +315,7 @@ fn intern_cycle(shared: &Shared, seq: u64, cycle: Cycle) -> PendingBatch {
         timestamp_ms: cycle.timestamp_ms,
         series,
         values,
+        events: cycle.events,
     }
 }
 

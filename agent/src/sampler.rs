@@ -130,11 +130,13 @@ impl Sampler {
                 elapsed,
             );
         }
+        let events = out.take_events();
         let (samples, meta) = out.take();
         Cycle {
             timestamp_ms,
             samples,
             meta,
+            events,
         }
     }
 }
