@@ -199,6 +199,7 @@ mod tests {
             timestamp_ms: 0,
             samples,
             meta,
+            events: Vec::new(),
         };
         let expected = "\
 # HELP node_a_total A\\nhelp.
