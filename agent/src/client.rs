@@ -518,6 +518,7 @@ mod tests {
             timestamp_ms: 0,
             series: vec![],
             values: vec![],
+            events: vec![],
         }
     }
 
@@ -572,6 +573,7 @@ mod tests {
             timestamp_ms: 5,
             series: vec![id],
             values: vec![0.5],
+            events: vec![],
         };
         let mut refs = HashMap::new();
         let Some(agent_message::Kind::Batch(first)) = encode(&b, &mut refs, &shared).kind else {
