@@ -1,6 +1,11 @@
 //! Agent configuration: the TOML file (`--config`, unknown keys rejected),
 //! merged with command-line flags (flags win), validated into [`Settings`].
 //! Every flag has a key of the same name with `-` written as `_`.
+//!
+//! Settings built by hand (tests, the collector's in-process agent) start
+//! from [`Settings::default`], which keeps the spool in memory; only
+//! [`Settings::resolve`] (the command line) defaults to the on-disk spool in
+//! [`DEFAULT_SPOOL_DIR`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,16 +19,34 @@ use crate::source::SourceOptions;
 pub const DEFAULT_COLLECTOR: &str = "http://127.0.0.1:9471";
 /// Default sampling interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
-/// Default bound on batches kept while unacknowledged (six hours at 10 s).
-pub const DEFAULT_MAX_PENDING_BATCHES: usize = 2160;
+/// Default bound on batches kept while unacknowledged (11.5 days at 10 s):
+/// high enough that the byte bound of the spool is the one that binds.
+pub const DEFAULT_MAX_PENDING_BATCHES: usize = 100_000;
+/// Default spool directory of the `run` command.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/hostpulse-agent";
+/// Default bound on the spool's size (64 MiB: about two days of a
+/// node_exporter-sized host at 10 s).
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
+/// Smallest accepted spool bound.
+pub const MIN_SPOOL_MAX_BYTES: u64 = 64 << 10;
+/// Consecutive failed attempts on one collector before the next in order is
+/// tried.
+pub const DEFAULT_FAILOVER_AFTER: u32 = 3;
+/// How often an agent streaming to a fallback collector checks whether its
+/// preferred one is back.
+pub const DEFAULT_FAILBACK_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The agent's TOML config file. Every field is optional; absent means the
 /// flag or the default decides.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Collector gRPC URL, e.g. `http://collector.example:9471`.
+    /// Collector gRPC URL, e.g. `http://collector.example:9471`; with
+    /// `collectors` it is the first of the list.
     pub collector: Option<String>,
+    /// Several collectors; each agent orders them by rendezvous hashing of
+    /// its host id and fails over in that order.
+    pub collectors: Option<Vec<String>>,
     /// Host name to report as (default: the kernel's host name).
     pub host: Option<String>,
     /// Sampling interval, e.g. `10s`, `500ms`, `1m`.
@@ -54,10 +77,23 @@ pub struct FileConfig {
     pub command_timeout: Option<String>,
     /// Serve `/metrics` on this address (e.g. `127.0.0.1:9472`).
     pub listen: Option<String>,
+    /// CA certificate (PEM) that signed the collector's certificate, for `https://` collectors.
+    pub tls_ca: Option<PathBuf>,
+    /// This agent's client certificate (PEM), for mTLS.
+    pub tls_cert: Option<PathBuf>,
+    /// This agent's client key (PEM), for mTLS.
+    pub tls_key: Option<PathBuf>,
+    /// File holding this agent's bearer token, when the collector uses tokens.
+    pub token_file: Option<PathBuf>,
     /// Directory for the agent's state (the batch sequence number).
     pub state_dir: Option<PathBuf>,
     /// Most batches kept unacknowledged; the oldest are dropped beyond it.
     pub max_pending_batches: Option<usize>,
+    /// Directory of the on-disk spool (default `/var/lib/hostpulse-agent`;
+    /// when it cannot be used the spool is kept in memory).
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool takes; the oldest data is dropped beyond it.
+    pub spool_max_bytes: Option<u64>,
 }
 
 /// A configuration problem, naming the file, key or value.
@@ -125,11 +161,27 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Re
     })
 }
 
+/// How the agent proves itself to the collector and checks the collector.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// CA that signed the collector's certificate (None: system roots).
+    pub ca: Option<PathBuf>,
+    /// Client certificate for mTLS.
+    pub cert: Option<PathBuf>,
+    /// Client key for mTLS.
+    pub key: Option<PathBuf>,
+    /// File with the bearer token.
+    pub token_file: Option<PathBuf>,
+}
+
 /// Validated settings the agent runs with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    /// Collector gRPC URL.
+    /// Collector gRPC URL (the first of `collectors` when that is set).
     pub collector: String,
+    /// Every collector, in configuration order; empty means just
+    /// `collector`. Use [`Settings::collector_urls`].
+    pub collectors: Vec<String>,
     /// Host name override (None: the kernel's host name).
     pub host: Option<String>,
     /// Sampling interval.
@@ -144,17 +196,30 @@ pub struct Settings {
     pub sources: SourceOptions,
     /// Address to serve `/metrics` on, if any.
     pub listen: Option<std::net::SocketAddr>,
+    /// TLS and token settings of the stream.
+    pub tls: TlsSettings,
     /// Where the sequence number is kept across restarts (None: not kept;
     /// sequence numbers then start from the wall clock).
     pub state_dir: Option<PathBuf>,
     /// Bound on unacknowledged batches.
     pub max_pending_batches: usize,
+    /// Directory of the on-disk spool (None: in memory). The sequence number
+    /// is kept here too when `state_dir` is not set.
+    pub spool_dir: Option<PathBuf>,
+    /// Bound on the spool's size in bytes.
+    pub spool_max_bytes: u64,
+    /// Consecutive failures on a collector before the next one is tried.
+    pub failover_after: u32,
+    /// How often a fallback stream checks whether the preferred collector
+    /// is reachable again.
+    pub failback_interval: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             collector: DEFAULT_COLLECTOR.to_string(),
+            collectors: Vec::new(),
             host: None,
             interval: DEFAULT_INTERVAL,
             only: Vec::new(),
@@ -162,13 +227,27 @@ impl Default for Settings {
             paths: HostPaths::default(),
             sources: SourceOptions::default(),
             listen: None,
+            tls: TlsSettings::default(),
             state_dir: None,
             max_pending_batches: DEFAULT_MAX_PENDING_BATCHES,
+            spool_dir: None,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            failover_after: DEFAULT_FAILOVER_AFTER,
+            failback_interval: DEFAULT_FAILBACK_INTERVAL,
         }
     }
 }
 
 impl Settings {
+    /// Every collector URL in configuration order (at least one).
+    pub fn collector_urls(&self) -> Vec<String> {
+        if self.collectors.is_empty() {
+            vec![self.collector.clone()]
+        } else {
+            self.collectors.clone()
+        }
+    }
+
     /// Merges a file config (lower priority) with flag values (higher
     /// priority, given as another `FileConfig`) over the defaults.
     pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<Settings, ConfigError> {
@@ -186,11 +265,34 @@ impl Settings {
                 message: format!("{interval:?} is below the 100ms minimum"),
             });
         }
-        let collector = flags.collector.or(file.collector).unwrap_or(d.collector);
-        if !(collector.starts_with("http://") || collector.starts_with("https://")) {
+        let flag_list = collector_list(flags.collector, flags.collectors);
+        let collectors = if flag_list.is_empty() {
+            collector_list(file.collector, file.collectors)
+        } else {
+            flag_list
+        };
+        let collectors = if collectors.is_empty() {
+            vec![d.collector]
+        } else {
+            collectors
+        };
+        for url in &collectors {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    key: "collector",
+                    message: format!("{url:?} is not an http:// or https:// URL"),
+                });
+            }
+        }
+        let collector = collectors[0].clone();
+        let spool_max_bytes = flags
+            .spool_max_bytes
+            .or(file.spool_max_bytes)
+            .unwrap_or(d.spool_max_bytes);
+        if spool_max_bytes < MIN_SPOOL_MAX_BYTES {
             return Err(ConfigError::Invalid {
-                key: "collector",
-                message: format!("{collector:?} is not an http:// or https:// URL"),
+                key: "spool_max_bytes",
+                message: format!("{spool_max_bytes} is below the minimum of {MIN_SPOOL_MAX_BYTES} bytes"),
             });
         }
         let host = flags.host.or(file.host);
@@ -241,8 +343,31 @@ impl Settings {
                 ds.command_timeout,
             )?,
         };
+        let tls = TlsSettings {
+            ca: flags.tls_ca.or(file.tls_ca),
+            cert: flags.tls_cert.or(file.tls_cert),
+            key: flags.tls_key.or(file.tls_key),
+            token_file: flags.token_file.or(file.token_file),
+        };
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "tls_cert",
+                message: "tls_cert and tls_key must be given together".into(),
+            });
+        }
         Ok(Settings {
+            tls,
             collector,
+            collectors,
+            spool_dir: Some(
+                flags
+                    .spool_dir
+                    .or(file.spool_dir)
+                    .unwrap_or_else(|| DEFAULT_SPOOL_DIR.into()),
+            ),
+            spool_max_bytes,
+            failover_after: d.failover_after,
+            failback_interval: d.failback_interval,
             host,
             interval,
             disable: flags.disable.or(file.disable).unwrap_or_default(),
@@ -260,6 +385,19 @@ impl Settings {
             max_pending_batches,
         })
     }
+}
+
+/// One configuration layer's collectors: `collector` first, then
+/// `collectors`, each URL once.
+fn collector_list(one: Option<String>, many: Option<Vec<String>>) -> Vec<String> {
+    let mut list: Vec<String> = Vec::new();
+    for url in one.into_iter().chain(many.unwrap_or_default()) {
+        let url = url.trim().to_string();
+        if !url.is_empty() && !list.contains(&url) {
+            list.push(url);
+        }
+    }
+    list
 }
 
 /// Parses `10s`, `500ms`, `1m`, `2h`, `1.5s` or a bare number of seconds.
@@ -329,6 +467,47 @@ mod tests {
     }
 
     #[test]
+    fn collector_lists_merge_with_the_single_key() {
+        let file = FileConfig::parse(
+            Path::new("a.toml"),
+            "collector = \"http://a:9471\"\ncollectors = [\"http://b:9471\", \"http://a:9471\"]\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(file.clone(), FileConfig::default()).unwrap();
+        assert_eq!(s.collector_urls(), vec!["http://a:9471", "http://b:9471"]);
+        assert_eq!(s.collector, "http://a:9471");
+        // Flags replace the file's list as a whole.
+        let flags = FileConfig {
+            collectors: Some(vec!["http://c:9471".into()]),
+            ..Default::default()
+        };
+        let s = Settings::resolve(file, flags).unwrap();
+        assert_eq!(s.collector_urls(), vec!["http://c:9471"]);
+        // Settings built by hand name one collector.
+        let s = Settings {
+            collector: "http://x:1".into(),
+            ..Settings::default()
+        };
+        assert_eq!(s.collector_urls(), vec!["http://x:1"]);
+    }
+
+    #[test]
+    fn spool_defaults_to_disk_only_from_the_command_line() {
+        assert_eq!(Settings::default().spool_dir, None);
+        let s = Settings::resolve(FileConfig::default(), FileConfig::default()).unwrap();
+        assert_eq!(s.spool_dir.as_deref(), Some(Path::new(DEFAULT_SPOOL_DIR)));
+        assert_eq!(s.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+        let file = FileConfig::parse(
+            Path::new("a.toml"),
+            "spool_dir = \"/tmp/s\"\nspool_max_bytes = 1048576\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(file, FileConfig::default()).unwrap();
+        assert_eq!(s.spool_dir.as_deref(), Some(Path::new("/tmp/s")));
+        assert_eq!(s.spool_max_bytes, 1 << 20);
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let bad = |f: FileConfig| Settings::resolve(FileConfig::default(), f).unwrap_err().to_string();
         assert_eq!(
@@ -344,6 +523,20 @@ mod tests {
                 ..Default::default()
             }),
             "interval: 1ms is below the 100ms minimum"
+        );
+        assert_eq!(
+            bad(FileConfig {
+                collectors: Some(vec!["http://ok:1".into(), "grpc://x".into()]),
+                ..Default::default()
+            }),
+            "collector: \"grpc://x\" is not an http:// or https:// URL"
+        );
+        assert_eq!(
+            bad(FileConfig {
+                spool_max_bytes: Some(1000),
+                ..Default::default()
+            }),
+            "spool_max_bytes: 1000 is below the minimum of 65536 bytes"
         );
     }
 }

@@ -14,9 +14,12 @@ pub mod exposition;
 pub mod inventory;
 pub mod paths;
 pub mod sampler;
+pub mod serve;
 pub mod signal;
 pub mod source;
+pub mod spool;
 pub mod sources;
+pub mod tls;
 
 pub use emit::{Emitter, KernelEvent, MetricType, Sample};
 pub use paths::HostPaths;

@@ -9,8 +9,13 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use hostpulse_agent::config::{FileConfig, Settings};
 use hostpulse_agent::inventory::Inventory;
+use hostpulse_agent::sampler::{DEFAULT_SOURCE_DEADLINE, LatestCycle};
 use hostpulse_agent::sources::REGISTRY;
-use hostpulse_agent::{Sampler, client, exposition};
+use hostpulse_agent::{Sampler, client, exposition, serve};
+
+/// Where `serve` listens unless told otherwise (loopback, see DESIGN.md).
+const DEFAULT_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9472);
 
 /// Samples this server's hardware health (temperatures, power, memory,
 /// disks, network) and streams it to a hostpulse collector.
@@ -28,6 +33,9 @@ enum Command {
     Run(RunArgs),
     /// Sample once, print the result in Prometheus text format, and exit.
     Sample(SampleArgs),
+    /// Serve /metrics over HTTP for pull-based setups (Prometheus scrapes
+    /// the agent), sampling once per scrape.
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -44,6 +52,21 @@ struct RunArgs {
     /// Directory keeping the batch sequence number across restarts
     #[arg(long, env = "HOSTPULSE_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Also serve /metrics on this address (e.g. 127.0.0.1:9472), from the streamed cycles
+    #[arg(long, env = "HOSTPULSE_LISTEN")]
+    listen: Option<String>,
+    /// CA certificate (PEM) of the collector, for https:// collectors
+    #[arg(long, env = "HOSTPULSE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; the collector takes this host's identity from it
+    #[arg(long, env = "HOSTPULSE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mTLS
+    #[arg(long, env = "HOSTPULSE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// File holding this agent's bearer token
+    #[arg(long, env = "HOSTPULSE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Most batches kept while unacknowledged [default: 2160]
     #[arg(long, env = "HOSTPULSE_MAX_PENDING_BATCHES")]
     max_pending_batches: Option<usize>,
@@ -53,6 +76,15 @@ struct RunArgs {
 
 #[derive(Args, Debug)]
 struct SampleArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to serve /metrics on [default: 127.0.0.1:9472]
+    #[arg(long, env = "HOSTPULSE_LISTEN")]
+    listen: Option<String>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -169,29 +201,79 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             print!("{}", exposition::render(&cycle));
             Ok(())
         }
-        Command::Run(args) => {
+        Command::Serve(args) => {
             let extra = FileConfig {
-                collector: args.collector,
-                host: args.host,
-                interval: args.interval,
-                state_dir: args.state_dir,
-                max_pending_batches: args.max_pending_batches,
+                listen: args.listen,
                 ..FileConfig::default()
             };
             let settings = settings(args.common, extra)?;
+            let addr = settings.listen.unwrap_or(DEFAULT_LISTEN);
             let sampler = Sampler::build(
                 settings.paths.clone(),
                 &settings.only,
                 &settings.disable,
                 &settings.sources,
             )?;
-            let inventory = Inventory::read(&settings.paths);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
+                let listener = serve::bind(addr).await?;
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    hostpulse_agent::signal::shutdown_requested().await;
+                    let _ = stop_tx.send(true);
+                });
+                tracing::info!(%addr, sources = ?sampler.source_names(), "serving /metrics");
+                serve::serve(listener, serve::Metrics::own(sampler), stop_rx).await;
+                anyhow::Ok(())
+            })?;
+            Ok(())
+        }
+        Command::Run(args) => {
+            let extra = FileConfig {
+                collector: args.collector,
+                host: args.host,
+                interval: args.interval,
+                state_dir: args.state_dir,
+                listen: args.listen,
+                tls_ca: args.tls_ca,
+                tls_cert: args.tls_cert,
+                tls_key: args.tls_key,
+                token_file: args.token_file,
+                max_pending_batches: args.max_pending_batches,
+                ..FileConfig::default()
+            };
+            let settings = settings(args.common, extra)?;
+            let mut sampler = Sampler::build(
+                settings.paths.clone(),
+                &settings.only,
+                &settings.disable,
+                &settings.sources,
+            )?;
+            // A slow source may hold a cycle at most half an interval.
+            sampler.set_deadline((settings.interval / 2).min(DEFAULT_SOURCE_DEADLINE));
+            let latest = Arc::new(LatestCycle::default());
+            if settings.listen.is_some() {
+                sampler.publish_to(latest.clone());
+            }
+            let inventory = Inventory::read(&settings.paths);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            // Bound before anything starts, so a busy address is one clear error.
+            let listener = match settings.listen {
+                Some(addr) => Some((addr, runtime.block_on(serve::bind(addr))?)),
+                None => None,
+            };
+            runtime.block_on(async move {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                if let Some((addr, listener)) = listener {
+                    tracing::info!(%addr, "serving /metrics from the streamed cycles");
+                    tokio::spawn(serve::serve(listener, serve::Metrics::shared(latest), stop_rx.clone()));
+                }
                 tokio::spawn(async move {
                     hostpulse_agent::signal::shutdown_requested().await;
                     tracing::info!("shutting down");

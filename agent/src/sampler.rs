@@ -1,33 +1,123 @@
 //! The sampler: runs every enabled source once per cycle, isolates their
-//! failures, and records per-source success and duration. One timestamp
-//! per cycle.
+//! failures, and records per-source success, duration and timeouts plus the
+//! agent's own cost. One timestamp per cycle.
+//!
+//! Each source lives on its own worker thread, reused across cycles, so a
+//! source that hangs (a stuck NFS mount, a BMC that does not answer) cannot
+//! hold the cycle past its deadline: a source still busy at the deadline is
+//! reported `hostpulse_source_success=0` for the cycle, counted once in
+//! `hostpulse_source_timeouts_total`, and not started again until it has
+//! returned. Whatever it returns late is used in the next cycle. A source
+//! that panics is reported as failed, not fatal.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::emit::{Emitter, KernelEvent, MetricMeta, Sample};
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError, SourceOptions};
 use crate::sources::{REGISTRY, find};
 
+/// How long a cycle waits for each source unless the sampler is told
+/// otherwise (`run` uses the smaller of this and half the interval).
+pub const DEFAULT_SOURCE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The agent's own metrics, defined in one place.
+mod self_metrics {
+    pub const SOURCE_SUCCESS: (&str, &str) = (
+        "hostpulse_source_success",
+        "Whether the source's last collection succeeded (1) or failed or overran its deadline (0).",
+    );
+    pub const SOURCE_DURATION: (&str, &str) = (
+        "hostpulse_source_duration_seconds",
+        "How long the source's last collection took (for a source past its deadline: how long it has been running).",
+    );
+    pub const SOURCE_TIMEOUTS: (&str, &str) = (
+        "hostpulse_source_timeouts_total",
+        "Collections of the source that ran past the cycle deadline.",
+    );
+    pub const CYCLE_DURATION: (&str, &str) = (
+        "hostpulse_agent_cycle_duration_seconds",
+        "How long this sampling cycle took, waiting for sources included.",
+    );
+    pub const RESIDENT_MEMORY: (&str, &str) = (
+        "hostpulse_agent_resident_memory_bytes",
+        "Resident memory of the agent process.",
+    );
+    pub const CPU_SECONDS: (&str, &str) = (
+        "hostpulse_agent_cpu_seconds_total",
+        "User and system CPU time the agent process has used.",
+    );
+}
+
 /// One sampling cycle's output.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Cycle {
     /// When the cycle started, in milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
     /// Every sample of the cycle.
     pub samples: Vec<Sample>,
     /// Type and help of every metric name in `samples`.
-    pub meta: std::collections::BTreeMap<String, MetricMeta>,
+    pub meta: BTreeMap<String, MetricMeta>,
     /// Kernel events seen during the cycle.
     pub events: Vec<KernelEvent>,
 }
 
+/// The most recent cycle, shared with readers that must not sample again
+/// (the local `/metrics` endpoint of `run --listen`).
+#[derive(Debug, Default)]
+pub struct LatestCycle {
+    slot: Mutex<Option<(Instant, Arc<Cycle>)>>,
+}
+
+impl LatestCycle {
+    /// The last published cycle and when it was published.
+    pub fn get(&self) -> Option<(Instant, Arc<Cycle>)> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, cycle: Arc<Cycle>) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), cycle));
+    }
+}
+
+/// What a worker sends back after one collection.
+struct Done {
+    index: usize,
+    output: Emitter,
+    result: Result<(), SourceError>,
+    elapsed: Duration,
+}
+
+/// The sampler's handle on one source's worker thread.
+struct Worker {
+    name: &'static str,
+    /// Sends "collect now"; `None` when the thread could not be started.
+    jobs: Option<mpsc::Sender<()>>,
+    /// Set while a collection is running.
+    busy_since: Option<Instant>,
+    /// The running collection already counted as a timeout.
+    counted_timeout: bool,
+    timeouts: u64,
+    /// A result received but not yet put into a cycle.
+    pending: Option<Done>,
+}
+
 /// Runs a fixed set of sources against one `HostPaths`.
 pub struct Sampler {
-    paths: HostPaths,
-    sources: Vec<Box<dyn Source>>,
-    /// Sources that already reported a missing permission; not logged again.
-    reported_denied: std::collections::HashSet<&'static str>,
+    workers: Vec<Worker>,
+    results: mpsc::Receiver<Done>,
+    deadline: Duration,
+    /// Sources that already reported a missing permission or a timeout; not
+    /// logged again.
+    reported_denied: HashSet<&'static str>,
+    reported_timeout: HashSet<&'static str>,
+    procfs_self: PathBuf,
+    publish: Option<Arc<LatestCycle>>,
 }
 
 /// `--only` named a source that does not exist.
@@ -77,31 +167,138 @@ impl Sampler {
         Ok(Self::with_sources(paths, sources))
     }
 
-    /// A sampler over explicitly built sources (tests use this).
+    /// A sampler over explicitly built sources (tests use this). Starts one
+    /// worker thread per source.
     pub fn with_sources(paths: HostPaths, sources: Vec<Box<dyn Source>>) -> Self {
+        let paths = Arc::new(paths);
+        let (done_tx, results) = mpsc::channel();
+        let workers = sources
+            .into_iter()
+            .enumerate()
+            .map(|(index, source)| spawn_worker(index, source, paths.clone(), done_tx.clone()))
+            .collect();
         Sampler {
-            paths,
-            sources,
-            reported_denied: Default::default(),
+            workers,
+            results,
+            deadline: DEFAULT_SOURCE_DEADLINE,
+            reported_denied: HashSet::new(),
+            reported_timeout: HashSet::new(),
+            // The agent's own usage is read from its own process, never from
+            // the (possibly fixture) procfs it samples.
+            procfs_self: PathBuf::from("/proc/self"),
+            publish: None,
         }
+    }
+
+    /// Sets how long a cycle waits for its sources.
+    pub fn set_deadline(&mut self, deadline: Duration) {
+        self.deadline = deadline;
+    }
+
+    /// The deadline a cycle waits for its sources.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// After every cycle, also store it in `latest` (for the local
+    /// `/metrics` endpoint, so it never samples a second time).
+    pub fn publish_to(&mut self, latest: Arc<LatestCycle>) {
+        self.publish = Some(latest);
     }
 
     /// Names of the sources this sampler runs.
     pub fn source_names(&self) -> Vec<&'static str> {
-        self.sources.iter().map(|s| s.name()).collect()
+        self.workers.iter().map(|w| w.name).collect()
     }
 
-    /// Runs one cycle.
+    fn accept(&mut self, done: Done) {
+        if let Some(w) = self.workers.get_mut(done.index) {
+            w.busy_since = None;
+            w.counted_timeout = false;
+            w.pending = Some(done);
+        }
+    }
+
+    /// Runs one cycle: starts every idle source, waits for them up to the
+    /// deadline, and assembles their output in registry order.
     pub fn sample(&mut self) -> Cycle {
+        let started = Instant::now();
         let timestamp_ms = now_ms();
+        // Results of sources that overran an earlier cycle and have since
+        // returned belong to this cycle.
+        while let Ok(done) = self.results.try_recv() {
+            self.accept(done);
+        }
+        for w in &mut self.workers {
+            if w.busy_since.is_some() || w.pending.is_some() {
+                continue;
+            }
+            let sent = w.jobs.as_ref().is_some_and(|jobs| jobs.send(()).is_ok());
+            if sent {
+                w.busy_since = Some(Instant::now());
+            } else {
+                w.jobs = None;
+            }
+        }
+        let until = started + self.deadline;
+        while self.workers.iter().any(|w| w.busy_since.is_some()) {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.results.recv_timeout(left) {
+                Ok(done) => self.accept(done),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
         let mut out = Emitter::new();
-        for source in &mut self.sources {
-            let name = source.name();
-            let mut own = Emitter::new();
-            let started = Instant::now();
-            let result = source.collect(&self.paths, &mut own);
-            let elapsed = started.elapsed().as_secs_f64();
-            let ok = match result {
+        for i in 0..self.workers.len() {
+            let (name, ok, elapsed) = self.finish_source(i, &mut out);
+            let labels = [("source", name)];
+            out.gauge(
+                self_metrics::SOURCE_SUCCESS.0,
+                self_metrics::SOURCE_SUCCESS.1,
+                &labels,
+                if ok { 1.0 } else { 0.0 },
+            );
+            out.gauge(
+                self_metrics::SOURCE_DURATION.0,
+                self_metrics::SOURCE_DURATION.1,
+                &labels,
+                elapsed.as_secs_f64(),
+            );
+            out.counter(
+                self_metrics::SOURCE_TIMEOUTS.0,
+                self_metrics::SOURCE_TIMEOUTS.1,
+                &labels,
+                self.workers[i].timeouts as f64,
+            );
+        }
+        self.emit_self(&mut out);
+        out.gauge(
+            self_metrics::CYCLE_DURATION.0,
+            self_metrics::CYCLE_DURATION.1,
+            &[],
+            started.elapsed().as_secs_f64(),
+        );
+        let events = out.take_events();
+        let (samples, meta) = out.take();
+        let cycle = Cycle {
+            timestamp_ms,
+            samples,
+            meta,
+            events,
+        };
+        if let Some(latest) = &self.publish {
+            latest.set(Arc::new(cycle.clone()));
+        }
+        cycle
+    }
+
+    /// Puts source `i`'s result (if any) into `out`; returns its name,
+    /// whether it succeeded, and its duration.
+    fn finish_source(&mut self, i: usize, out: &mut Emitter) -> (&'static str, bool, Duration) {
+        let w = &mut self.workers[i];
+        let name = w.name;
+        if let Some(done) = w.pending.take() {
+            let ok = match done.result {
                 Ok(()) => true,
                 Err(SourceError::PermissionDenied { path }) => {
                     if self.reported_denied.insert(name) {
@@ -116,29 +313,122 @@ impl Sampler {
             };
             // A failed source may have emitted part of its series; keep them,
             // they are correct values.
-            out.extend(own);
-            out.gauge(
-                "hostpulse_source_success",
-                "Whether the source's last collection succeeded (1) or failed (0).",
-                &[("source", name)],
-                if ok { 1.0 } else { 0.0 },
-            );
-            out.gauge(
-                "hostpulse_source_duration_seconds",
-                "How long the source's last collection took.",
-                &[("source", name)],
-                elapsed,
-            );
+            out.extend(done.output);
+            return (name, ok, done.elapsed);
         }
-        let events = out.take_events();
-        let (samples, meta) = out.take();
-        Cycle {
-            timestamp_ms,
-            samples,
-            meta,
-            events,
+        match w.busy_since {
+            Some(since) => {
+                if !w.counted_timeout {
+                    w.counted_timeout = true;
+                    w.timeouts += 1;
+                    if self.reported_timeout.insert(name) {
+                        tracing::warn!(source = name, deadline = ?self.deadline, "source ran past its deadline; skipped until it returns");
+                    } else {
+                        tracing::debug!(source = name, "source ran past its deadline again");
+                    }
+                }
+                (name, false, since.elapsed())
+            }
+            None => {
+                // The worker thread is gone (could not start, or exited).
+                if self.reported_timeout.insert(name) {
+                    tracing::warn!(source = name, "source worker is not running; its series are missing");
+                }
+                (name, false, Duration::ZERO)
+            }
         }
     }
+
+    fn emit_self(&self, out: &mut Emitter) {
+        if let Some(rss) = std::fs::read_to_string(self.procfs_self.join("status"))
+            .ok()
+            .and_then(|t| parse_status_rss_bytes(&t))
+        {
+            out.gauge(
+                self_metrics::RESIDENT_MEMORY.0,
+                self_metrics::RESIDENT_MEMORY.1,
+                &[],
+                rss as f64,
+            );
+        }
+        if let Some(cpu) = std::fs::read_to_string(self.procfs_self.join("stat"))
+            .ok()
+            .and_then(|t| parse_stat_cpu_seconds(&t))
+        {
+            out.counter(self_metrics::CPU_SECONDS.0, self_metrics::CPU_SECONDS.1, &[], cpu);
+        }
+    }
+}
+
+fn spawn_worker(index: usize, mut source: Box<dyn Source>, paths: Arc<HostPaths>, done: mpsc::Sender<Done>) -> Worker {
+    let name = source.name();
+    let (jobs_tx, jobs) = mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name(format!("hp-src-{name}"))
+        .spawn(move || {
+            // Ends when the sampler (the job sender) is dropped.
+            while jobs.recv().is_ok() {
+                let mut output = Emitter::new();
+                let started = Instant::now();
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| source.collect(&paths, &mut output)))
+                    .unwrap_or_else(|_| {
+                        Err(SourceError::Io {
+                            path: PathBuf::from(name),
+                            source: std::io::Error::other("source panicked"),
+                        })
+                    });
+                let reply = Done {
+                    index,
+                    output,
+                    result,
+                    elapsed: started.elapsed(),
+                };
+                if done.send(reply).is_err() {
+                    return;
+                }
+            }
+        });
+    let jobs = match spawned {
+        Ok(_) => Some(jobs_tx),
+        Err(e) => {
+            tracing::warn!(source = name, error = %e, "could not start the source's worker thread");
+            None
+        }
+    };
+    Worker {
+        name,
+        jobs,
+        busy_since: None,
+        counted_timeout: false,
+        timeouts: 0,
+        pending: None,
+    }
+}
+
+/// Resident memory from `/proc/<pid>/status` (`VmRSS:  1234 kB`), in bytes.
+pub fn parse_status_rss_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut fields = line["VmRSS:".len()..].split_whitespace();
+    let value: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
+    }
+}
+
+/// User plus system CPU seconds from `/proc/<pid>/stat`. The command name
+/// (field 2) may contain spaces and parentheses, so fields are counted from
+/// the last `)`. Times are in USER_HZ ticks, which Linux fixes at 100 for
+/// user space on every architecture that matters (Prometheus' procfs
+/// library makes the same assumption), so no `sysconf` call is needed.
+pub fn parse_stat_cpu_seconds(stat: &str) -> Option<f64> {
+    const USER_HZ: f64 = 100.0;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / USER_HZ)
 }
 
 /// Milliseconds since the Unix epoch on the wall clock.
@@ -153,6 +443,7 @@ pub fn now_ms() -> i64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct Fails;
     impl Source for Fails {
@@ -174,21 +465,159 @@ mod tests {
             Ok(())
         }
     }
+    struct Panics;
+    impl Source for Panics {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        fn collect(&mut self, _: &HostPaths, _: &mut Emitter) -> Result<(), SourceError> {
+            panic!("a source bug")
+        }
+    }
+
+    /// Blocks in `collect` until the test sends on `release`; tells the test
+    /// each time it starts.
+    struct Slow {
+        starts: Arc<AtomicUsize>,
+        started: mpsc::Sender<()>,
+        release: mpsc::Receiver<()>,
+    }
+    impl Source for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn collect(&mut self, _: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+            self.starts.fetch_add(1, Ordering::SeqCst);
+            let _ = self.started.send(());
+            let _ = self.release.recv();
+            out.gauge("slow_value", "h", &[], 7.0);
+            Ok(())
+        }
+    }
+
+    fn get(cycle: &Cycle, name: &str, source: &str) -> Option<f64> {
+        cycle
+            .samples
+            .iter()
+            .find(|x| x.name == name && x.labels.iter().any(|(k, v)| k == "source" && v == source))
+            .map(|x| x.value)
+    }
 
     #[test]
     fn a_failing_source_does_not_stop_the_others() {
-        let mut s = Sampler::with_sources(HostPaths::default(), vec![Box::new(Fails), Box::new(Works)]);
+        let mut s = Sampler::with_sources(
+            HostPaths::default(),
+            vec![Box::new(Fails), Box::new(Panics), Box::new(Works)],
+        );
         let cycle = s.sample();
-        let get = |name: &str, source: &str| {
-            cycle
-                .samples
-                .iter()
-                .find(|x| x.name == name && x.labels.iter().any(|(k, v)| k == "source" && v == source))
-                .map(|x| x.value)
-        };
-        assert_eq!(get("hostpulse_source_success", "fails"), Some(0.0));
-        assert_eq!(get("hostpulse_source_success", "works"), Some(1.0));
+        assert_eq!(get(&cycle, "hostpulse_source_success", "fails"), Some(0.0));
+        assert_eq!(get(&cycle, "hostpulse_source_success", "panics"), Some(0.0));
+        assert_eq!(get(&cycle, "hostpulse_source_success", "works"), Some(1.0));
+        assert_eq!(get(&cycle, "hostpulse_source_timeouts_total", "works"), Some(0.0));
         assert!(cycle.samples.iter().any(|x| x.name == "whole" && x.value == 2.0));
+        assert!(cycle.samples.iter().any(|x| x.name == "partial" && x.value == 1.0));
+        // The panicking source's worker survives and runs again.
+        let again = s.sample();
+        assert_eq!(get(&again, "hostpulse_source_success", "panics"), Some(0.0));
+        assert_eq!(get(&again, "hostpulse_source_success", "works"), Some(1.0));
+    }
+
+    #[test]
+    fn outputs_keep_source_order() {
+        let mut s = Sampler::with_sources(HostPaths::default(), vec![Box::new(Works), Box::new(Fails)]);
+        let cycle = s.sample();
+        let names: Vec<&str> = cycle
+            .samples
+            .iter()
+            .map(|x| x.name.as_str())
+            .filter(|n| *n == "whole" || *n == "partial")
+            .collect();
+        assert_eq!(names, vec!["whole", "partial"]);
+    }
+
+    #[test]
+    fn a_slow_source_times_out_and_is_not_started_twice() {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let slow = Slow {
+            starts: starts.clone(),
+            started: started_tx,
+            release: release_rx,
+        };
+        let mut s = Sampler::with_sources(HostPaths::default(), vec![Box::new(slow), Box::new(Works)]);
+        let deadline = Duration::from_millis(200);
+        s.set_deadline(deadline);
+
+        let t = Instant::now();
+        let first = s.sample();
+        let took = t.elapsed();
+        // The source is still blocked, so only the deadline can have ended the cycle.
+        assert!(took >= deadline, "{took:?}");
+        assert!(took < deadline * 10, "cycle waited for the slow source: {took:?}");
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(get(&first, "hostpulse_source_success", "slow"), Some(0.0));
+        assert_eq!(get(&first, "hostpulse_source_timeouts_total", "slow"), Some(1.0));
+        assert_eq!(get(&first, "hostpulse_source_success", "works"), Some(1.0));
+        assert!(!first.samples.iter().any(|x| x.name == "slow_value"));
+
+        // Still blocked: skipped again, not started a second time, and the
+        // same overrun is not counted twice.
+        let second = s.sample();
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        assert_eq!(get(&second, "hostpulse_source_success", "slow"), Some(0.0));
+        assert_eq!(get(&second, "hostpulse_source_timeouts_total", "slow"), Some(1.0));
+
+        // Released: its late result is used by the next cycle, and the cycle
+        // after that starts it again.
+        s.set_deadline(Duration::from_secs(30));
+        release.send(()).unwrap();
+        let third = s.sample();
+        assert_eq!(get(&third, "hostpulse_source_success", "slow"), Some(1.0));
+        assert!(third.samples.iter().any(|x| x.name == "slow_value" && x.value == 7.0));
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        release.send(()).unwrap();
+        let fourth = s.sample();
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        assert_eq!(get(&fourth, "hostpulse_source_success", "slow"), Some(1.0));
+        assert_eq!(get(&fourth, "hostpulse_source_timeouts_total", "slow"), Some(1.0));
+    }
+
+    #[test]
+    fn self_metrics_describe_this_process() {
+        let mut s = Sampler::with_sources(HostPaths::default(), vec![Box::new(Works)]);
+        let cycle = s.sample();
+        let value = |name: &str| cycle.samples.iter().find(|x| x.name == name).map(|x| x.value);
+        assert!(value("hostpulse_agent_cycle_duration_seconds").is_some_and(|v| v >= 0.0));
+        if cfg!(target_os = "linux") {
+            // A test process has at least a megabyte resident.
+            assert!(value("hostpulse_agent_resident_memory_bytes").is_some_and(|v| v > 1e6));
+            assert!(value("hostpulse_agent_cpu_seconds_total").is_some_and(|v| v >= 0.0));
+        }
+    }
+
+    #[test]
+    fn published_cycle_is_the_last_one() {
+        let latest = Arc::new(LatestCycle::default());
+        let mut s = Sampler::with_sources(HostPaths::default(), vec![Box::new(Works)]);
+        s.publish_to(latest.clone());
+        assert!(latest.get().is_none());
+        let cycle = s.sample();
+        let (_, published) = latest.get().unwrap();
+        assert_eq!(published.timestamp_ms, cycle.timestamp_ms);
+        assert_eq!(published.samples, cycle.samples);
+    }
+
+    #[test]
+    fn proc_self_parsers() {
+        let status = "Name:\thostpulse-agent\nVmPeak:\t   20000 kB\nVmRSS:\t    6144 kB\nThreads:\t4\n";
+        assert_eq!(parse_status_rss_bytes(status), Some(6144 * 1024));
+        assert_eq!(parse_status_rss_bytes("Name:\tx\n"), None);
+        assert_eq!(parse_status_rss_bytes("VmRSS:\t12 MB\n"), None);
+        let stat = "4242 (hp (agent) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 4 0 100 1000000 1500";
+        assert_eq!(parse_stat_cpu_seconds(stat), Some(3.0));
+        assert_eq!(parse_stat_cpu_seconds("4242 (short) S 1 2"), None);
+        assert_eq!(parse_stat_cpu_seconds("garbage"), None);
     }
 
     #[test]

@@ -412,6 +412,66 @@ mod node_exporter_reference {
                 what: "node_power_supply_*",
                 includes: |k| k.0.starts_with("node_power_supply_"),
             },
+            Family {
+                what: "node_thermal_zone_temp / node_cooling_device_*",
+                includes: |k| k.0 == "node_thermal_zone_temp" || k.0.starts_with("node_cooling_device_"),
+            },
+            Family {
+                what: "node_cpu_{core,package}_throttles_total",
+                includes: |k| k.0 == "node_cpu_core_throttles_total" || k.0 == "node_cpu_package_throttles_total",
+            },
+            Family {
+                what: "cpufreq: node_cpu_scaling_* (node_cpu_frequency_hertz comes from /proc/cpuinfo there)",
+                includes: |k| k.0.starts_with("node_cpu_scaling_"),
+            },
+            Family {
+                what: "node_edac_*",
+                includes: |k| k.0.starts_with("node_edac_"),
+            },
+            Family {
+                what: "node_pressure_*",
+                includes: |k| k.0.starts_with("node_pressure_"),
+            },
+            Family {
+                what: "node_md_* (mdstat and sys/block/md*/md)",
+                includes: |k| k.0.starts_with("node_md_"),
+            },
+            Family {
+                what: "node_nvme_*",
+                includes: |k| k.0.starts_with("node_nvme_"),
+            },
+            Family {
+                what: "node_disk_* (diskstats with udev facts)",
+                includes: |k| k.0.starts_with("node_disk_"),
+            },
+            Family {
+                what: "netclass: node_network_* from /sys/class/net (ignored-devices=(dmz|int))",
+                includes: |k| {
+                    [
+                        "node_network_up",
+                        "node_network_info",
+                        "node_network_address_assign_type",
+                        "node_network_carrier",
+                        "node_network_carrier_changes_total",
+                        "node_network_carrier_up_changes_total",
+                        "node_network_carrier_down_changes_total",
+                        "node_network_device_id",
+                        "node_network_dormant",
+                        "node_network_flags",
+                        "node_network_iface_id",
+                        "node_network_iface_link",
+                        "node_network_iface_link_mode",
+                        "node_network_mtu_bytes",
+                        "node_network_name_assign_type",
+                        "node_network_net_dev_group",
+                        "node_network_speed_bytes",
+                        "node_network_transmit_queue_length",
+                        "node_network_protocol_type",
+                    ]
+                    .contains(&k.0.as_str())
+                        && !label(k, "device").is_some_and(|d| d.contains("dmz") || d.contains("int"))
+                },
+            },
         ]
     }
 
@@ -431,7 +491,7 @@ mod node_exporter_reference {
             sysfs: sysfs.clone(),
             procfs: shared.join("proc"),
             rootfs: work.path().join("root"),
-            udev_data: shared.join("udev"),
+            udev_data: shared.join("udev/data"),
             dev: work.path().join("dev"),
         };
         let text = render(paths);
@@ -515,7 +575,7 @@ mod node_exporter_reference {
             sysfs,
             procfs: shared.join("proc"),
             rootfs: work.path().join("root"),
-            udev_data: shared.join("udev"),
+            udev_data: shared.join("udev/data"),
             dev: work.path().join("dev"),
         };
         let ours = parse_exposition(&render(paths));

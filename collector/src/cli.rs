@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::config::{FileConfig, Settings};
 
@@ -43,6 +43,35 @@ pub struct Cli {
     /// Allow non-loopback listen addresses without TLS
     #[arg(long)]
     insecure: bool,
+    /// What to do; with none, the collector runs.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Subcommands besides running the collector (the default).
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a consistent snapshot of a store to a file (the collector using
+    /// that data directory must be stopped: sled locks it)
+    Backup {
+        /// Store directory to back up
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Snapshot file to create (must not exist)
+        out: PathBuf,
+    },
+    /// Load a snapshot made by `backup` into a new, empty data directory
+    Restore {
+        /// Store directory to create (must be absent or empty)
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Snapshot file written by `backup`
+        input: PathBuf,
+    },
+    /// Load Prometheus text or OpenMetrics files with timestamps into a store
+    /// and exit once everything is durable and sealed (the collector using
+    /// that data directory must be stopped: sled locks it)
+    Import(crate::import::command::ImportArgs),
 }
 
 /// Runs the collector until SIGINT/SIGTERM; returns the process exit code.
@@ -65,6 +94,21 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Backup { data_dir, out }) => {
+            let store = crate::store::Store::open(&data_dir, crate::store::StoreOptions::default())?;
+            let written = store.backup_to(&out)?;
+            println!("backed up {} records to {}", written, out.display());
+            return Ok(());
+        }
+        Some(Command::Restore { data_dir, input }) => {
+            let loaded = crate::store::restore_from(&input, &data_dir)?;
+            println!("restored {} records into {}", loaded, data_dir.display());
+            return Ok(());
+        }
+        Some(Command::Import(args)) => return crate::import::command::run(args),
+        None => {}
+    }
     let file = match &cli.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),

@@ -123,11 +123,12 @@ pub async fn start(settings: Settings) -> Result<RunningCollector, StartError> {
         alerts: board.clone(),
         started_ms: hostpulse_agent::sampler::now_ms(),
     };
+    let remote_write = crate::remote_write::router(store.clone(), telemetry.clone());
     let mut http_stop = stop_rx.clone();
     tasks.push((
         "http",
         tokio::spawn(async move {
-            let served = axum::serve(http_listener, query::router(api))
+            let served = axum::serve(http_listener, query::router(api).merge(remote_write))
                 .with_graceful_shutdown(async move {
                     let _ = http_stop.wait_for(|s| *s).await;
                 })

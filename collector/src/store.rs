@@ -11,6 +11,8 @@
 //! host's seq check is serialized. Reads go straight to sled through the
 //! in-memory series index (`store/index.rs`), loaded at open.
 
+mod backup;
+pub(crate) mod codec;
 mod index;
 mod keys;
 mod writer;
@@ -26,6 +28,7 @@ use self::index::SeriesIndex;
 use self::keys::HostEntry;
 use self::writer::AppendRequest;
 pub(crate) use self::writer::now_ms;
+pub use self::backup::{BackupError, restore_from};
 use std::path::Path;
 
 use crate::model::{Labels, Matcher, SeriesSamples};
@@ -212,13 +215,48 @@ impl Store {
         let (reply, outcome) = oneshot::channel();
         tx.send(AppendRequest {
             host: host.to_owned(),
-            seq,
+            seq: Some(seq),
             series,
             reply,
         })
         .await
         .map_err(|_| StoreError::Closed)?;
         outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores samples durably with no per-host seq (bulk import, remote
+    /// write): group-committed with every other append, returns the number
+    /// of samples stored after the flush covering them.
+    pub async fn append_unsequenced(&self, series: Vec<SeriesSamples>) -> Result<usize, StoreError> {
+        let tx = self.writer.tx.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, outcome) = oneshot::channel();
+        tx.send(AppendRequest {
+            host: String::new(),
+            seq: None,
+            series,
+            reply,
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+        match outcome.await.map_err(|_| StoreError::Closed)?? {
+            AppendOutcome::Stored { samples } => Ok(samples),
+            AppendOutcome::Duplicate { .. } => Ok(0),
+        }
+    }
+
+    /// Seals every in-memory head into blocks and flushes, so that the data
+    /// directory holds everything in its final form (import calls this
+    /// before exiting).
+    pub fn seal_all(&self) -> Result<(), StoreError> {
+        self.shared.db.flush()?;
+        Ok(())
+    }
+
+    /// Writes a consistent snapshot of the whole store to `out` (which must
+    /// not exist); returns the number of records. Commits wait meanwhile.
+    pub fn backup_to(&self, out: &Path) -> Result<u64, BackupError> {
+        let _hosts = self.shared.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        backup::write_snapshot(&self.shared.db, out)
     }
 
     /// Highest stored seq of `host`, if it ever stored anything.

@@ -26,6 +26,8 @@ counters! {
     RejectedBatch => ("hostpulse_ingest_rejected_total", "reason=\"bad_batch\"", "Messages rejected, by reason."),
     RejectedSample => ("hostpulse_ingest_rejected_total", "reason=\"sample\"", "Messages rejected, by reason."),
     RejectedStorage => ("hostpulse_ingest_rejected_total", "reason=\"storage\"", "Messages rejected, by reason."),
+    RejectedIdentity => ("hostpulse_ingest_rejected_total", "reason=\"identity\"", "Messages rejected, by reason."),
+    RejectedUnauthenticated => ("hostpulse_ingest_rejected_total", "reason=\"unauthenticated\"", "Messages rejected, by reason."),
     StoreFlushes => ("hostpulse_store_flushes_total", "", "Group-commit flushes of the store."),
     HttpRequests => ("hostpulse_http_requests_total", "", "HTTP API requests served."),
     HttpErrors => ("hostpulse_http_request_errors_total", "", "HTTP API requests answered with an error."),
@@ -35,6 +37,7 @@ counters! {
     NotificationsFailed => ("hostpulse_notifications_failed_total", "", "Alert notifications that could not be delivered."),
     RejectedLimit => ("hostpulse_ingest_limit_rejections_total", "", "Batches rejected because they exceeded a limit (series per stream, labels per series, name or value length)."),
     IngestStreamErrors => ("hostpulse_ingest_stream_errors_total", "", "Agent streams that ended on a transport or decoding error, such as an undecodable or oversized message."),
+    HttpUnauthorized => ("hostpulse_http_unauthorized_total", "", "Write and admin HTTP requests refused for a missing or wrong admin token."),
 }
 
 /// Every gauge the collector keeps.

@@ -7,6 +7,14 @@
 //! Recent kernels make `energy_uj` readable by root only (CVE-2020-8694); an
 //! `EACCES` is returned as [`SourceError::PermissionDenied`] so the sampler
 //! reports the missing capability once instead of failing noisily each cycle.
+//!
+//! `energy_uj` wraps to 0 after `max_energy_range_uj` (a package drawing
+//! 200 W wraps a 2^32 µJ range every ~6 hours). node_exporter's series are
+//! kept raw, so its dashboards keep working (and `rate()` treats a wrap as a
+//! counter reset); alongside, `hostpulse_rapl_energy_joules_total{zone}`
+//! (`zone` = the zone directory, `intel-rapl:0`) adds each cycle's
+//! wrap-corrected delta to a total kept in the source, so it only ever rises.
+//! [`wrapped_delta`] is the pure part.
 
 use std::collections::HashMap;
 
@@ -55,9 +63,32 @@ pub fn metric_name(zone: &str) -> String {
     format!("node_rapl_{sanitized}")
 }
 
-/// Reads `/sys/class/powercap`.
+/// Microjoules consumed between two readings of a counter that wraps to 0
+/// after `max_range` (`None` when `max_energy_range_uj` is unreadable; a
+/// smaller reading is then taken as a restart from 0).
+pub fn wrapped_delta(previous: u64, now: u64, max_range: Option<u64>) -> u64 {
+    if now >= previous {
+        return now - previous;
+    }
+    match max_range {
+        Some(max) if max >= previous => (max - previous).saturating_add(now),
+        _ => now,
+    }
+}
+
+/// Running total of one zone.
+#[derive(Clone, Debug)]
+struct ZoneTotal {
+    last_uj: u64,
+    total_uj: u128,
+    max_range: Option<u64>,
+}
+
+/// Reads `/sys/class/powercap`, keeping the wrap-corrected total per zone.
 #[derive(Debug, Default)]
-pub struct RaplSource;
+pub struct RaplSource {
+    totals: HashMap<String, ZoneTotal>,
+}
 
 impl Source for RaplSource {
     fn name(&self) -> &'static str {
@@ -93,6 +124,32 @@ impl Source for RaplSource {
                 Err(e) => return Err(SourceError::io(&energy_path, e)),
             };
             let micro = parse_energy_uj(&text).map_err(|m| SourceError::parse(&energy_path, m))?;
+            let total = match self.totals.get_mut(&entry) {
+                Some(zone) => {
+                    zone.total_uj += u128::from(wrapped_delta(zone.last_uj, micro, zone.max_range));
+                    zone.last_uj = micro;
+                    zone.total_uj
+                }
+                None => {
+                    // The range is static: read once per zone.
+                    let max_range = std::fs::read_to_string(zone_dir.join("max_energy_range_uj"))
+                        .ok()
+                        .and_then(|t| parse_energy_uj(&t).ok());
+                    let zone = ZoneTotal {
+                        last_uj: micro,
+                        total_uj: u128::from(micro),
+                        max_range,
+                    };
+                    self.totals.insert(entry.clone(), zone);
+                    u128::from(micro)
+                }
+            };
+            out.counter(
+                "hostpulse_rapl_energy_joules_total",
+                "Energy used by a RAPL zone in joules, corrected for wraps of energy_uj at max_energy_range_uj.",
+                &[("zone", &entry)],
+                total as f64 / 1_000_000.0,
+            );
             out.counter(
                 &metric_name(&zone),
                 &format!("Current RAPL {zone} value in joules"),
@@ -128,6 +185,15 @@ mod tests {
         assert_eq!(parse_energy_uj("240422366267\n").unwrap(), 240422366267);
         assert!(parse_energy_uj("-1").is_err());
         assert!(parse_energy_uj("").is_err());
+    }
+
+    #[test]
+    fn wraps_are_added_not_reset() {
+        assert_eq!(wrapped_delta(100, 250, Some(1000)), 150);
+        assert_eq!(wrapped_delta(900, 50, Some(1000)), 150);
+        assert_eq!(wrapped_delta(900, 50, None), 50);
+        assert_eq!(wrapped_delta(900, 50, Some(800)), 50);
+        assert_eq!(wrapped_delta(5, 5, Some(10)), 0);
     }
 
     #[test]

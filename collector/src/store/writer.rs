@@ -27,7 +27,9 @@ const MAX_GROUP: usize = 1024;
 /// One queued append and where to send its outcome.
 pub(crate) struct AppendRequest {
     pub host: String,
-    pub seq: u64,
+    /// `None` for unsequenced appends (import, remote write): no host
+    /// record, no duplicate check.
+    pub seq: Option<u64>,
     pub series: Vec<SeriesSamples>,
     pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
@@ -73,6 +75,28 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<AppendOutcome,
         let index = shared.index.read().unwrap_or_else(PoisonError::into_inner);
         let mut next_id = index.next_id();
         for req in group {
+            let Some(seq) = req.seq else {
+                let mut samples = 0;
+                for s in &req.series {
+                    let id = match index.id_of(&s.labels).or_else(|| staged_ids.get(&s.labels).copied()) {
+                        Some(id) => id,
+                        None => {
+                            let id = next_id;
+                            next_id += 1;
+                            batch.insert(&keys::series_key(id), keys::encode_labels(&s.labels));
+                            staged_ids.insert(&s.labels, id);
+                            new_series.push((id, s.labels.clone()));
+                            id
+                        }
+                    };
+                    for &(ts, v) in &s.samples {
+                        batch.insert(&keys::data_key(id, ts), &keys::encode_value(v));
+                    }
+                    samples += s.samples.len();
+                }
+                outcomes.push(AppendOutcome::Stored { samples });
+                continue;
+            };
             let mut entry = match staged_hosts.get(req.host.as_str()).or_else(|| hosts.get(&req.host)) {
                 Some(e) => e.clone(),
                 None => HostEntry {
@@ -83,7 +107,7 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<AppendOutcome,
                     stored_any: false,
                 },
             };
-            if entry.stored_any && req.seq <= entry.record.last_seq {
+            if entry.stored_any && seq <= entry.record.last_seq {
                 outcomes.push(AppendOutcome::Duplicate {
                     last_seq: entry.record.last_seq,
                 });
@@ -110,7 +134,7 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<AppendOutcome,
                 samples += s.samples.len();
             }
             entry.stored_any = true;
-            entry.record.last_seq = req.seq;
+            entry.record.last_seq = seq;
             entry.record.last_sample_ms = newest;
             entry.record.last_report_ms = entry.record.last_report_ms.max(now);
             batch.insert(keys::host_key(&req.host), keys::encode_host(&entry));

@@ -6,4 +6,5 @@
 mod deploy;
 mod durability;
 mod pipeline;
+mod remote_write;
 mod support;

@@ -1,0 +1,408 @@
+//! The `diskstats` source: per-block-device I/O counters from
+//! `/proc/diskstats` as node_exporter's `node_disk_*{device}` family, plus
+//! the static facts node_exporter attaches from the udev database and sysfs:
+//! `node_disk_info{device,major,minor,path,wwn,model,serial,revision,
+//! rotational}`, `node_disk_filesystem_info`, `node_disk_device_mapper_info`
+//! and the `node_disk_ata_*` write-cache and rotation-rate gauges.
+//!
+//! Partitions and pseudo devices are left out with node_exporter's default
+//! `--collector.diskstats.device-exclude`. I/O time climbing while
+//! completions stall is how a dying disk looks from the kernel. The udev
+//! properties and the rotational flag are static, so they are read once per
+//! device and refreshed every [`STATIC_REFRESH_CYCLES`] cycles instead of
+//! every cycle. [`parse_diskstats`] and [`parse_udev`] are pure.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+
+use crate::emit::{Emitter, MetricType};
+use crate::paths::HostPaths;
+use crate::source::{Source, SourceError, read_attr};
+
+/// node_exporter's default `--collector.diskstats.device-exclude`.
+pub const DEFAULT_DEVICE_EXCLUDE: &str = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$";
+
+/// How many cycles static facts (udev data, rotational) are kept before
+/// being re-read: 60 cycles, 10 minutes at the default interval.
+pub const STATIC_REFRESH_CYCLES: u64 = 60;
+
+/// One line of `/proc/diskstats`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiskStat {
+    /// Major device number.
+    pub major: u32,
+    /// Minor device number.
+    pub minor: u32,
+    /// Kernel device name (`sda`, `nvme0n1`, `dm-0`).
+    pub device: String,
+    /// The counters after the name, in file order (11, 15 or 17 of them).
+    pub stats: Vec<u64>,
+}
+
+/// Parses the text of `/proc/diskstats`.
+pub fn parse_diskstats(text: &str) -> Result<Vec<DiskStat>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.is_empty() {
+            continue;
+        }
+        if fields.len() < 14 {
+            return Err(format!("line {}: {} fields, want at least 14", i + 1, fields.len()));
+        }
+        let number = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| format!("line {}: {s:?} is not an integer", i + 1))
+        };
+        let major = fields[0]
+            .parse::<u32>()
+            .map_err(|_| format!("line {}: bad major {:?}", i + 1, fields[0]))?;
+        let minor = fields[1]
+            .parse::<u32>()
+            .map_err(|_| format!("line {}: bad minor {:?}", i + 1, fields[1]))?;
+        let stats = fields[3..].iter().map(|f| number(f)).collect::<Result<Vec<_>, _>>()?;
+        out.push(DiskStat {
+            major,
+            minor,
+            device: fields[2].to_string(),
+            stats,
+        });
+    }
+    Ok(out)
+}
+
+/// The `E:KEY=value` properties of a udev database file.
+pub fn parse_udev(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("E:"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// (metric, help, type, scale) per diskstats column, as node_exporter.
+const COLUMNS: &[(&str, &str, MetricType, f64)] = &[
+    (
+        "node_disk_reads_completed_total",
+        "The total number of reads completed successfully.",
+        MetricType::Counter,
+        1.0,
+    ),
+    (
+        "node_disk_reads_merged_total",
+        "The total number of reads merged.",
+        MetricType::Counter,
+        1.0,
+    ),
+    (
+        "node_disk_read_bytes_total",
+        "The total number of bytes read successfully.",
+        MetricType::Counter,
+        512.0,
+    ),
+    (
+        "node_disk_read_time_seconds_total",
+        "The total number of seconds spent by all reads.",
+        MetricType::Counter,
+        0.001,
+    ),
+    (
+        "node_disk_writes_completed_total",
+        "The total number of writes completed successfully.",
+        MetricType::Counter,
+        1.0,
+    ),
+    (
+        "node_disk_writes_merged_total",
+        "The number of writes merged.",
+        MetricType::Counter,
+        1.0,
+    ),
+    (
+        "node_disk_written_bytes_total",
+        "The total number of bytes written successfully.",
+        MetricType::Counter,
+        512.0,
+    ),
+    (
+        "node_disk_write_time_seconds_total",
+        "This is the total number of seconds spent by all writes.",
+        MetricType::Counter,
+        0.001,
+    ),
+    (
+        "node_disk_io_now",
+        "The number of I/Os currently in progress.",
+        MetricType::Gauge,
+        1.0,
+    ),
+    (
+        "node_disk_io_time_seconds_total",
+        "Total seconds spent doing I/Os.",
+        MetricType::Counter,
+        0.001,
+    ),
+    (
+        "node_disk_io_time_weighted_seconds_total",
+        "The weighted # of seconds spent doing I/Os.",
+        MetricType::Counter,
+        0.001,
+    ),
+    (
+        "node_disk_discards_completed_total",
+        "The total number of discards completed successfully.",
+        MetricType::Counter,
+        1.0,
+    ),
+    (
+        "node_disk_discards_merged_total",
+        "The total number of discards merged.",
+        MetricType::Counter,
+        1.0,
+    ),
+    (
+        "node_disk_discarded_sectors_total",
+        "The total number of sectors discarded successfully.",
+        MetricType::Counter,
+        1.0,
+    ),
+    (
+        "node_disk_discard_time_seconds_total",
+        "This is the total number of seconds spent by all discards.",
+        MetricType::Counter,
+        0.001,
+    ),
+    (
+        "node_disk_flush_requests_total",
+        "The total number of flush requests completed successfully",
+        MetricType::Counter,
+        1.0,
+    ),
+    (
+        "node_disk_flush_requests_time_seconds_total",
+        "This is the total number of seconds spent by all flush requests.",
+        MetricType::Counter,
+        0.001,
+    ),
+];
+
+/// ATA udev properties and their metrics.
+const ATA: &[(&str, &str, &str)] = &[
+    (
+        "ID_ATA_WRITE_CACHE",
+        "node_disk_ata_write_cache",
+        "ATA disk has a write cache.",
+    ),
+    (
+        "ID_ATA_WRITE_CACHE_ENABLED",
+        "node_disk_ata_write_cache_enabled",
+        "ATA disk has its write cache enabled.",
+    ),
+    (
+        "ID_ATA_ROTATION_RATE_RPM",
+        "node_disk_ata_rotation_rate_rpm",
+        "ATA disk rotation rate in RPMs (0 for SSDs).",
+    ),
+];
+
+/// Static facts of one device.
+#[derive(Clone, Debug, Default)]
+struct DeviceFacts {
+    udev: HashMap<String, String>,
+    rotational: String,
+}
+
+/// Records one device: its info series and counters.
+fn emit_device(disk: &DiskStat, facts: &DeviceFacts, out: &mut Emitter) {
+    let dev = disk.device.as_str();
+    let get = |k: &str| facts.udev.get(k).map(String::as_str).unwrap_or_default();
+    // The serial on the label: SCSI ident, else ID_SERIAL_SHORT, else ID_SERIAL (virtio).
+    let serial = [get("SCSI_IDENT_SERIAL"), get("ID_SERIAL_SHORT"), get("ID_SERIAL")]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or_default();
+    out.gauge(
+        "node_disk_info",
+        "Info of /sys/block/<block_device>.",
+        &[
+            ("device", dev),
+            ("major", &disk.major.to_string()),
+            ("minor", &disk.minor.to_string()),
+            ("path", get("ID_PATH")),
+            ("wwn", get("ID_WWN")),
+            ("model", get("ID_MODEL")),
+            ("serial", serial),
+            ("revision", get("ID_REVISION")),
+            ("rotational", &facts.rotational),
+        ],
+        1.0,
+    );
+    for ((name, help, kind, scale), value) in COLUMNS.iter().zip(&disk.stats) {
+        out.push(name, *kind, help, &[("device", dev)], *value as f64 * scale);
+    }
+    let fs_type = get("ID_FS_TYPE");
+    if !fs_type.is_empty() {
+        out.gauge(
+            "node_disk_filesystem_info",
+            "Info about disk filesystem.",
+            &[
+                ("device", dev),
+                ("type", fs_type),
+                ("usage", get("ID_FS_USAGE")),
+                ("uuid", get("ID_FS_UUID")),
+                ("version", get("ID_FS_VERSION")),
+            ],
+            1.0,
+        );
+    }
+    let dm_name = get("DM_NAME");
+    if !dm_name.is_empty() {
+        out.gauge(
+            "node_disk_device_mapper_info",
+            "Info about disk device mapper.",
+            &[
+                ("device", dev),
+                ("name", dm_name),
+                ("uuid", get("DM_UUID")),
+                ("vg_name", get("DM_VG_NAME")),
+                ("lv_name", get("DM_LV_NAME")),
+                ("lv_layer", get("DM_LV_LAYER")),
+            ],
+            1.0,
+        );
+    }
+    if !get("ID_ATA").is_empty() {
+        for (key, name, help) in ATA {
+            if let Some(Ok(v)) = facts.udev.get(*key).map(|v| v.parse::<f64>()) {
+                out.gauge(name, help, &[("device", dev)], v);
+            }
+        }
+    }
+}
+
+/// Reads `/proc/diskstats`, with cached static facts per device.
+#[derive(Debug)]
+pub struct DiskstatsSource {
+    exclude: Option<Regex>,
+    facts: HashMap<(u32, u32, String), DeviceFacts>,
+    cycle: u64,
+}
+
+impl Default for DiskstatsSource {
+    fn default() -> Self {
+        DiskstatsSource {
+            exclude: Regex::new(DEFAULT_DEVICE_EXCLUDE).ok(),
+            facts: HashMap::new(),
+            cycle: 0,
+        }
+    }
+}
+
+impl DiskstatsSource {
+    /// Whether node_exporter's default filter leaves `device` out.
+    pub fn excluded(&self, device: &str) -> bool {
+        self.exclude.as_ref().is_some_and(|r| r.is_match(device))
+    }
+}
+
+impl Source for DiskstatsSource {
+    fn name(&self) -> &'static str {
+        "diskstats"
+    }
+
+    fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let path = paths.proc("diskstats");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(SourceError::io(&path, e)),
+        };
+        let disks = parse_diskstats(&text).map_err(|m| SourceError::parse(&path, m))?;
+        if self.cycle.is_multiple_of(STATIC_REFRESH_CYCLES) {
+            self.facts.clear();
+        }
+        self.cycle = self.cycle.wrapping_add(1);
+        let kept: Vec<&DiskStat> = disks.iter().filter(|d| !self.excluded(&d.device)).collect();
+        for disk in kept {
+            let key = (disk.major, disk.minor, disk.device.clone());
+            let facts = self.facts.entry(key).or_insert_with(|| DeviceFacts {
+                udev: std::fs::read_to_string(paths.udev_data.join(format!("b{}:{}", disk.major, disk.minor)))
+                    .map(|t| parse_udev(&t))
+                    .unwrap_or_default(),
+                rotational: read_attr(&paths.sys(format!("block/{}/queue/rotational", disk.device)))
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(|| "0".to_string()),
+            });
+            emit_device(disk, facts, out);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_all_three_line_lengths() {
+        let disks = parse_diskstats(
+            "   8       0 sda 25354637 34367663 1003346126 18492372 28444756 11134226 505697032 63877960 0 9653880 82621804\n\
+             8      16 sdb 326552 841 9657779 84 41822 2895 1972905 5007 0 60730 67070 68851 0 1925173784 11130\n\
+             8      32 sdc 126552 141 1657779 14 11822 1895 172905 1007 0 10730 17070 18851 0 125173784 11130 1555 1944\n",
+        )
+        .unwrap();
+        assert_eq!(disks.len(), 3);
+        assert_eq!(
+            (disks[0].major, disks[0].minor, disks[0].device.as_str()),
+            (8, 0, "sda")
+        );
+        assert_eq!(disks[0].stats.len(), 11);
+        assert_eq!(disks[1].stats.len(), 15);
+        assert_eq!(disks[2].stats[16], 1944);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse_diskstats("8 0 sda 1 2 3\n").is_err());
+        assert!(parse_diskstats("8 0 sda 1 2 3 4 5 6 7 8 9 10 x\n").is_err());
+        assert!(parse_diskstats("x 0 sda 1 2 3 4 5 6 7 8 9 10 11\n").is_err());
+        assert!(parse_diskstats("\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn udev_properties() {
+        let p = parse_udev("S:disk/by-id/x\nE:ID_MODEL=TOSHIBA_KSDB4U86\nE:DM_LV_LAYER=\nE:BROKEN\nI:1\n");
+        assert_eq!(p["ID_MODEL"], "TOSHIBA_KSDB4U86");
+        assert_eq!(p["DM_LV_LAYER"], "");
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn default_exclude_drops_partitions_and_pseudo_devices() {
+        let s = DiskstatsSource::default();
+        for dev in ["sda1", "ram0", "zram1", "loop7", "fd0", "nvme0n1p2", "xvda3", "vda1"] {
+            assert!(s.excluded(dev), "{dev}");
+        }
+        for dev in ["sda", "nvme0n1", "dm-0", "mmcblk0", "mmcblk0p1", "md0", "sr0", "vda"] {
+            assert!(!s.excluded(dev), "{dev}");
+        }
+    }
+
+    #[test]
+    fn scaling_matches_node_exporter() {
+        let disk = DiskStat {
+            major: 8,
+            minor: 0,
+            device: "sda".into(),
+            stats: vec![1, 2, 3, 9653880, 5, 6, 7, 8, 9, 10, 11],
+        };
+        let mut out = Emitter::new();
+        emit_device(&disk, &DeviceFacts::default(), &mut out);
+        let v = |name: &str| out.samples().iter().find(|s| s.name == name).unwrap().value;
+        assert_eq!(v("node_disk_read_bytes_total"), 1536.0);
+        assert_eq!(v("node_disk_read_time_seconds_total"), 9653.880000000001);
+        assert!(!out.samples().iter().any(|s| s.name.starts_with("node_disk_discard")));
+    }
+}

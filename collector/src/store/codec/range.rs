@@ -1,0 +1,340 @@
+//! An adaptive binary range coder (the LZMA construction: 11-bit
+//! probabilities nudged toward each coded bit, carry-propagating byte
+//! output) and [`IntModel`], which codes unsigned integers through it.
+//!
+//! An integer `u` is coded as its bit length `k` (a 6-bit binary tree whose
+//! probabilities are chosen by the previous integer's bit length, so bursts
+//! and quiet stretches each get their own statistics) followed by the `k-1`
+//! bits below its top bit, each with a probability of its own per `(k,
+//! position)`. That last part is what learns structure such as "the low 9
+//! bits are always zero" (counters in 512-byte units) or "the top mantissa
+//! bit is usually 0" (a skewed magnitude) without being told.
+//!
+//! The decoder reads zeros past the end of its input rather than failing:
+//! a column's length is known from its header, so a short stream can only
+//! yield wrong values, which the block checksum already guards against.
+
+const PROB_BITS: u32 = 12;
+const PROB_ONE: i32 = 1 << PROB_BITS;
+/// Probabilities stay this far from 0 and 1 so no bit ever costs more than
+/// about 9 bits and the coder's range never collapses.
+const PROB_MARGIN: i32 = 8;
+/// After this many observations a probability stops averaging and starts
+/// forgetting: each bit then moves it 1/(RATE_LIMIT+2) of the way, so it
+/// follows a series whose behaviour drifts within a block.
+const RATE_LIMIT: u8 = 24;
+const TOP: u32 = 1 << 24;
+
+/// An adaptive probability that the next bit is 0. While young it is the
+/// running frequency (so a context seen a dozen times already predicts
+/// well, which matters with hundreds of contexts and short columns); later
+/// an exponential average.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Prob {
+    p: u16,
+    seen: u8,
+}
+
+impl Default for Prob {
+    fn default() -> Self {
+        Prob {
+            p: (PROB_ONE / 2) as u16,
+            seen: 0,
+        }
+    }
+}
+
+impl Prob {
+    fn update(&mut self, bit: bool) {
+        let p = i32::from(self.p);
+        let target = if bit { 0 } else { PROB_ONE };
+        let next = p + (target - p) / (i32::from(self.seen) + 2);
+        self.p = next.clamp(PROB_MARGIN, PROB_ONE - PROB_MARGIN) as u16;
+        self.seen = (self.seen + 1).min(RATE_LIMIT);
+    }
+}
+
+/// Range encoder writing to a byte vector.
+pub(crate) struct Encoder {
+    low: u64,
+    range: u32,
+    cache: u8,
+    cache_size: u64,
+    out: Vec<u8>,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder {
+            low: 0,
+            range: u32::MAX,
+            cache: 0,
+            cache_size: 1,
+            out: Vec::new(),
+        }
+    }
+}
+
+impl Encoder {
+    /// Codes one bit with an adaptive probability.
+    pub(crate) fn bit(&mut self, p: &mut Prob, bit: bool) {
+        let bound = (self.range >> PROB_BITS) * u32::from(p.p);
+        if bit {
+            self.low += u64::from(bound);
+            self.range -= bound;
+        } else {
+            self.range = bound;
+        }
+        p.update(bit);
+        while self.range < TOP {
+            self.range <<= 8;
+            self.shift_low();
+        }
+    }
+
+    fn shift_low(&mut self) {
+        if (self.low as u32) < 0xFF00_0000 || (self.low >> 32) != 0 {
+            let carry = (self.low >> 32) as u8;
+            let mut byte = self.cache;
+            loop {
+                self.out.push(byte.wrapping_add(carry));
+                byte = 0xFF;
+                self.cache_size -= 1;
+                if self.cache_size == 0 {
+                    break;
+                }
+            }
+            self.cache = ((self.low >> 24) & 0xFF) as u8;
+        }
+        self.cache_size += 1;
+        self.low = (self.low & 0x00FF_FFFF) << 8;
+    }
+
+    /// Ends the stream and returns its bytes.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        for _ in 0..5 {
+            self.shift_low();
+        }
+        // The first byte is always the initial zero cache; leave it out.
+        if !self.out.is_empty() {
+            self.out.remove(0);
+        }
+        // Trailing zero bytes are implied: the decoder reads zeros past the end.
+        while self.out.last() == Some(&0) {
+            self.out.pop();
+        }
+        self.out
+    }
+}
+
+/// Range decoder over a byte slice.
+pub(crate) struct Decoder<'a> {
+    code: u32,
+    range: u32,
+    input: &'a [u8],
+}
+
+impl<'a> Decoder<'a> {
+    /// Starts decoding `input` (as produced by [`Encoder::finish`]).
+    pub(crate) fn new(input: &'a [u8]) -> Self {
+        let mut d = Decoder {
+            code: 0,
+            range: u32::MAX,
+            input,
+        };
+        for _ in 0..4 {
+            d.code = (d.code << 8) | u32::from(d.next_byte());
+        }
+        d
+    }
+
+    fn next_byte(&mut self) -> u8 {
+        match self.input.split_first() {
+            Some((&b, rest)) => {
+                self.input = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    /// Decodes one bit coded with the mirrored probability.
+    pub(crate) fn bit(&mut self, p: &mut Prob) -> bool {
+        let bound = (self.range >> PROB_BITS) * u32::from(p.p);
+        let bit = if self.code < bound {
+            self.range = bound;
+            false
+        } else {
+            self.code = self.code.wrapping_sub(bound);
+            self.range -= bound;
+            true
+        };
+        p.update(bit);
+        while self.range < TOP {
+            self.range <<= 8;
+            self.code = (self.code << 8) | u32::from(self.next_byte());
+        }
+        bit
+    }
+}
+
+/// Number of previous-magnitude classes the length tree is conditioned on.
+const CONTEXTS: usize = 24;
+
+/// Adaptive model of a stream of unsigned 64-bit integers.
+pub(crate) struct IntModel {
+    /// Per context: a 64-leaf binary tree over the bit length (0..=63 codes
+    /// lengths 0..=63; length 64 shares leaf 63 plus one escape bit).
+    length: Vec<[Prob; 64]>,
+    /// Escape between bit length 63 and 64.
+    length64: Prob,
+    /// Sign of a nonzero integer, by the previous integer's sign.
+    sign: [Prob; 3],
+    prev_sign: usize,
+    /// The two bits right below the top bit, per bit length: the shape of
+    /// the magnitude distribution.
+    shape: Vec<[Prob; 2]>,
+    /// Every lower bit, per absolute position: learns fixed low bits (units
+    /// of 512 bytes, even numbers) once for all lengths.
+    low: [Prob; 64],
+    prev_len: usize,
+}
+
+impl Default for IntModel {
+    fn default() -> Self {
+        IntModel {
+            length: vec![[Prob::default(); 64]; CONTEXTS],
+            length64: Prob::default(),
+            sign: [Prob::default(); 3],
+            prev_sign: 1,
+            shape: vec![[Prob::default(); 2]; 65],
+            low: [Prob::default(); 64],
+            prev_len: 0,
+        }
+    }
+}
+
+impl IntModel {
+    /// The probability for bit `pos` of an integer of bit length `len`.
+    fn mantissa_prob(&mut self, len: usize, pos: usize) -> &mut Prob {
+        // len >= 2 here and pos < len - 1, so the index is 0 or 1.
+        match (len - 2).checked_sub(pos) {
+            Some(below_top) if below_top < 2 => &mut self.shape[len][below_top],
+            _ => &mut self.low[pos],
+        }
+    }
+
+    /// Codes `v`: magnitude length, sign, then the magnitude's lower bits.
+    /// (Sign apart from magnitude rather than zigzag, so that a column
+    /// moving by ±k·2^n keeps its n zero low bits whatever the sign.)
+    pub(crate) fn encode(&mut self, enc: &mut Encoder, v: i64) {
+        let u = v.unsigned_abs();
+        let len = 64 - u.leading_zeros() as usize;
+        let tree = &mut self.length[self.prev_len.min(CONTEXTS - 1)];
+        let leaf = len.min(63);
+        let mut node = 1usize;
+        for i in (0..6).rev() {
+            let bit = (leaf >> i) & 1 == 1;
+            enc.bit(&mut tree[node], bit);
+            node = (node << 1) | usize::from(bit);
+        }
+        if leaf == 63 {
+            enc.bit(&mut self.length64, len == 64);
+        }
+        if len > 0 {
+            enc.bit(&mut self.sign[self.prev_sign], v < 0);
+        }
+        self.prev_sign = usize::from(v >= 0) + usize::from(v > 0);
+        for pos in (0..len.saturating_sub(1)).rev() {
+            enc.bit(self.mantissa_prob(len, pos), (u >> pos) & 1 == 1);
+        }
+        self.prev_len = len;
+    }
+
+    /// Decodes one integer.
+    pub(crate) fn decode(&mut self, dec: &mut Decoder<'_>) -> i64 {
+        let tree = &mut self.length[self.prev_len.min(CONTEXTS - 1)];
+        let mut node = 1usize;
+        for _ in 0..6 {
+            let bit = dec.bit(&mut tree[node]);
+            node = (node << 1) | usize::from(bit);
+        }
+        let mut len = node - 64;
+        if len == 63 && dec.bit(&mut self.length64) {
+            len = 64;
+        }
+        let negative = len > 0 && dec.bit(&mut self.sign[self.prev_sign]);
+        let mut u = if len == 0 { 0 } else { 1u64 << (len - 1) };
+        for pos in (0..len.saturating_sub(1)).rev() {
+            if dec.bit(self.mantissa_prob(len, pos)) {
+                u |= 1 << pos;
+            }
+        }
+        self.prev_len = len;
+        // Magnitude 2^63 with the sign set is i64::MIN; wrapping keeps it.
+        let v = if negative { (u as i64).wrapping_neg() } else { u as i64 };
+        self.prev_sign = usize::from(v >= 0) + usize::from(v > 0);
+        v
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn round_trip(values: &[i64]) -> usize {
+        let mut enc = Encoder::default();
+        let mut m = IntModel::default();
+        for &v in values {
+            m.encode(&mut enc, v);
+        }
+        let bytes = enc.finish();
+        let mut dec = Decoder::new(&bytes);
+        let mut m = IntModel::default();
+        let got: Vec<i64> = values.iter().map(|_| m.decode(&mut dec)).collect();
+        assert_eq!(got, values);
+        bytes.len()
+    }
+
+    #[test]
+    fn extremes_round_trip() {
+        round_trip(&[]);
+        round_trip(&[0]);
+        round_trip(&[i64::MAX, 0, 1, i64::MIN, -1, i64::MIN + 1, i64::MAX - 1, 2, -3]);
+        let all_lengths: Vec<i64> = (0..64)
+            .map(|i| (1u64 << i) as i64)
+            .chain((0..64).map(|i| ((1u64 << i) - 1) as i64))
+            .chain((0..64).map(|i| -((1u64 << i) as i64)))
+            .collect();
+        round_trip(&all_lengths);
+    }
+
+    #[test]
+    fn constant_streams_cost_almost_nothing() {
+        assert!(round_trip(&[0; 10_000]) < 16);
+        // Structure in low bits is learned: multiples of 512.
+        let mut x = 12345u64;
+        let v: Vec<i64> = (0..4000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x % 4096) * 512) as i64 * if x & (1 << 40) == 0 { 1 } else { -1 }
+            })
+            .collect();
+        assert!(round_trip(&v) < 4000 * 15 / 8, "about 13 bits each, not 22");
+    }
+
+    #[test]
+    fn garbage_decodes_without_panicking() {
+        for seed in 0..50u8 {
+            let bytes: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(seed).wrapping_add(seed)).collect();
+            let mut dec = Decoder::new(&bytes);
+            let mut m = IntModel::default();
+            for _ in 0..500 {
+                m.decode(&mut dec);
+            }
+        }
+    }
+}
