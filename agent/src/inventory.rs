@@ -652,7 +652,11 @@ fn read_disks(paths: &HostPaths) -> Vec<Disk> {
                 .map(|(_, v)| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
-        let sys = |file: &str| read_attr(&device.join(file)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let sys = |file: &str| {
+            read_attr(&device.join(file))
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         let model = prop("ID_MODEL_ENC")
             .map(|m| decode_udev_escapes(&m))
             .filter(|m| !m.is_empty())
@@ -667,7 +671,9 @@ fn read_disks(paths: &HostPaths) -> Vec<Disk> {
             .or_else(|| sys("firmware_rev"))
             .or_else(|| sys("rev"))
             .unwrap_or_default();
-        let sectors = read_attr(&dir.join("size")).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        let sectors = read_attr(&dir.join("size"))
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
         disks.push(Disk {
             device: name,
             model,

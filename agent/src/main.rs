@@ -26,6 +26,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at startup; boxing the argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Sample on a fixed interval and stream to a collector, keeping
@@ -40,9 +42,10 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Collector gRPC URL [default: http://127.0.0.1:9471]
-    #[arg(long, env = "HOSTPULSE_COLLECTOR")]
-    collector: Option<String>,
+    /// Collector gRPC URL; repeat (or comma-separate) for several, tried in
+    /// rendezvous-hash order with failover [default: http://127.0.0.1:9471]
+    #[arg(long, env = "HOSTPULSE_COLLECTOR", value_delimiter = ',')]
+    collector: Vec<String>,
     /// Host name to report as [default: the kernel's host name]
     #[arg(long, env = "HOSTPULSE_HOST")]
     host: Option<String>,
@@ -67,9 +70,15 @@ struct RunArgs {
     /// File holding this agent's bearer token
     #[arg(long, env = "HOSTPULSE_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// Most batches kept while unacknowledged [default: 2160]
+    /// Most batches kept while unacknowledged [default: 100000]
     #[arg(long, env = "HOSTPULSE_MAX_PENDING_BATCHES")]
     max_pending_batches: Option<usize>,
+    /// Directory of the on-disk spool; in memory when unusable [default: /var/lib/hostpulse-agent]
+    #[arg(long, env = "HOSTPULSE_SPOOL_DIR")]
+    spool_dir: Option<PathBuf>,
+    /// Most bytes the spool takes; the oldest data is dropped beyond it [default: 67108864]
+    #[arg(long, env = "HOSTPULSE_SPOOL_MAX_BYTES")]
+    spool_max_bytes: Option<u64>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -233,7 +242,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             let extra = FileConfig {
-                collector: args.collector,
+                collectors: (!args.collector.is_empty()).then_some(args.collector),
                 host: args.host,
                 interval: args.interval,
                 state_dir: args.state_dir,
@@ -243,6 +252,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 tls_key: args.tls_key,
                 token_file: args.token_file,
                 max_pending_batches: args.max_pending_batches,
+                spool_dir: args.spool_dir,
+                spool_max_bytes: args.spool_max_bytes,
                 ..FileConfig::default()
             };
             let settings = settings(args.common, extra)?;

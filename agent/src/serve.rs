@@ -53,7 +53,7 @@ pub struct Metrics {
 }
 
 enum Inner {
-    Own(Mutex<OwnSampler>),
+    Own(Box<Mutex<OwnSampler>>),
     Shared(Arc<LatestCycle>),
 }
 
@@ -66,7 +66,7 @@ impl Metrics {
     /// Samples with `sampler` on demand (the `serve` subcommand).
     pub fn own(sampler: Sampler) -> Self {
         Metrics {
-            inner: Arc::new(Inner::Own(Mutex::new(OwnSampler { sampler, last: None }))),
+            inner: Arc::new(Inner::Own(Box::new(Mutex::new(OwnSampler { sampler, last: None })))),
         }
     }
 

@@ -4,12 +4,17 @@
 use crate::source::{Source, SourceOptions};
 
 mod command;
+mod conntrack;
 mod cpu;
 mod cpufreq;
 mod diskstats;
 mod edac;
+mod entropy;
+mod filefd;
 mod filesystem;
 mod hwmon;
+mod interrupts;
+mod inventory;
 mod ipmi;
 mod kmsg;
 mod loadavg;
@@ -17,14 +22,23 @@ mod mdraid;
 mod meminfo;
 mod netclass;
 mod netdev;
+mod netstat;
 mod nvme;
+mod os_release;
 mod power_supply;
 mod pressure;
+mod processes;
 mod rapl;
+mod schedstat;
 pub mod smart;
+mod sockstat;
+mod softnet;
 mod thermal_throttle;
 mod thermal_zone;
 mod time;
+mod timex;
+mod uname;
+mod vmstat;
 
 /// One registered source: its name and how to build it.
 #[derive(Clone, Copy)]
@@ -167,6 +181,90 @@ pub const REGISTRY: &[SourceEntry] = &[
         about: "BMC sensors (ipmitool sdr elist) and DCMI power reading, with the command timeout.",
         default_on: false,
         make: |opts| Box::new(ipmi::IpmiSource::new(opts)),
+    },
+    SourceEntry {
+        name: "vmstat",
+        about: "Paging, swapping, page faults and OOM kills from /proc/vmstat (node_exporter's default fields).",
+        default_on: true,
+        make: |_| Box::new(vmstat::VmstatSource),
+    },
+    SourceEntry {
+        name: "netstat",
+        about: "TCP/UDP/IP protocol counters (retransmits, listen drops, buffer errors) from /proc/net/{netstat,snmp,snmp6}.",
+        default_on: true,
+        make: |_| Box::new(netstat::NetstatSource),
+    },
+    SourceEntry {
+        name: "sockstat",
+        about: "Sockets in use and socket buffer memory per protocol from /proc/net/sockstat{,6}.",
+        default_on: true,
+        make: |_| Box::new(sockstat::SockstatSource::default()),
+    },
+    SourceEntry {
+        name: "softnet",
+        about: "Per-CPU packets processed, dropped and squeezed in the receive path from /proc/net/softnet_stat.",
+        default_on: true,
+        make: |_| Box::new(softnet::SoftnetSource),
+    },
+    SourceEntry {
+        name: "filefd",
+        about: "Allocated and maximum file handles from /proc/sys/fs/file-nr.",
+        default_on: true,
+        make: |_| Box::new(filefd::FilefdSource),
+    },
+    SourceEntry {
+        name: "entropy",
+        about: "Available entropy and pool size from /proc/sys/kernel/random.",
+        default_on: true,
+        make: |_| Box::new(entropy::EntropySource),
+    },
+    SourceEntry {
+        name: "conntrack",
+        about: "Netfilter connection tracking table use, limit and per-CPU statistics.",
+        default_on: true,
+        make: |_| Box::new(conntrack::ConntrackSource),
+    },
+    SourceEntry {
+        name: "timex",
+        about: "Available and current kernel clock sources from /sys/devices/system/clocksource (adjtimex values are not read).",
+        default_on: true,
+        make: |_| Box::new(timex::TimexSource),
+    },
+    SourceEntry {
+        name: "uname",
+        about: "Kernel name, release, version, machine and host name as node_uname_info (read every 10 minutes).",
+        default_on: true,
+        make: |_| Box::new(uname::UnameSource::default()),
+    },
+    SourceEntry {
+        name: "os_release",
+        about: "Operating system name and version from os-release as node_os_info/node_os_version (read every 10 minutes).",
+        default_on: true,
+        make: |_| Box::new(os_release::OsReleaseSource::default()),
+    },
+    SourceEntry {
+        name: "schedstat",
+        about: "Per-CPU time running and waiting to run, and timeslices, from /proc/schedstat.",
+        default_on: true,
+        make: |_| Box::new(schedstat::SchedstatSource),
+    },
+    SourceEntry {
+        name: "inventory",
+        about: "Static facts as *_info series: DMI board and BIOS, CPU topology, disks, NICs and DIMMs (read every 10 minutes).",
+        default_on: true,
+        make: |_| Box::new(inventory::InventorySource::default()),
+    },
+    SourceEntry {
+        name: "interrupts",
+        about: "Per-CPU interrupt counts from /proc/interrupts (off by default, as in node_exporter: many series).",
+        default_on: false,
+        make: |_| Box::new(interrupts::InterruptsSource),
+    },
+    SourceEntry {
+        name: "processes",
+        about: "Process and thread counts, states and limits (off by default: reads every /proc/<pid>/stat each cycle).",
+        default_on: false,
+        make: |_| Box::new(processes::ProcessesSource),
     },
 ];
 

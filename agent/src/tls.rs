@@ -226,7 +226,10 @@ mod tests {
         .to_string();
         assert_eq!(
             e,
-            format!("{}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)", junk.display())
+            format!(
+                "{}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                junk.display()
+            )
         );
 
         let token = dir.path().join("token");
@@ -246,6 +249,9 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with(&format!("{}: the token has 1 characters", token.display())), "{e}");
+        assert!(
+            e.starts_with(&format!("{}: the token has 1 characters", token.display())),
+            "{e}"
+        );
     }
 }

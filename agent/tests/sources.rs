@@ -433,6 +433,46 @@ mod node_exporter_reference {
                 includes: |k| k.0.starts_with("node_pressure_"),
             },
             Family {
+                what: "node_vmstat_* (default field filter)",
+                includes: |k| k.0.starts_with("node_vmstat_"),
+            },
+            Family {
+                what: "node_netstat_* (netstat, snmp, snmp6; default field filter)",
+                includes: |k| k.0.starts_with("node_netstat_"),
+            },
+            Family {
+                what: "node_sockstat_*",
+                includes: |k| k.0.starts_with("node_sockstat_"),
+            },
+            Family {
+                what: "node_softnet_*",
+                includes: |k| k.0.starts_with("node_softnet_"),
+            },
+            Family {
+                what: "node_filefd_*",
+                includes: |k| k.0.starts_with("node_filefd_"),
+            },
+            Family {
+                what: "node_entropy_*",
+                includes: |k| k.0.starts_with("node_entropy_"),
+            },
+            Family {
+                what: "node_nf_conntrack_*",
+                includes: |k| k.0.starts_with("node_nf_conntrack_"),
+            },
+            Family {
+                what: "node_time_clocksource_* (timex source)",
+                includes: |k| k.0.starts_with("node_time_clocksource_"),
+            },
+            Family {
+                what: "node_schedstat_*",
+                includes: |k| k.0.starts_with("node_schedstat_"),
+            },
+            Family {
+                what: "node_dmi_info (inventory source)",
+                includes: |k| k.0 == "node_dmi_info",
+            },
+            Family {
                 what: "node_md_* (mdstat and sys/block/md*/md)",
                 includes: |k| k.0.starts_with("node_md_"),
             },

@@ -1,21 +1,31 @@
 //! Alert lifecycle: the board of current alerts (pending → firing →
-//! resolved) and, in `alert/webhook.rs`, the notifier that tells on-call.
+//! resolved), persisted in `alert/persist.rs`; the routes out to on-call in
+//! `alert/webhook.rs` (signed webhooks) and `alert/alertmanager.rs`
+//! (Alertmanager API v2); and the HTTP API over both in `alert/api.rs`.
 //!
 //! `detect` decides *which* alerts are active at an evaluation and hands
-//! that set to [`AlertBoard::update`]; the board alone decides what changed
+//! that set to [`AlertBoard::apply`]; the board alone decides what changed
 //! (newly firing, newly resolved) so that a steadily firing alert is
-//! announced once, not at every evaluation. The status page and the HTTP
-//! API only read the board. State lives in memory for now; persisting it in
-//! sled (so a restart neither pages twice nor forgets) is a later step.
+//! announced once, not at every evaluation. Every change is written to a
+//! sled database before the notification goes out, and the board is
+//! reloaded from it at start, so a restart neither pages twice (a firing
+//! alert comes back firing, not new) nor forgets (a pending alert keeps its
+//! start, a firing one resolves normally when its condition clears).
 
+mod alertmanager;
+pub mod api;
+mod persist;
 mod webhook;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::model::Labels;
 
-pub use webhook::{Notifier, webhook_payload};
+pub use alertmanager::Alertmanager;
+pub use persist::{AlertEvent, AlertStoreError};
+pub use webhook::{Notifier, SIGNATURE_HEADER, sign, webhook_payload};
 
 /// The label naming the rule an alert came from.
 pub const ALERT_NAME: &str = "alertname";
@@ -112,46 +122,129 @@ pub struct Transitions {
     pub resolved: Vec<Alert>,
 }
 
+/// Most history events kept by a board without a database (tests).
+const MEMORY_HISTORY: usize = 10_000;
+
+/// A board entry: the alert plus what the lifecycle needs about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// The rule (or detector) that owns it; see [`AlertBoard::apply`].
+    pub rule: String,
+    /// The alert as readers see it.
+    pub alert: Alert,
+    /// The last evaluation at which its condition held (`keep_firing_for`).
+    pub last_held_ms: i64,
+}
+
+/// How long a rule's condition must hold, and how long it keeps firing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// `for`, in ms (0: fire at once).
+    pub hold_ms: i64,
+    /// `keep_firing_for`, in ms.
+    pub keep_firing_ms: i64,
+}
+
+#[derive(Debug, Default)]
+struct BoardState {
+    entries: BTreeMap<Labels, Entry>,
+    history: Vec<AlertEvent>,
+}
+
 /// The current alerts, shared between the rule loop and readers.
 #[derive(Debug, Default)]
 pub struct AlertBoard {
-    alerts: Mutex<BTreeMap<Labels, Alert>>,
+    state: Mutex<BoardState>,
+    db: Option<persist::AlertDb>,
 }
 
 impl AlertBoard {
-    /// An empty board.
+    /// An empty board kept in memory only (tests, tools).
     pub fn new() -> AlertBoard {
         AlertBoard::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<Labels, Alert>> {
-        // A panic while holding the lock cannot leave the map half-updated
-        // in a way readers would misinterpret, so keep serving it.
-        self.alerts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The board persisted in the sled database at `dir` (created if
+    /// absent), loaded with every alert it held when last running.
+    pub fn open(dir: &Path) -> Result<AlertBoard, AlertStoreError> {
+        let db = persist::AlertDb::open(dir)?;
+        let entries = db
+            .load()?
+            .into_iter()
+            .map(|e| (e.alert.labels.clone(), e))
+            .collect();
+        Ok(AlertBoard {
+            state: Mutex::new(BoardState {
+                entries,
+                history: Vec::new(),
+            }),
+            db: Some(db),
+        })
     }
 
-    /// Applies one evaluation of rule `rule`: `active` is every alert the
-    /// rule found holding at `now_ms`; `hold_ms` is its `for` duration (0:
-    /// fire at once). Returns the alerts that started firing and those that
-    /// resolved. Alerts of other rules are untouched.
+    fn lock(&self) -> MutexGuard<'_, BoardState> {
+        // A panic while holding the lock cannot leave the map half-updated
+        // in a way readers would misinterpret, so keep serving it.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies one evaluation of rule `rule` with no `keep_firing_for` and
+    /// nothing inhibited; see [`AlertBoard::apply`].
     pub fn update(&self, rule: &str, hold_ms: i64, active: Vec<ActiveAlert>, now_ms: i64) -> Transitions {
-        let mut board = self.lock();
+        let timing = Timing {
+            hold_ms,
+            keep_firing_ms: 0,
+        };
+        self.apply(rule, timing, active, now_ms, &HashSet::new())
+    }
+
+    /// Applies one evaluation of rule `rule` (a key unique per rule, such
+    /// as its file, group and name): `active` is every alert the rule found
+    /// holding at `now_ms`. Returns the alerts that started firing and
+    /// those that resolved. Alerts of other rules are untouched.
+    ///
+    /// Alerts whose `instance` is in `inhibited` (hosts known to be silent)
+    /// are frozen: no new alert starts for them and none of theirs resolves,
+    /// because their data stopped, not their fault.
+    pub fn apply(
+        &self,
+        rule: &str,
+        timing: Timing,
+        active: Vec<ActiveAlert>,
+        now_ms: i64,
+        inhibited: &HashSet<String>,
+    ) -> Transitions {
+        let mut state = self.lock();
         let mut out = Transitions::default();
+        let mut events = Vec::new();
+        let mut changed: Vec<Labels> = Vec::new();
+        let mut removed: Vec<Labels> = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
+        let is_inhibited = |l: &Labels| inhibited.contains(l.get("instance"));
         for a in active {
             seen.insert(a.labels.clone());
-            let entry = board.get_mut(&a.labels).filter(|e| e.state != AlertState::Resolved);
+            let entry = state
+                .entries
+                .get_mut(&a.labels)
+                .filter(|e| e.alert.state != AlertState::Resolved);
             match entry {
                 Some(existing) => {
-                    existing.value = a.value;
-                    existing.annotations = a.annotations;
-                    if existing.state == AlertState::Pending && now_ms - existing.active_since_ms >= hold_ms {
-                        existing.state = AlertState::Firing;
-                        out.fired.push(existing.clone());
+                    existing.alert.value = a.value;
+                    existing.alert.annotations = a.annotations;
+                    existing.last_held_ms = now_ms;
+                    existing.rule = rule.to_string();
+                    if existing.alert.state == AlertState::Pending
+                        && now_ms - existing.alert.active_since_ms >= timing.hold_ms
+                    {
+                        existing.alert.state = AlertState::Firing;
+                        out.fired.push(existing.alert.clone());
+                        events.push(event(&existing.alert, now_ms));
                     }
+                    changed.push(a.labels);
                 }
+                None if is_inhibited(&a.labels) => {}
                 None => {
-                    let state = if hold_ms <= 0 {
+                    let st = if timing.hold_ms <= 0 {
                         AlertState::Firing
                     } else {
                         AlertState::Pending
@@ -159,51 +252,166 @@ impl AlertBoard {
                     let alert = Alert {
                         labels: a.labels.clone(),
                         annotations: a.annotations,
-                        state,
+                        state: st,
                         active_since_ms: now_ms,
                         resolved_at_ms: None,
                         value: a.value,
                     };
-                    if state == AlertState::Firing {
+                    if st == AlertState::Firing {
                         out.fired.push(alert.clone());
                     }
-                    board.insert(a.labels, alert);
+                    events.push(event(&alert, now_ms));
+                    state.entries.insert(
+                        a.labels.clone(),
+                        Entry {
+                            rule: rule.to_string(),
+                            alert,
+                            last_held_ms: now_ms,
+                        },
+                    );
+                    changed.push(a.labels);
                 }
             }
         }
-        board.retain(|labels, alert| {
-            if alert.labels.get(ALERT_NAME) != rule || seen.contains(labels) {
+        state.entries.retain(|labels, entry| {
+            if entry.rule != rule || seen.contains(labels) {
+                return true;
+            }
+            let alert = &mut entry.alert;
+            if alert.state != AlertState::Resolved && is_inhibited(labels) {
                 return true;
             }
             match alert.state {
                 // A pending alert that stops holding never reached on-call.
-                AlertState::Pending => false,
+                AlertState::Pending => {
+                    removed.push(labels.clone());
+                    false
+                }
+                AlertState::Firing if now_ms - entry.last_held_ms < timing.keep_firing_ms => true,
                 AlertState::Firing => {
                     alert.state = AlertState::Resolved;
                     alert.resolved_at_ms = Some(now_ms);
                     out.resolved.push(alert.clone());
+                    events.push(event(alert, now_ms));
+                    changed.push(labels.clone());
                     true
                 }
-                AlertState::Resolved => alert
-                    .resolved_at_ms
-                    .is_some_and(|at| now_ms - at < RESOLVED_RETENTION_MS),
+                AlertState::Resolved => {
+                    let keep = alert
+                        .resolved_at_ms
+                        .is_some_and(|at| now_ms - at < RESOLVED_RETENTION_MS);
+                    if !keep {
+                        removed.push(labels.clone());
+                    }
+                    keep
+                }
             }
         });
+        if let Some(db) = &self.db {
+            let written = changed
+                .iter()
+                .filter_map(|l| state.entries.get(l))
+                .try_for_each(|e| db.put(e))
+                .and_then(|()| removed.iter().try_for_each(|l| db.remove(l)))
+                .and_then(|()| events.iter().try_for_each(|e| db.record(e)));
+            if let Err(e) = written {
+                // The board in memory stays right; only a restart would
+                // lose this change, which is logged for the operator.
+                tracing::error!(error = %e, "cannot persist alert state");
+            }
+        } else {
+            state.history.extend(events);
+            let excess = state.history.len().saturating_sub(MEMORY_HISTORY);
+            state.history.drain(..excess);
+        }
         out
+    }
+
+    /// Resolves (or drops, if pending) every alert whose rule is not in
+    /// `rules`: after a reload removed a rule, its alerts must not fire on.
+    pub fn retire_rules(&self, rules: &HashSet<String>, now_ms: i64) -> Transitions {
+        let gone: Vec<String> = {
+            let state = self.lock();
+            let mut names: Vec<String> = state
+                .entries
+                .values()
+                .filter(|e| !rules.contains(&e.rule) && e.alert.state != AlertState::Resolved)
+                .map(|e| e.rule.clone())
+                .collect();
+            names.dedup();
+            names
+        };
+        let mut out = Transitions::default();
+        for rule in gone {
+            let t = self.apply(&rule, Timing::default(), Vec::new(), now_ms, &HashSet::new());
+            out.fired.extend(t.fired);
+            out.resolved.extend(t.resolved);
+        }
+        out
+    }
+
+    /// Waits until every change so far is durable (before notifying, so a
+    /// crash after a page cannot page again).
+    pub async fn persist(&self) -> Result<(), AlertStoreError> {
+        match &self.db {
+            Some(db) => db.flush().await,
+            None => Ok(()),
+        }
     }
 
     /// Every alert now firing, ordered by labels.
     pub fn firing(&self) -> Vec<Alert> {
         self.lock()
+            .entries
             .values()
-            .filter(|a| a.state == AlertState::Firing)
-            .cloned()
+            .filter(|e| e.alert.state == AlertState::Firing)
+            .map(|e| e.alert.clone())
             .collect()
     }
 
     /// Every alert on the board (pending, firing and recently resolved).
     pub fn alerts(&self) -> Vec<Alert> {
-        self.lock().values().cloned().collect()
+        self.lock().entries.values().map(|e| e.alert.clone()).collect()
+    }
+
+    /// Every entry on the board, with its rule.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.lock().entries.values().cloned().collect()
+    }
+
+    /// The `instance` labels of alerts of `rule` now firing.
+    pub fn firing_instances(&self, rule: &str) -> HashSet<String> {
+        self.lock()
+            .entries
+            .values()
+            .filter(|e| e.rule == rule && e.alert.state == AlertState::Firing)
+            .map(|e| e.alert.labels.get("instance").to_string())
+            .collect()
+    }
+
+    /// Transitions in `[from_ms, to_ms]`, oldest first, at most `limit`.
+    pub fn history(&self, from_ms: i64, to_ms: i64, limit: usize) -> Result<Vec<AlertEvent>, AlertStoreError> {
+        match &self.db {
+            Some(db) => db.history(from_ms, to_ms, limit),
+            None => Ok(self
+                .lock()
+                .history
+                .iter()
+                .filter(|e| (from_ms..=to_ms).contains(&e.at_ms))
+                .take(limit)
+                .cloned()
+                .collect()),
+        }
+    }
+}
+
+fn event(alert: &Alert, at_ms: i64) -> AlertEvent {
+    AlertEvent {
+        at_ms,
+        state: alert.state,
+        labels: alert.labels.clone(),
+        value: alert.value,
+        summary: alert.annotations.get("summary").cloned().unwrap_or_default(),
     }
 }
 

@@ -45,6 +45,19 @@ pub struct AgentTokenEntry {
     pub sha256: String,
 }
 
+impl AgentTokenEntry {
+    /// Parses the `--agent-token HOST=SHA256` flag.
+    pub fn from_flag(text: &str) -> Result<AgentTokenEntry, String> {
+        let (host, sha256) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?} is not HOST=SHA256"))?;
+        Ok(AgentTokenEntry {
+            host: host.to_string(),
+            sha256: sha256.to_string(),
+        })
+    }
+}
+
 /// A checked per-agent token: the host and the hash of its token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentToken {
@@ -58,8 +71,7 @@ impl AgentToken {
     /// Checks an entry: a valid host name and a 64-digit hex hash.
     pub fn parse(entry: &AgentTokenEntry) -> Result<AgentToken, String> {
         crate::ingest::validate::check_host(&entry.host)?;
-        let sha256 =
-            parse_sha256_hex(&entry.sha256).map_err(|e| format!("token of host {:?}: {e}", entry.host))?;
+        let sha256 = parse_sha256_hex(&entry.sha256).map_err(|e| format!("token of host {:?}: {e}", entry.host))?;
         Ok(AgentToken {
             host: entry.host.clone(),
             sha256,
@@ -269,7 +281,9 @@ impl Authenticator {
         authorization: Option<&str>,
     ) -> Result<Option<Identity>, AuthError> {
         let from_certificate = if self.require_certificate {
-            let leaf = peer_certs.and_then(|c| c.first()).ok_or(AuthError::MissingCertificate)?;
+            let leaf = peer_certs
+                .and_then(|c| c.first())
+                .ok_or(AuthError::MissingCertificate)?;
             Some(certificate_identity(leaf).map_err(AuthError::BadCertificate)?)
         } else {
             None
@@ -387,9 +401,10 @@ impl AdminGuard {
             "this endpoint needs the admin token: Authorization: Bearer <token>\n",
         )
             .into_response();
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"hostpulse\""));
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"hostpulse\""),
+        );
         response
     }
 }
@@ -397,7 +412,10 @@ impl AdminGuard {
 /// Whether an HTTP path is a write or admin endpoint that needs the admin
 /// token: the remote-write receiver and everything under `/api/v1/admin/`.
 pub fn is_admin_path(path: &str) -> bool {
-    let under = |prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
     under("/api/v1/write") || under("/api/v1/admin")
 }
 
@@ -458,7 +476,11 @@ mod tests {
         );
         assert_eq!(parse_sha256_hex(&to_hex(&h).to_uppercase()).unwrap(), h);
         assert!(parse_sha256_hex("abc").unwrap_err().contains("3 characters"));
-        assert!(parse_sha256_hex(&"g".repeat(64)).unwrap_err().contains("not hexadecimal"));
+        assert!(
+            parse_sha256_hex(&"g".repeat(64))
+                .unwrap_err()
+                .contains("not hexadecimal")
+        );
         let e = AgentToken::parse(&AgentTokenEntry {
             host: "alpha".into(),
             sha256: "xyz".into(),
@@ -509,7 +531,10 @@ mod tests {
     fn tokens_identify_their_host() {
         let auth = Authenticator::new(false, table());
         assert!(auth.is_required());
-        let id = auth.identify(None, Some(&format!("Bearer {ALPHA_TOKEN}"))).unwrap().unwrap();
+        let id = auth
+            .identify(None, Some(&format!("Bearer {ALPHA_TOKEN}")))
+            .unwrap()
+            .unwrap();
         assert_eq!(
             id,
             Identity {
@@ -545,8 +570,7 @@ mod tests {
     /// A certificate for `sans` with common name `cn`, made with rcgen.
     fn cert(sans: &[&str], cn: Option<&str>) -> CertificateDer<'static> {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         if let Some(cn) = cn {
             params.distinguished_name.push(rcgen::DnType::CommonName, cn);
@@ -554,9 +578,13 @@ mod tests {
         params.self_signed(&key).unwrap().der().clone()
     }
 
+    /// Subject alternative names, common name, and the identity (or a
+    /// fragment of the error) expected from them.
+    type NameCase<'a> = (&'a [&'a str], Option<&'a str>, Result<&'a str, &'a str>);
+
     #[test]
     fn certificate_names() {
-        let cases: &[(&[&str], Option<&str>, Result<&str, &str>)] = &[
+        let cases: &[NameCase] = &[
             (&["alpha", "alpha.example"], Some("ignored"), Ok("alpha")),
             (&["10.0.0.1", "gamma"], None, Ok("gamma")),
             (&[], Some("delta"), Ok("delta")),
@@ -573,7 +601,10 @@ mod tests {
         let auth = Authenticator::new(true, table());
         let alpha = cert(&["alpha"], None);
         let both = auth
-            .identify(Some(std::slice::from_ref(&alpha)), Some(&format!("Bearer {ALPHA_TOKEN}")))
+            .identify(
+                Some(std::slice::from_ref(&alpha)),
+                Some(&format!("Bearer {ALPHA_TOKEN}")),
+            )
             .unwrap()
             .unwrap();
         assert_eq!(both.credential, Credential::ClientCertificate);

@@ -14,8 +14,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use time::{Duration as TimeDuration, OffsetDateTime};
 
@@ -68,7 +68,11 @@ pub enum CertsError {
 }
 
 fn list(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One file `certs` writes.
@@ -81,7 +85,12 @@ struct Output {
 /// The files of a request, in the order they are written; names only, so
 /// collisions and existing files are found before any key is generated.
 pub fn file_names(request: &CertsRequest) -> Vec<PathBuf> {
-    let mut names = vec!["ca.pem".to_string(), "ca-key.pem".into(), "server.pem".into(), "server-key.pem".into()];
+    let mut names = vec![
+        "ca.pem".to_string(),
+        "ca-key.pem".into(),
+        "server.pem".into(),
+        "server-key.pem".into(),
+    ];
     for agent in &request.agents {
         names.push(format!("{agent}.pem"));
         names.push(format!("{agent}-key.pem"));
@@ -99,7 +108,8 @@ pub fn check_request(request: &CertsRequest) -> Result<(), CertsError> {
         ));
     }
     for name in &request.server_names {
-        if name.is_empty() || !name.is_ascii() || name.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
+        if name.is_empty() || !name.is_ascii() || name.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+        {
             return Err(CertsError::Invalid(format!(
                 "server name {name:?} is not a DNS name or IP address"
             )));
@@ -161,7 +171,11 @@ fn build(request: &CertsRequest, now: OffsetDateTime) -> Result<Vec<Output>, Cer
     ca.distinguished_name = DistinguishedName::new();
     ca.distinguished_name.push(DnType::CommonName, "hostpulse CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     ca.not_before = now - BACKDATE;
     ca.not_after = now + CA_VALIDITY;
     let ca_cert = ca.self_signed(&ca_key).map_err(generate("the CA certificate"))?;
@@ -298,7 +312,11 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             for p in &written {
                 let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-                let expected = if p.to_string_lossy().ends_with("-key.pem") { 0o600 } else { 0o644 };
+                let expected = if p.to_string_lossy().ends_with("-key.pem") {
+                    0o600
+                } else {
+                    0o644
+                };
                 assert_eq!(mode, expected, "{}", p.display());
             }
         }

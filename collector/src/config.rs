@@ -16,8 +16,15 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9470";
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:9471";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./hostpulse-data";
+/// Default quiet time before `HostpulseHostSilent` fires.
+pub const DEFAULT_HOST_SILENT_AFTER: Duration = Duration::from_secs(180);
 /// Default rule evaluation interval.
 pub const DEFAULT_RULE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Default out-of-order window of the store.
+pub const DEFAULT_OUT_OF_ORDER_WINDOW: Duration = Duration::from_secs(3600);
+/// Default memory bound of unsealed samples, MiB.
+pub const DEFAULT_HEAD_MAX_MB: u64 = 512;
 
 /// The collector's TOML config file. Absent keys fall back to flags, then
 /// defaults.
@@ -32,6 +39,18 @@ pub struct FileConfig {
     pub grpc_addr: Option<String>,
     /// Webhook URLs alerts are posted to.
     pub webhook_url: Option<Vec<String>>,
+    /// File whose contents (trailing newline trimmed) sign webhook bodies
+    /// (`X-Hostpulse-Signature: sha256=<hex HMAC-SHA256>`).
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Alertmanager base URLs (`http://am:9093`); each gets every alert.
+    pub alertmanager_url: Option<Vec<String>>,
+    /// Prometheus rule files evaluated besides the built-in pack.
+    pub rule_file: Option<Vec<PathBuf>>,
+    /// Whether the built-in hardware rule pack runs (default true).
+    pub builtin_rules: Option<bool>,
+    /// How long a host that reported may stay quiet before
+    /// `HostpulseHostSilent` fires, e.g. `3m`.
+    pub host_silent_after: Option<String>,
     /// How often alert rules are evaluated, e.g. `10s`.
     pub rule_interval: Option<String>,
     /// Also run an agent sampling this machine, in process.
@@ -42,6 +61,35 @@ pub struct FileConfig {
     pub cache_capacity_mb: Option<u64>,
     /// Allow listening on non-loopback addresses without TLS.
     pub insecure: Option<bool>,
+    /// The collector's TLS certificate chain (PEM); with `tls_key`, both
+    /// listeners speak TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// The collector's TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs agents' client certificates: agents must then
+    /// present one, and it names their host.
+    pub client_ca: Option<PathBuf>,
+    /// Deadline for a TLS handshake, e.g. `10s`.
+    pub tls_handshake_timeout: Option<String>,
+    /// Per-agent tokens, stored as SHA-256 hashes: `[[agent_tokens]]` with
+    /// `host` and `sha256`. When any is set, agents must present theirs.
+    pub agent_tokens: Option<Vec<crate::auth::AgentTokenEntry>>,
+    /// File holding the admin token that write and admin HTTP endpoints
+    /// require (`Authorization: Bearer <token>`).
+    pub admin_token_file: Option<PathBuf>,
+    /// How long raw samples are kept, back from the newest stored sample,
+    /// e.g. `720h` [default: forever].
+    pub retention: Option<String>,
+    /// How long 5-minute rollups are kept, e.g. `4320h` [default: forever].
+    pub rollup_retention_5m: Option<String>,
+    /// How long 1-hour rollups are kept, e.g. `17520h` [default: forever].
+    pub rollup_retention_1h: Option<String>,
+    /// How far behind its series' newest sample a sample may arrive and
+    /// still be stored, e.g. `1h` [default: 1h]; older ones are rejected.
+    pub out_of_order_window: Option<String>,
+    /// Memory bound of unsealed samples, in MiB [default: 512]; beyond it
+    /// they are sealed into blocks early.
+    pub head_max_mb: Option<u64>,
 }
 
 impl FileConfig {
@@ -67,6 +115,16 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     /// Webhook URLs.
     pub webhook_urls: Vec<String>,
+    /// Secret file signing webhook bodies.
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Alertmanager base URLs.
+    pub alertmanager_urls: Vec<String>,
+    /// Rule files besides the built-in pack.
+    pub rule_files: Vec<PathBuf>,
+    /// Whether the built-in hardware rule pack runs.
+    pub builtin_rules: bool,
+    /// Quiet time before a host counts as silent.
+    pub host_silent_after: Duration,
     /// Rule evaluation interval.
     pub rule_interval: Duration,
     /// Run an in-process agent for this machine.
@@ -75,6 +133,27 @@ pub struct Settings {
     pub local_agent_interval: Duration,
     /// sled cache in bytes.
     pub cache_capacity_bytes: u64,
+    /// TLS, agent credentials and the admin token.
+    pub security: Security,
+    /// Raw sample retention (`None`: forever).
+    pub retention: Option<Duration>,
+    /// 5-minute and 1-hour rollup retention (`None`: forever).
+    pub rollup_retention: [Option<Duration>; 2],
+    /// Out-of-order window.
+    pub out_of_order_window: Duration,
+    /// Memory bound of unsealed samples in bytes.
+    pub head_max_bytes: u64,
+}
+
+/// How the collector proves itself and checks who talks to it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Security {
+    /// TLS on both listeners, when configured.
+    pub tls: Option<crate::tls::ServerTls>,
+    /// Per-agent tokens (empty: none required).
+    pub agent_tokens: crate::auth::TokenTable,
+    /// File with the admin token for write and admin HTTP endpoints.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -86,15 +165,27 @@ impl Settings {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             webhook_urls: Vec::new(),
+            webhook_secret_file: None,
+            alertmanager_urls: Vec::new(),
+            rule_files: Vec::new(),
+            builtin_rules: true,
+            host_silent_after: DEFAULT_HOST_SILENT_AFTER,
             rule_interval: DEFAULT_RULE_INTERVAL,
             local_agent: false,
             local_agent_interval: Duration::from_secs(10),
             cache_capacity_bytes: 256 << 20,
+            security: Security::default(),
+            retention: None,
+            rollup_retention: [None, None],
+            out_of_order_window: DEFAULT_OUT_OF_ORDER_WINDOW,
+            head_max_bytes: DEFAULT_HEAD_MAX_MB << 20,
         }
     }
 
     /// Merges file (lower priority) and flags (higher) over the defaults.
     pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<Settings, ConfigError> {
+        let insecure = flags.insecure.or(file.insecure).unwrap_or(false);
+        let security = resolve_security(&file, &flags)?;
         let addr = |key: &'static str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
             let text = v.unwrap_or_else(|| default.to_string());
             text.parse().map_err(|_| ConfigError::Invalid {
@@ -119,11 +210,13 @@ impl Settings {
                     }),
             }
         };
+        let optional = |key: &'static str, v: Option<String>| -> Result<Option<Duration>, ConfigError> {
+            v.map(|t| duration(key, Some(t), Duration::ZERO)).transpose()
+        };
         let http_addr = addr("http_addr", flags.http_addr.or(file.http_addr), DEFAULT_HTTP_ADDR)?;
         let grpc_addr = addr("grpc_addr", flags.grpc_addr.or(file.grpc_addr), DEFAULT_GRPC_ADDR)?;
-        let insecure = flags.insecure.or(file.insecure).unwrap_or(false);
         for (key, a) in [("http_addr", http_addr), ("grpc_addr", grpc_addr)] {
-            if !a.ip().is_loopback() && !insecure {
+            if !a.ip().is_loopback() && !insecure && security.tls.is_none() {
                 return Err(ConfigError::Invalid {
                     key,
                     message: format!(
@@ -132,6 +225,23 @@ impl Settings {
                 });
             }
         }
+        let mut alertmanager_urls = file.alertmanager_url.unwrap_or_default();
+        alertmanager_urls.extend(flags.alertmanager_url.unwrap_or_default());
+        for url in &alertmanager_urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    key: "alertmanager_url",
+                    message: format!("{url:?} is not an http:// or https:// URL"),
+                });
+            }
+        }
+        let mut rule_files = file.rule_file.unwrap_or_default();
+        rule_files.extend(flags.rule_file.unwrap_or_default());
+        let host_silent_after = duration(
+            "host_silent_after",
+            flags.host_silent_after.or(file.host_silent_after),
+            DEFAULT_HOST_SILENT_AFTER,
+        )?;
         let mut webhook_urls = file.webhook_url.unwrap_or_default();
         webhook_urls.extend(flags.webhook_url.unwrap_or_default());
         for url in &webhook_urls {
@@ -150,6 +260,11 @@ impl Settings {
             http_addr,
             grpc_addr,
             webhook_urls,
+            webhook_secret_file: flags.webhook_secret_file.or(file.webhook_secret_file),
+            alertmanager_urls,
+            rule_files,
+            builtin_rules: flags.builtin_rules.or(file.builtin_rules).unwrap_or(true),
+            host_silent_after,
             rule_interval: duration(
                 "rule_interval",
                 flags.rule_interval.or(file.rule_interval),
@@ -162,8 +277,90 @@ impl Settings {
                 Duration::from_secs(10),
             )?,
             cache_capacity_bytes: flags.cache_capacity_mb.or(file.cache_capacity_mb).unwrap_or(256) << 20,
+            security,
+            retention: optional("retention", flags.retention.or(file.retention))?,
+            rollup_retention: [
+                optional("rollup_retention_5m", flags.rollup_retention_5m.or(file.rollup_retention_5m))?,
+                optional("rollup_retention_1h", flags.rollup_retention_1h.or(file.rollup_retention_1h))?,
+            ],
+            out_of_order_window: duration(
+                "out_of_order_window",
+                flags.out_of_order_window.or(file.out_of_order_window),
+                DEFAULT_OUT_OF_ORDER_WINDOW,
+            )?,
+            head_max_bytes: flags.head_max_mb.or(file.head_max_mb).unwrap_or(DEFAULT_HEAD_MAX_MB) << 20,
         })
     }
+}
+
+/// The TLS, token and admin keys (flags win; tokens from both are kept).
+fn resolve_security(file: &FileConfig, flags: &FileConfig) -> Result<Security, ConfigError> {
+    let invalid = |key, message: &str| ConfigError::Invalid {
+        key,
+        message: message.to_string(),
+    };
+    let pick = |f: &Option<PathBuf>, g: &Option<PathBuf>| f.clone().or_else(|| g.clone());
+    let cert = pick(&flags.tls_cert, &file.tls_cert);
+    let key = pick(&flags.tls_key, &file.tls_key);
+    let client_ca = pick(&flags.client_ca, &file.client_ca);
+    let handshake_timeout = match flags
+        .tls_handshake_timeout
+        .as_ref()
+        .or(file.tls_handshake_timeout.as_ref())
+    {
+        None => crate::tls::DEFAULT_HANDSHAKE_TIMEOUT,
+        Some(t) => hostpulse_agent::config::parse_duration(t)
+            .map_err(|message| ConfigError::Invalid {
+                key: "tls_handshake_timeout",
+                message,
+            })
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err(invalid("tls_handshake_timeout", "must be more than 0"))
+                } else {
+                    Ok(d)
+                }
+            })?,
+    };
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(crate::tls::ServerTls {
+            cert,
+            key,
+            client_ca,
+            handshake_timeout,
+        }),
+        (None, None) if client_ca.is_some() => {
+            return Err(invalid(
+                "client_ca",
+                "client certificates are only asked for over TLS; also give tls_cert and tls_key",
+            ));
+        }
+        (None, None) => None,
+        _ => return Err(invalid("tls_cert", "tls_cert and tls_key must be given together")),
+    };
+    let mut entries = file.agent_tokens.clone().unwrap_or_default();
+    entries.extend(flags.agent_tokens.clone().unwrap_or_default());
+    let tokens = entries
+        .iter()
+        .map(crate::auth::AgentToken::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(crate::auth::TokenTable::new)
+        .map_err(|message| ConfigError::Invalid {
+            key: "agent_tokens",
+            message,
+        })?;
+    let local_agent = flags.local_agent.or(file.local_agent).unwrap_or(false);
+    if local_agent && (tls.is_some() || !tokens.is_empty()) {
+        return Err(invalid(
+            "local_agent",
+            "the in-process agent has no certificate or token; with TLS or agent tokens, run hostpulse-agent as its own service",
+        ));
+    }
+    Ok(Security {
+        tls,
+        agent_tokens: tokens,
+        admin_token_file: pick(&flags.admin_token_file, &file.admin_token_file),
+    })
 }
 
 #[cfg(test)]
@@ -201,6 +398,72 @@ mod tests {
             })
             .is_ok()
         );
+    }
+
+    #[test]
+    fn tls_tokens_and_their_conflicts() {
+        let tls = FileConfig {
+            tls_cert: Some("s.pem".into()),
+            tls_key: Some("s-key.pem".into()),
+            client_ca: Some("ca.pem".into()),
+            grpc_addr: Some("0.0.0.0:9471".into()),
+            http_addr: Some("0.0.0.0:9470".into()),
+            ..Default::default()
+        };
+        // TLS on both listeners makes --insecure unnecessary.
+        let s = resolve(tls.clone()).unwrap();
+        let t = s.security.tls.unwrap();
+        assert_eq!(t.client_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(t.handshake_timeout, crate::tls::DEFAULT_HANDSHAKE_TIMEOUT);
+        let cases = [
+            (
+                FileConfig {
+                    tls_key: None,
+                    ..tls.clone()
+                },
+                "tls_cert: tls_cert and tls_key must be given together",
+            ),
+            (
+                FileConfig {
+                    client_ca: Some("ca.pem".into()),
+                    ..Default::default()
+                },
+                "client_ca: client certificates are only asked for over TLS; also give tls_cert and tls_key",
+            ),
+            (
+                FileConfig {
+                    local_agent: Some(true),
+                    ..tls.clone()
+                },
+                "local_agent: the in-process agent has no certificate or token",
+            ),
+            (
+                FileConfig {
+                    agent_tokens: Some(vec![crate::auth::AgentTokenEntry {
+                        host: "alpha".into(),
+                        sha256: "abc".into(),
+                    }]),
+                    ..Default::default()
+                },
+                "agent_tokens: token of host \"alpha\": sha256 \"abc\" has 3 characters",
+            ),
+            (
+                FileConfig {
+                    tls_handshake_timeout: Some("0s".into()),
+                    ..tls
+                },
+                "tls_handshake_timeout: must be more than 0",
+            ),
+        ];
+        for (flags, expected) in cases {
+            let e = resolve(flags).unwrap_err();
+            assert!(e.starts_with(expected), "{e}");
+        }
+        let text = "[[agent_tokens]]\nhost = \"alpha\"\nsha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n";
+        let file = FileConfig::parse(Path::new("c.toml"), text).unwrap();
+        let s = Settings::resolve(file, FileConfig::default()).unwrap();
+        assert!(!s.security.agent_tokens.is_empty());
+        assert_eq!(s.security.agent_tokens.host_for("abc"), Some("alpha"));
     }
 
     #[test]

@@ -1,29 +1,49 @@
-//! The rule loop: every `interval`, each built-in rule reads its input
-//! series from the store, decides which alerts hold, and the alert board
-//! turns that into transitions that the notifier sends.
+//! The rule loop: every interval it evaluates the loaded Prometheus rule
+//! groups (the built-in hardware pack plus `--rule-file`s) through an
+//! [`Evaluator`], runs the code detectors, hands what holds to the alert
+//! board, and sends what changed to webhooks and Alertmanagers.
 //!
-//! Rules are one file each under `detect/`, behind the small [`Rule`] trait
-//! and listed in [`RULES`]; their evaluation is a pure function over
-//! selected series so tests feed literal data. Loading Prometheus rule files
-//! and the code detectors of the design (peer outliers, trends, ...) will
-//! join this list.
+//! - `detect/rulefile.rs` parses and validates rule files; `detect/template.rs`
+//!   expands `{{ $labels.x }}`/`{{ $value }}` in labels and annotations.
+//! - `detect/evaluator.rs` is the [`Evaluator`] trait and its adapter over
+//!   the store and the PromQL engine.
+//! - Detectors that PromQL cannot express are code, one file each behind
+//!   the [`Detector`] trait, listed by [`default_detectors`]
+//!   (`detect/host_silent.rs`).
+//!
+//! Rules are loaded at start and again on [`Rules::reload`] (SIGHUP,
+//! `POST /-/reload`); a reload that fails keeps the rules that run.
 
-mod temperature;
+mod evaluator;
+pub mod host_silent;
+pub mod rulefile;
+pub mod template;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::alert::{ActiveAlert, AlertBoard, Notifier, Transitions};
-use crate::model::{METRIC_NAME, Matcher, SeriesSamples};
+use crate::alert::{ALERT_NAME, ActiveAlert, AlertBoard, Alertmanager, Notifier, Timing, Transitions};
+use crate::model::{Labels, METRIC_NAME, Matcher, SeriesSamples};
 use crate::query::eval::LOOKBACK_MS;
-use crate::store::{Store, StoreError};
+use crate::store::{HostRecord, Store, StoreError};
 use crate::telemetry::{Counter, Gauge, Telemetry};
 
-pub use temperature::TemperatureCritical;
+pub use evaluator::{EvalError, Evaluator, StoreEvaluator, without_name};
+pub use host_silent::HostSilent;
+use rulefile::{LoadError, RuleDef, RuleGroup, RuleKind};
+use template::Data;
 
-/// A built-in alert rule.
-pub trait Rule: Send + Sync {
+/// The built-in hardware rule pack (`deploy/rules/hardware.yml`).
+pub const BUILTIN_RULES: &str = include_str!("../../deploy/rules/hardware.yml");
+/// The name the built-in pack goes by in errors and `/api/v1/rules`.
+pub const BUILTIN_FILE: &str = "<built-in>/hardware.yml";
+/// The `file` of the detectors' pseudo-group in `/api/v1/rules`.
+pub const DETECTORS_FILE: &str = "<built-in>/detectors";
+
+/// A code detector.
+pub trait Detector: Send + Sync {
     /// The `alertname` of the alerts it raises.
     fn name(&self) -> &'static str;
     /// Metric names it reads; each is selected over the lookback window.
@@ -36,59 +56,288 @@ pub trait Rule: Send + Sync {
     }
 }
 
-/// Every built-in rule, in evaluation order.
-pub const RULES: &[&dyn Rule] = &[&TemperatureCritical];
+/// The detectors the collector runs, in evaluation order. Host silence
+/// comes first: the others are inhibited for hosts it finds silent.
+pub fn default_detectors(host_silent_after: Duration) -> Vec<Arc<dyn Detector>> {
+    vec![Arc::new(HostSilent {
+        grace_ms: i64::try_from(host_silent_after.as_millis()).unwrap_or(i64::MAX),
+    })]
+}
 
-/// The selected input series of one rule evaluation, by metric name.
+/// The selected input series of one detector evaluation.
 #[derive(Debug, Default)]
 pub struct Inputs {
     by_metric: HashMap<&'static str, Vec<SeriesSamples>>,
+    hosts: Vec<HostRecord>,
 }
 
 impl Inputs {
-    /// Inputs from literal series (tests, and the loop below).
-    pub fn new(by_metric: HashMap<&'static str, Vec<SeriesSamples>>) -> Inputs {
-        Inputs { by_metric }
+    /// Inputs from literal series and host records (tests, and the loop).
+    pub fn new(by_metric: HashMap<&'static str, Vec<SeriesSamples>>, hosts: Vec<HostRecord>) -> Inputs {
+        Inputs { by_metric, hosts }
     }
 
     /// The series of `metric`, empty if none were selected.
     pub fn series(&self, metric: &str) -> &[SeriesSamples] {
         self.by_metric.get(metric).map_or(&[], Vec::as_slice)
     }
+
+    /// Every host the store knows.
+    pub fn hosts(&self) -> &[HostRecord] {
+        &self.hosts
+    }
+}
+
+/// Where rules come from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RuleSources {
+    /// Rule files, read at start and on every reload.
+    pub files: Vec<PathBuf>,
+    /// Whether the built-in hardware pack runs.
+    pub builtin: bool,
+}
+
+impl RuleSources {
+    /// Reads and validates every source.
+    pub fn load(&self) -> Result<Vec<RuleGroup>, LoadError> {
+        let mut groups = Vec::new();
+        if self.builtin {
+            groups = rulefile::parse_rule_file(BUILTIN_FILE, BUILTIN_RULES).map_err(LoadError::Invalid)?;
+        }
+        groups.extend(rulefile::load_rule_files(&self.files)?);
+        Ok(groups)
+    }
+}
+
+/// The last evaluation of a rule, for `/api/v1/rules`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RuleHealth {
+    /// Why the last evaluation failed, if it did.
+    pub last_error: Option<String>,
+    /// When it ran, ms since epoch (0: not yet).
+    pub last_evaluation_ms: i64,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// The loaded rules and their health, shared by the loop and the API.
+pub struct Rules {
+    sources: RuleSources,
+    groups: RwLock<Arc<Vec<RuleGroup>>>,
+    health: Mutex<HashMap<String, RuleHealth>>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Rules {
+    /// Loads `sources`; fails (the collector does not start) if any is
+    /// invalid.
+    pub fn load(sources: RuleSources, telemetry: Arc<Telemetry>) -> Result<Rules, LoadError> {
+        let groups = sources.load()?;
+        Ok(Rules::from_groups(sources, groups, telemetry))
+    }
+
+    /// Rules from already parsed groups (tests).
+    pub fn from_groups(sources: RuleSources, groups: Vec<RuleGroup>, telemetry: Arc<Telemetry>) -> Rules {
+        Rules {
+            sources,
+            groups: RwLock::new(Arc::new(groups)),
+            health: Mutex::new(HashMap::new()),
+            telemetry,
+        }
+    }
+
+    /// Re-reads every source. On success the new rules replace the old at
+    /// the next evaluation and the number of rules is returned; on failure
+    /// the running rules stay and the errors are returned.
+    pub fn reload(&self) -> Result<usize, LoadError> {
+        match self.sources.load() {
+            Ok(groups) => {
+                let n = groups.iter().map(|g| g.rules.len()).sum();
+                *self.groups.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(groups);
+                self.telemetry.inc(Counter::RuleReloads);
+                tracing::info!(rules = n, "rules reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                self.telemetry.inc(Counter::RuleReloadFailures);
+                tracing::error!(error = %e, "rule reload failed; keeping the running rules");
+                Err(e)
+            }
+        }
+    }
+
+    /// The rules now loaded.
+    pub fn groups(&self) -> Arc<Vec<RuleGroup>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The health of the rule with key `key` (see [`rule_key`]).
+    pub fn health(&self, key: &str) -> RuleHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn set_health(&self, key: String, health: RuleHealth) {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).insert(key, health);
+    }
+}
+
+/// The board key of rule `index` of `group`: file, group and name, so two
+/// rules of the same name in different groups keep their own alerts.
+pub fn rule_key(group: &RuleGroup, index: usize) -> String {
+    let name = group.rules.get(index).map_or("", RuleDef::name);
+    let dup = group.rules[..index.min(group.rules.len())]
+        .iter()
+        .filter(|r| r.name() == name)
+        .count();
+    if dup == 0 {
+        format!("{}/{}/{name}", group.file, group.name)
+    } else {
+        format!("{}/{}/{name}#{dup}", group.file, group.name)
+    }
+}
+
+/// The board key of a detector.
+pub fn detector_key(name: &str) -> String {
+    format!("{DETECTORS_FILE}/{name}")
 }
 
 /// What the rule loop needs.
 #[derive(Clone)]
 pub struct RuleContext {
-    /// Where input series come from.
+    /// Where detector inputs come from and recording rules write.
     pub store: Store,
+    /// Answers the rules' PromQL.
+    pub evaluator: Arc<dyn Evaluator>,
+    /// The loaded rules.
+    pub rules: Arc<Rules>,
+    /// The code detectors, host silence first.
+    pub detectors: Vec<Arc<dyn Detector>>,
     /// Where alert state lives.
     pub board: Arc<AlertBoard>,
-    /// Who tells on-call.
+    /// Webhooks.
     pub notifier: Arc<Notifier>,
+    /// Alertmanagers.
+    pub alertmanager: Arc<Alertmanager>,
     /// Self-telemetry.
     pub telemetry: Arc<Telemetry>,
-    /// Time between evaluations.
+    /// Time between evaluations of groups without their own interval.
     pub interval: Duration,
+}
+
+/// Why alerting could not be set up at start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The rules do not load.
+    #[error("rules: {0}")]
+    Rules(#[from] LoadError),
+    /// The alert state database does not open.
+    #[error("{0}")]
+    State(#[from] crate::alert::AlertStoreError),
+    /// The webhook secret file cannot be read.
+    #[error("webhook secret file {}: {source}", path.display())]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl RuleContext {
+    /// Everything alerting needs, from settings: rules (built-in pack and
+    /// files), the board persisted under `<data_dir>/alerts`, webhooks
+    /// (signed when a secret is set), Alertmanagers, detectors.
+    /// `external_url` is the collector's own URL for links in alerts.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        store: Store,
+        telemetry: Arc<Telemetry>,
+        external_url: &str,
+    ) -> Result<RuleContext, SetupError> {
+        let sources = RuleSources {
+            files: settings.rule_files.clone(),
+            builtin: settings.builtin_rules,
+        };
+        let rules = Arc::new(Rules::load(sources, telemetry.clone())?);
+        let board = Arc::new(AlertBoard::open(&settings.data_dir.join("alerts"))?);
+        let secret = match &settings.webhook_secret_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| SetupError::Secret {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(text.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
+            }
+        };
+        let notifier = Notifier::new(settings.webhook_urls.clone(), telemetry.clone())
+            .with_external_url(external_url)
+            .with_secret(secret);
+        Ok(RuleContext {
+            evaluator: Arc::new(StoreEvaluator::new(store.clone())),
+            store,
+            rules,
+            detectors: default_detectors(settings.host_silent_after),
+            board,
+            notifier: Arc::new(notifier),
+            alertmanager: Arc::new(Alertmanager::new(
+                settings.alertmanager_urls.clone(),
+                telemetry.clone(),
+                external_url,
+            )),
+            telemetry,
+            interval: settings.rule_interval,
+        })
+    }
+
+    /// The read-only alerting routes (`/api/v1/alerts`, `/api/v1/rules`,
+    /// `/api/v1/alerts/history`).
+    pub fn api_router(&self) -> axum::Router {
+        crate::alert::api::router(crate::alert::api::AlertApi {
+            board: self.board.clone(),
+            rules: self.rules.clone(),
+            detectors: self.detectors.iter().map(|d| d.name()).collect(),
+        })
+    }
+
+    /// `POST /-/reload`; the caller puts the admin guard on it.
+    pub fn reload_router(&self) -> axum::Router {
+        crate::alert::api::reload_router(self.rules.clone())
+    }
 }
 
 /// Shortest interval the loop accepts, so a zero in config cannot spin.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Evaluates every rule each `interval` until `shutdown` turns true (or its
+/// Evaluates rules and detectors until `shutdown` turns true (or its
 /// sender is dropped, which can only mean the collector is going away).
+/// Groups with their own `interval` run when it has passed, checked at
+/// every tick of the default interval.
 pub async fn run(ctx: RuleContext, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(ctx.interval.max(MIN_INTERVAL));
+    let tick = ctx
+        .rules
+        .groups()
+        .iter()
+        .filter_map(|g| g.interval)
+        .fold(ctx.interval, Duration::min)
+        .max(MIN_INTERVAL);
+    let mut ticker = tokio::time::interval(tick);
     // A slow evaluation (webhook retries) delays the next one instead of
     // causing a burst of catch-up evaluations.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_run: HashMap<String, i64> = HashMap::new();
     loop {
         if *shutdown.borrow_and_update() {
             break;
         }
         tokio::select! {
             _ = ticker.tick() => {
-                evaluate_once(&ctx, now_ms()).await;
+                evaluate(&ctx, now_ms(), Some(&mut last_run)).await;
             }
             changed = shutdown.changed() => {
                 if changed.is_err() {
@@ -101,42 +350,259 @@ pub async fn run(ctx: RuleContext, mut shutdown: tokio::sync::watch::Receiver<bo
     tracing::debug!("rule loop stopped");
 }
 
-/// Evaluates every rule once at `now_ms`, updates the board, sends
-/// notifications for what changed (waiting for delivery) and returns the
-/// changes. A rule whose inputs cannot be read is counted as a failure and
-/// leaves its alerts as they were: a storage hiccup must not resolve them.
+/// Evaluates every detector and rule group once at `now_ms`, updates the
+/// board, persists it, sends notifications for what changed (waiting for
+/// delivery) and returns the changes. A rule that fails to evaluate is
+/// counted and leaves its alerts as they were: a storage hiccup must not
+/// resolve them.
 pub async fn evaluate_once(ctx: &RuleContext, now_ms: i64) -> Transitions {
+    evaluate(ctx, now_ms, None).await
+}
+
+async fn evaluate(ctx: &RuleContext, now_ms: i64, mut schedule: Option<&mut HashMap<String, i64>>) -> Transitions {
     let mut all = Transitions::default();
-    for rule in RULES {
+    let mut keys: HashSet<String> = HashSet::new();
+    let mut silent: HashSet<String> = HashSet::new();
+    let hosts = hosts(&ctx.store).await;
+    for (i, d) in ctx.detectors.iter().enumerate() {
+        let key = detector_key(d.name());
+        keys.insert(key.clone());
         ctx.telemetry.inc(Counter::RuleEvaluations);
-        let inputs = match select_inputs(&ctx.store, rule.inputs(), now_ms).await {
+        let started = Instant::now();
+        let inputs = match select_inputs(&ctx.store, d.inputs(), hosts.clone(), now_ms).await {
             Ok(inputs) => inputs,
             Err(e) => {
                 ctx.telemetry.inc(Counter::RuleEvaluationFailures);
-                tracing::warn!(rule = rule.name(), error = %e, "rule evaluation failed");
+                tracing::warn!(detector = d.name(), error = %e, "detector evaluation failed");
+                ctx.rules.set_health(key, failed(e.to_string(), now_ms, started));
                 continue;
             }
         };
-        let active = rule.evaluate(&inputs, now_ms);
-        let t = ctx.board.update(rule.name(), rule.hold_ms(), active, now_ms);
-        for a in &t.fired {
-            tracing::info!(alert = %a.labels, value = a.value, "alert firing");
+        let active = d.evaluate(&inputs, now_ms);
+        let timing = Timing {
+            hold_ms: d.hold_ms(),
+            keep_firing_ms: 0,
+        };
+        let t = ctx.board.apply(&key, timing, active, now_ms, &silent);
+        merge(&mut all, t);
+        ctx.rules.set_health(key.clone(), ok(now_ms, started));
+        // The first detector is host silence: what it finds inhibits the rest.
+        if i == 0 {
+            silent = ctx.board.firing_instances(&key);
         }
-        for a in &t.resolved {
-            tracing::info!(alert = %a.labels, "alert resolved");
-        }
-        ctx.notifier.notify(&t.fired).await;
-        ctx.notifier.notify(&t.resolved).await;
-        all.fired.extend(t.fired);
-        all.resolved.extend(t.resolved);
     }
+
+    let groups = ctx.rules.groups();
+    let default_ms = millis(ctx.interval);
+    for (gi, group) in groups.iter().enumerate() {
+        for ri in 0..group.rules.len() {
+            keys.insert(rule_key(group, ri));
+        }
+        let group_key = format!("{}/{}", group.file, group.name);
+        if let Some(last_run) = schedule.as_deref_mut() {
+            let every = group.interval.map_or(default_ms, millis);
+            let last = last_run.get(&group_key).copied().unwrap_or(i64::MIN);
+            // Half a tick of slack, so timer jitter does not skip a round.
+            if now_ms.saturating_sub(last) < every - default_ms.min(every) / 2 {
+                continue;
+            }
+            last_run.insert(group_key, now_ms);
+        }
+        let at = now_ms - millis(group.query_offset);
+        let evaluator = ctx.evaluator.clone();
+        let groups_for_task = groups.clone();
+        let results = tokio::task::spawn_blocking(move || {
+            groups_for_task[gi]
+                .rules
+                .iter()
+                .map(|r| {
+                    let started = Instant::now();
+                    (evaluator.instant(&r.expr, at), started.elapsed())
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(results) = results else {
+            ctx.telemetry.inc(Counter::RuleEvaluationFailures);
+            tracing::error!(group = %group.name, "rule group evaluation task failed");
+            continue;
+        };
+        let mut recorded = Vec::new();
+        for (ri, (rule, (result, took))) in group.rules.iter().zip(results).enumerate() {
+            let key = rule_key(group, ri);
+            ctx.telemetry.inc(Counter::RuleEvaluations);
+            let outcome = result
+                .map_err(|e| e.to_string())
+                .and_then(|samples| apply_limit(samples, group.limit))
+                .and_then(|samples| match &rule.kind {
+                    RuleKind::Alerting {
+                        name,
+                        hold,
+                        keep_firing_for,
+                        annotations,
+                    } => {
+                        let active = alerts_for(name, &rule.labels, annotations, samples)?;
+                        let timing = Timing {
+                            hold_ms: millis(*hold),
+                            keep_firing_ms: millis(*keep_firing_for),
+                        };
+                        merge(&mut all, ctx.board.apply(&key, timing, active, now_ms, &silent));
+                        Ok(())
+                    }
+                    RuleKind::Recording { record } => {
+                        recorded.extend(recorded_series(record, &rule.labels, samples, at));
+                        Ok(())
+                    }
+                });
+            let health = RuleHealth {
+                last_error: outcome.err(),
+                last_evaluation_ms: now_ms,
+                duration: took,
+            };
+            if let Some(e) = &health.last_error {
+                ctx.telemetry.inc(Counter::RuleEvaluationFailures);
+                tracing::warn!(rule = rule.name(), group = %group.name, error = %e, "rule evaluation failed");
+            }
+            ctx.rules.set_health(key, health);
+        }
+        if !recorded.is_empty() {
+            let n: usize = recorded.iter().map(|s| s.samples.len()).sum();
+            match ctx.store.append_unsequenced(recorded).await {
+                Ok(_) => ctx.telemetry.add(Counter::RecordedSamples, n as u64),
+                Err(e) => tracing::warn!(group = %group.name, error = %e, "cannot store recording rule results"),
+            }
+        }
+    }
+    // Alerts of rules a reload removed resolve instead of firing forever.
+    merge(&mut all, ctx.board.retire_rules(&keys, now_ms));
+
+    let changed = !all.fired.is_empty() || !all.resolved.is_empty();
+    for a in &all.fired {
+        tracing::info!(alert = %a.labels, value = a.value, "alert firing");
+    }
+    for a in &all.resolved {
+        tracing::info!(alert = %a.labels, "alert resolved");
+    }
+    // Durable before anyone is told, so a crash right after a page cannot
+    // make the restarted collector page again.
+    if let Err(e) = ctx.board.persist().await {
+        tracing::error!(error = %e, "cannot flush alert state");
+    }
+    ctx.notifier.notify(&all.fired).await;
+    ctx.notifier.notify(&all.resolved).await;
+    ctx.alertmanager
+        .sync(&ctx.board.alerts(), changed, now_ms, default_ms)
+        .await;
     let firing = ctx.board.firing().len();
     ctx.telemetry
         .set(Gauge::AlertsFiring, i64::try_from(firing).unwrap_or(i64::MAX));
     all
 }
 
-/// Why a rule's inputs could not be read.
+fn merge(all: &mut Transitions, t: Transitions) {
+    all.fired.extend(t.fired);
+    all.resolved.extend(t.resolved);
+}
+
+fn ok(now_ms: i64, started: Instant) -> RuleHealth {
+    RuleHealth {
+        last_error: None,
+        last_evaluation_ms: now_ms,
+        duration: started.elapsed(),
+    }
+}
+
+fn failed(error: String, now_ms: i64, started: Instant) -> RuleHealth {
+    RuleHealth {
+        last_error: Some(error),
+        last_evaluation_ms: now_ms,
+        duration: started.elapsed(),
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Prometheus's group `limit`: more outputs than that fail the rule.
+fn apply_limit(samples: Vec<(Labels, f64)>, limit: usize) -> Result<Vec<(Labels, f64)>, String> {
+    if limit > 0 && samples.len() > limit {
+        return Err(format!("exceeded limit of {limit} with {} results", samples.len()));
+    }
+    Ok(samples)
+}
+
+/// The alerts an alerting rule's samples raise: the sample's labels
+/// without `__name__`, then the rule's labels (templates expanded), then
+/// `alertname`; annotations expanded with the same `$labels`/`$value`.
+pub fn alerts_for(
+    name: &str,
+    labels: &[(String, String, template::Template)],
+    annotations: &[(String, String, template::Template)],
+    samples: Vec<(Labels, f64)>,
+) -> Result<Vec<ActiveAlert>, String> {
+    let mut out = Vec::with_capacity(samples.len());
+    let mut seen = HashSet::new();
+    for (sample_labels, value) in samples {
+        let base = without_name(&sample_labels);
+        let data = Data {
+            labels: &base,
+            value,
+        };
+        let mut pairs = base.pairs().to_vec();
+        pairs.extend(labels.iter().map(|(k, _, t)| (k.clone(), t.expand(data))));
+        pairs.push((ALERT_NAME.to_string(), name.to_string()));
+        let alert_labels = Labels::new(pairs);
+        if !seen.insert(alert_labels.clone()) {
+            return Err("vector contains metrics with the same labelset after applying alert labels".into());
+        }
+        out.push(ActiveAlert {
+            labels: alert_labels,
+            annotations: annotations.iter().map(|(k, _, t)| (k.clone(), t.expand(data))).collect(),
+            value,
+        });
+    }
+    Ok(out)
+}
+
+/// The series a recording rule writes: each sample renamed to `record`,
+/// with the rule's labels set, at the evaluation time.
+fn recorded_series(
+    record: &str,
+    labels: &[(String, String, template::Template)],
+    samples: Vec<(Labels, f64)>,
+    at_ms: i64,
+) -> Vec<SeriesSamples> {
+    samples
+        .into_iter()
+        .map(|(l, v)| {
+            let mut pairs = l.pairs().to_vec();
+            pairs.extend(labels.iter().map(|(k, raw, _)| (k.clone(), raw.clone())));
+            pairs.push((METRIC_NAME.to_string(), record.to_string()));
+            SeriesSamples {
+                labels: Labels::new(pairs),
+                samples: vec![(at_ms, v)],
+            }
+        })
+        .collect()
+}
+
+async fn hosts(store: &Store) -> Vec<HostRecord> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.hosts()).await {
+        Ok(Ok(hosts)) => hosts,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot list hosts");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "host list task failed");
+            Vec::new()
+        }
+    }
+}
+
+/// Why a detector's inputs could not be read.
 #[derive(Debug, thiserror::Error)]
 enum SelectError {
     #[error(transparent)]
@@ -147,7 +613,15 @@ enum SelectError {
 
 /// Reads each input metric over the lookback window ending at `now_ms`, on
 /// the blocking pool because the store reads sled synchronously.
-async fn select_inputs(store: &Store, metrics: &'static [&'static str], now_ms: i64) -> Result<Inputs, SelectError> {
+async fn select_inputs(
+    store: &Store,
+    metrics: &'static [&'static str],
+    hosts: Vec<HostRecord>,
+    now_ms: i64,
+) -> Result<Inputs, SelectError> {
+    if metrics.is_empty() {
+        return Ok(Inputs::new(HashMap::new(), hosts));
+    }
     let store = store.clone();
     let by_metric = tokio::task::spawn_blocking(move || {
         let from = now_ms.saturating_sub(LOOKBACK_MS).saturating_add(1);
@@ -157,7 +631,44 @@ async fn select_inputs(store: &Store, metrics: &'static [&'static str], now_ms: 
             .collect::<Result<HashMap<_, _>, StoreError>>()
     })
     .await??;
-    Ok(Inputs::new(by_metric))
+    Ok(Inputs::new(by_metric, hosts))
+}
+
+/// Reloads `rules` on every SIGHUP until `shutdown` turns true.
+pub async fn reload_on_sighup(rules: Arc<Rules>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                got = hup.recv() => {
+                    if got.is_none() {
+                        break;
+                    }
+                    let rules = rules.clone();
+                    // Reading files is blocking I/O.
+                    let _ = tokio::task::spawn_blocking(move || rules.reload()).await;
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        drop(rules);
+        while shutdown.changed().await.is_ok() && !*shutdown.borrow() {}
+    }
 }
 
 fn now_ms() -> i64 {
@@ -167,115 +678,4 @@ fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use std::sync::Mutex;
-
-    use super::*;
-    use crate::model::Labels;
-    use crate::store::StoreOptions;
-
-    const T0: i64 = 1_700_000_000_000;
-
-    fn reading(metric: &str, samples: &[(i64, f64)]) -> SeriesSamples {
-        SeriesSamples {
-            labels: Labels::new(vec![
-                ("__name__".into(), metric.into()),
-                ("instance".into(), "db1".into()),
-                ("job".into(), "hostpulse".into()),
-                ("chip".into(), "nvme_nvme0".into()),
-                ("sensor".into(), "temp1".into()),
-            ]),
-            samples: samples.to_vec(),
-        }
-    }
-
-    /// A webhook receiver recording each message's status.
-    async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-                let log = log.clone();
-                async move {
-                    log.lock()
-                        .unwrap()
-                        .push(body["status"].as_str().unwrap_or("?").to_string());
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (format!("http://{addr}/hook"), seen)
-    }
-
-    #[tokio::test]
-    async fn store_to_webhook_fire_and_resolve() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let hot = vec![
-            reading("node_hwmon_temp_celsius", &[(T0, 85.0)]),
-            reading("node_hwmon_temp_crit_celsius", &[(T0, 84.85)]),
-        ];
-        store.append("db1", 1, hot).await.unwrap();
-        let (url, seen) = receiver().await;
-        let telemetry = Arc::new(Telemetry::default());
-        let ctx = RuleContext {
-            store: store.clone(),
-            board: Arc::new(AlertBoard::new()),
-            notifier: Arc::new(Notifier::new(vec![url], telemetry.clone())),
-            telemetry: telemetry.clone(),
-            interval: Duration::from_secs(15),
-        };
-
-        let t = evaluate_once(&ctx, T0 + 1_000).await;
-        assert_eq!(t.fired.len(), 1);
-        assert_eq!(telemetry.gauge(Gauge::AlertsFiring), 1);
-        let t = evaluate_once(&ctx, T0 + 16_000).await;
-        assert_eq!(t, Transitions::default());
-
-        store
-            .append(
-                "db1",
-                2,
-                vec![reading("node_hwmon_temp_celsius", &[(T0 + 20_000, 70.0)])],
-            )
-            .await
-            .unwrap();
-        let t = evaluate_once(&ctx, T0 + 31_000).await;
-        assert_eq!(t.resolved.len(), 1);
-        assert_eq!(telemetry.gauge(Gauge::AlertsFiring), 0);
-        assert_eq!(*seen.lock().unwrap(), vec!["firing", "resolved"]);
-        assert_eq!(telemetry.get(Counter::NotificationsSent), 2);
-        assert_eq!(telemetry.get(Counter::RuleEvaluations), 3);
-        assert_eq!(telemetry.get(Counter::RuleEvaluationFailures), 0);
-    }
-
-    #[tokio::test]
-    async fn run_stops_on_shutdown() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let telemetry = Arc::new(Telemetry::default());
-        let ctx = RuleContext {
-            store,
-            board: Arc::new(AlertBoard::new()),
-            notifier: Arc::new(Notifier::new(vec![], telemetry.clone())),
-            telemetry: telemetry.clone(),
-            interval: Duration::ZERO,
-        };
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(run(ctx, rx));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while telemetry.get(Counter::RuleEvaluations) < 2 {
-            assert!(tokio::time::Instant::now() < deadline, "loop did not tick");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tx.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
+mod tests;

@@ -1,7 +1,13 @@
 //! The gRPC ingest server agents stream to (`hostpulse.v1.Ingest/Stream`).
 //!
+//! A stream is first authenticated: with mTLS or agent tokens configured,
+//! the [`Authenticator`] derives the host from the client certificate or
+//! the bearer token, and a stream without a valid credential is refused
+//! with `UNAUTHENTICATED` before any message is read.
+//!
 //! Each stream gets its own task that reads messages in order: a `Hello`
-//! first (host name checked, facts recorded in the store), then `Batch`es,
+//! first (host name checked against the proved identity, facts recorded in
+//! the store), then `Batch`es,
 //! each validated by a [`session::Session`] — which owns the stream's series
 //! references and the rejection rules — and appended to the [`Store`]. An
 //! `Ack` goes back only after the store reports the batch durable, so acks
@@ -21,6 +27,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status, Streaming};
 
 use self::session::Session;
+use crate::auth::{Authenticator, Identity};
 use crate::store::{AppendOutcome, HostRecord, Store};
 use crate::telemetry::{Counter, Gauge, Telemetry};
 
@@ -64,16 +71,27 @@ pub struct IngestService {
     store: Store,
     telemetry: Arc<Telemetry>,
     limits: Arc<IngestLimits>,
+    auth: Arc<Authenticator>,
 }
 
 impl IngestService {
-    /// A service storing into `store` and counting into `telemetry`.
+    /// A service storing into `store` and counting into `telemetry`, which
+    /// trusts each stream's `Hello` to name its host (plaintext on loopback)
+    /// until [`IngestService::with_authenticator`] says otherwise.
     pub fn new(store: Store, telemetry: Arc<Telemetry>, limits: IngestLimits) -> Self {
         IngestService {
             store,
             telemetry,
             limits: Arc::new(limits),
+            auth: Arc::new(Authenticator::default()),
         }
+    }
+
+    /// Requires the credentials `auth` asks for, and takes each stream's
+    /// host from them.
+    pub fn with_authenticator(mut self, auth: Authenticator) -> Self {
+        self.auth = Arc::new(auth);
+        self
     }
 }
 
@@ -100,6 +118,21 @@ impl Ingest for IngestService {
     type StreamStream = ReceiverStream<Reply>;
 
     async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+        let peer_certs = request.peer_certs();
+        let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let identity = match self
+            .auth
+            .identify(peer_certs.as_deref().map(Vec::as_slice), authorization)
+        {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.telemetry.inc(Counter::RejectedUnauthenticated);
+                // Debug, not info: unauthenticated clients must not be able to
+                // flood the log; the counter and the client's status carry it.
+                tracing::debug!(peer = ?request.remote_addr(), error = %e, "agent stream refused");
+                return Err(Status::unauthenticated(e.to_string()));
+            }
+        };
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
         self.telemetry.inc(Counter::IngestStreams);
@@ -109,7 +142,7 @@ impl Ingest for IngestService {
             // Moved in so the gauge drops back however the task ends,
             // including by panic.
             let _active = active;
-            svc.run_stream(inbound, tx).await;
+            svc.run_stream(inbound, identity, tx).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -140,7 +173,12 @@ enum Flow {
 impl IngestService {
     /// Reads one stream to its end. Returns when the agent closes it, the
     /// transport fails, a fatal error was sent, or the agent stops reading.
-    async fn run_stream(&self, mut inbound: Streaming<AgentMessage>, tx: mpsc::Sender<Reply>) {
+    async fn run_stream(
+        &self,
+        mut inbound: Streaming<AgentMessage>,
+        identity: Option<Identity>,
+        tx: mpsc::Sender<Reply>,
+    ) {
         let mut session: Option<Session> = None;
         loop {
             let message = match inbound.message().await {
@@ -155,7 +193,7 @@ impl IngestService {
                 }
             };
             let flow = match (message.kind, session.as_mut()) {
-                (Some(agent_message::Kind::Hello(hello)), None) => match self.hello(hello) {
+                (Some(agent_message::Kind::Hello(hello)), None) => match self.hello(hello, identity.as_ref()) {
                     Ok(s) => {
                         session = Some(s);
                         Flow::Continue
@@ -176,10 +214,20 @@ impl IngestService {
     }
 
     /// Checks and records a Hello; on refusal, the fatal error to send.
-    fn hello(&self, hello: Hello) -> Result<Session, CollectorMessage> {
+    /// With a proved `identity`, the Hello must name that host: an agent
+    /// can never write series as another host.
+    fn hello(&self, hello: Hello, identity: Option<&Identity>) -> Result<Session, CollectorMessage> {
         if let Err(why) = validate::check_host(&hello.host) {
             self.telemetry.inc(Counter::RejectedHello);
             return Err(CollectorMessage::error(ErrorCode::BadHello, why, 0, true));
+        }
+        if let Some(identity) = identity
+            && identity.host != hello.host
+        {
+            self.telemetry.inc(Counter::RejectedIdentity);
+            let message = crate::auth::hello_mismatch_message(&hello.host, identity);
+            tracing::warn!(claimed = %hello.host, identity = %identity.host, credential = %identity.credential, "Hello refused: host differs from the credential");
+            return Err(CollectorMessage::error(ErrorCode::BadHello, message, 0, true));
         }
         let inventory = hello.inventory.unwrap_or_default();
         let record = HostRecord {

@@ -13,9 +13,11 @@ pub mod eval;
 pub mod params;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_grafana;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -26,7 +28,9 @@ use axum::routing::get;
 use crate::alert::AlertBoard;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Counter, Telemetry};
-use eval::{EvalError, Plan, Value};
+use crate::model::{Matcher, SeriesSamples};
+use eval::{EvalError, Limits, Value};
+use promql_parser::parser::Expr;
 
 /// Everything the HTTP handlers read; cheap to clone.
 #[derive(Clone)]
@@ -52,6 +56,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/api/v1/labels", get(api::labels).post(api::labels))
         .route("/api/v1/label/{name}/values", get(api::label_values))
         .route("/api/v1/metadata", get(api::metadata))
+        .route("/api/v1/format_query", get(api::format_query).post(api::format_query))
         .route("/api/v1/status/buildinfo", get(api::buildinfo))
         .route("/metrics", get(api::metrics))
         .route("/-/healthy", get(api::healthy))
@@ -106,39 +111,34 @@ where
     }
 }
 
-/// Evaluates `plan` at `t`, reading what it needs from the store.
-pub async fn instant_query(store: Store, plan: Plan, t: i64, deadline: Duration) -> Result<Value, QueryError> {
+impl eval::Source for Store {
+    fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<SeriesSamples>, StoreError> {
+        Store::select(self, matchers, start_ms, end_ms)
+    }
+}
+
+/// Evaluates `expr` as an instant query at `t`, reading what it needs from
+/// the store; evaluation stops cooperatively at the deadline.
+pub async fn instant_query(store: Store, expr: Expr, t: i64, deadline: Duration) -> Result<Value, QueryError> {
+    let until = Instant::now() + deadline;
     blocking(deadline, move || {
-        let data = match &plan {
-            Plan::Selector(sel) => {
-                let (from, to) = sel.window(t, t);
-                store.select(&sel.matchers, from, to)?
-            }
-            Plan::Number(_) | Plan::String(_) => Vec::new(),
-        };
-        Ok(eval::eval_instant(&plan, data, t)?)
+        Ok(eval::eval_instant(&expr, &store, t, Limits::default(), Some(until))?)
     })
     .await
 }
 
-/// Evaluates `plan` at `start, start + step, ... <= end`.
+/// Evaluates `expr` at `start, start + step, ... <= end`.
 pub async fn range_query(
     store: Store,
-    plan: Plan,
+    expr: Expr,
     start: i64,
     end: i64,
     step_ms: i64,
     deadline: Duration,
 ) -> Result<Value, QueryError> {
+    let until = Instant::now() + deadline;
     blocking(deadline, move || {
-        let data = match &plan {
-            Plan::Selector(sel) => {
-                let (from, to) = sel.window(start, end);
-                store.select(&sel.matchers, from, to)?
-            }
-            Plan::Number(_) | Plan::String(_) => Vec::new(),
-        };
-        Ok(eval::eval_range(&plan, data, start, end, step_ms)?)
+        Ok(eval::eval_range(&expr, &store, start, end, step_ms, Limits::default(), Some(until))?)
     })
     .await
 }

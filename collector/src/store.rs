@@ -1,35 +1,52 @@
-//! The store: durable time series in sled.
+//! The store: durable, compressed time series in sled.
 //!
-//! This is the simple layout (one sled key per sample; `store/keys.rs` has
-//! the table); the compressed block engine described in DESIGN.md replaces
-//! it later behind the same API. What it already guarantees is the ingest
-//! contract: an append of one batch — its new series definitions, all its
-//! samples and the host's new highest seq — is one atomic sled batch, and
-//! [`Store::append`] returns only after a flush covering it. Appends go
-//! through a single writer thread (`store/writer.rs`) that group-commits
-//! whatever is queued, so concurrent agent streams share one fsync and a
-//! host's seq check is serialized. Reads go straight to sled through the
-//! in-memory series index (`store/index.rs`), loaded at open.
+//! Write path: [`Store::append`] queues a batch for the writer thread
+//! (`store/writer.rs`), which group-commits every queued batch as one WAL
+//! record — plus new series definitions and each host's new highest seq —
+//! in one atomic sled batch, flushes once, and only then answers. Accepted
+//! samples also go to in-memory heads (`store/head.rs`). Samples further
+//! than the out-of-order window behind their series' newest are rejected
+//! and counted.
+//!
+//! Sealing (`store/seal.rs`): once a time window (2 h) is closed, the heads'
+//! samples in it become one block per series group (the `instance` label)
+//! and window — columnar, compressed (`store/codec/`), checksummed
+//! (`store/block.rs`) — with 5 m and 1 h rollups beside it
+//! (`store/rollup.rs`); the WAL records are deleted in that same atomic
+//! batch. Several blocks of one window are compacted into one; retention
+//! drops raw blocks and each rollup resolution separately.
+//!
+//! Reads copy the matching series' head samples, then decode only the
+//! sections of the blocks overlapping the range that belong to those series.
+//! A block that fails its checksum is reported once and skipped; the rest
+//! keeps serving. On open the WAL is replayed into heads; damaged records
+//! are cut and reported. Keys and record layouts are in `store/keys.rs`.
 
 mod backup;
+mod block;
 pub(crate) mod codec;
+mod head;
 mod index;
 mod keys;
+pub mod rollup;
+mod seal;
 mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::backup::{BackupError, restore_from};
+use self::head::{Heads, window_start};
 use self::index::SeriesIndex;
-use self::keys::HostEntry;
+use self::keys::{BlockId, CatalogEntry, HostEntry};
+pub use self::rollup::{Bucket, Resolution};
 use self::writer::AppendRequest;
 pub(crate) use self::writer::now_ms;
-pub use self::backup::{BackupError, restore_from};
-use std::path::Path;
 
 use crate::model::{Labels, Matcher, SeriesSamples};
 
@@ -57,12 +74,34 @@ pub enum StoreError {
 pub struct StoreOptions {
     /// sled page cache capacity in bytes.
     pub cache_capacity_bytes: u64,
+    /// How far behind its series' newest sample a sample may arrive and
+    /// still be stored, ms.
+    pub out_of_order_ms: i64,
+    /// Bound on the heads' memory; beyond it heads are sealed early.
+    pub head_max_bytes: usize,
+    /// Keep raw samples this long (back from the newest sample), ms; `None`
+    /// keeps them forever.
+    pub retention_ms: Option<i64>,
+    /// Keep 5 m and 1 h rollups this long, ms; `None` forever.
+    pub rollup_retention_ms: [Option<i64>; 2],
+    /// Width of the time windows blocks cover, ms.
+    pub window_ms: i64,
 }
+
+/// Default block window: two hours.
+pub const DEFAULT_WINDOW_MS: i64 = 2 * 3_600_000;
+/// Default out-of-order window: one hour.
+pub const DEFAULT_OUT_OF_ORDER_MS: i64 = 3_600_000;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_capacity_bytes: 256 * 1024 * 1024,
+            out_of_order_ms: DEFAULT_OUT_OF_ORDER_MS,
+            head_max_bytes: 512 * 1024 * 1024,
+            retention_ms: None,
+            rollup_retention_ms: [None, None],
+            window_ms: DEFAULT_WINDOW_MS,
         }
     }
 }
@@ -80,6 +119,15 @@ pub enum AppendOutcome {
         /// The host's highest stored seq.
         last_seq: u64,
     },
+}
+
+/// [`AppendOutcome`] plus what was refused, from [`Store::append_detailed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendReport {
+    /// Stored or duplicate.
+    pub outcome: AppendOutcome,
+    /// Samples refused for being older than the out-of-order window allows.
+    pub rejected_out_of_order: usize,
 }
 
 /// Facts about a host that reported, for the status page.
@@ -108,6 +156,111 @@ pub struct StoreStats {
     pub series: u64,
     /// Bytes sled reports on disk.
     pub disk_bytes: u64,
+    /// Series with samples in memory (not yet sealed).
+    pub active_series: u64,
+    /// Samples in memory.
+    pub head_samples: u64,
+    /// Estimated bytes of RAM the heads and index use per active series.
+    pub ram_bytes_per_active_series: u64,
+    /// Sealed blocks (raw) in the catalog.
+    pub blocks: u64,
+    /// Bytes of those blocks.
+    pub block_bytes: u64,
+    /// Samples refused as too far out of order since open.
+    pub rejected_out_of_order: u64,
+    /// Blocks found damaged since open (reported and skipped).
+    pub corrupt_blocks: u64,
+    /// WAL records found damaged and cut at open.
+    pub wal_records_cut: u64,
+    /// Seals since open.
+    pub seals: u64,
+    /// Compactions since open.
+    pub compactions: u64,
+}
+
+impl StoreStats {
+    /// The figures as Prometheus metrics: `(name, type, help, value)`, for
+    /// `/metrics` to render.
+    pub fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        vec![
+            (
+                "hostpulse_store_series",
+                "gauge",
+                "Series known to the store.",
+                self.series,
+            ),
+            (
+                "hostpulse_store_disk_bytes",
+                "gauge",
+                "Bytes the store occupies on disk.",
+                self.disk_bytes,
+            ),
+            (
+                "hostpulse_store_active_series",
+                "gauge",
+                "Series with unsealed samples in memory.",
+                self.active_series,
+            ),
+            (
+                "hostpulse_store_head_samples",
+                "gauge",
+                "Unsealed samples in memory.",
+                self.head_samples,
+            ),
+            (
+                "hostpulse_store_ram_bytes_per_active_series",
+                "gauge",
+                "Estimated RAM of heads and index per active series.",
+                self.ram_bytes_per_active_series,
+            ),
+            ("hostpulse_store_blocks", "gauge", "Sealed blocks.", self.blocks),
+            (
+                "hostpulse_store_block_bytes",
+                "gauge",
+                "Bytes of sealed blocks.",
+                self.block_bytes,
+            ),
+            (
+                "hostpulse_store_rejected_out_of_order_total",
+                "counter",
+                "Samples rejected as older than the out-of-order window allows.",
+                self.rejected_out_of_order,
+            ),
+            (
+                "hostpulse_store_corrupt_blocks_total",
+                "counter",
+                "Damaged blocks found and skipped.",
+                self.corrupt_blocks,
+            ),
+            (
+                "hostpulse_store_wal_records_cut_total",
+                "counter",
+                "Damaged WAL records cut at open.",
+                self.wal_records_cut,
+            ),
+            (
+                "hostpulse_store_seals_total",
+                "counter",
+                "Seals of heads into blocks.",
+                self.seals,
+            ),
+            (
+                "hostpulse_store_compactions_total",
+                "counter",
+                "Windows compacted into one block.",
+                self.compactions,
+            ),
+        ]
+    }
+}
+
+/// One series' rollup buckets, from [`Store::select_rollup`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RollupSeries {
+    /// The series identity.
+    pub labels: Labels,
+    /// Buckets ascending by start.
+    pub buckets: Vec<Bucket>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -117,17 +270,66 @@ pub struct Store {
     writer: Arc<Writer>,
 }
 
+/// Counters kept by the engine.
+#[derive(Default)]
+pub(crate) struct Counters {
+    flushes: AtomicU64,
+    rejected_out_of_order: AtomicU64,
+    corrupt_blocks: AtomicU64,
+    wal_records_cut: AtomicU64,
+    seals: AtomicU64,
+    compactions: AtomicU64,
+}
+
+/// What only the writer (or a caller holding its lock) touches.
+#[derive(Debug)]
+pub(crate) struct WriterState {
+    /// Next log sequence number for WAL records and blocks.
+    next_lsn: u64,
+    /// Windows before this were sealed by time already.
+    sealed_upto: i64,
+    /// Head samples right after the last seal: growth since then also
+    /// triggers one, so bulk loads of old data keep the WAL short.
+    samples_after_seal: usize,
+}
+
 /// State shared by the handles and the writer thread.
 pub(crate) struct Shared {
     db: sled::Db,
     tree: sled::Tree,
+    opts: StoreOptions,
     index: RwLock<SeriesIndex>,
     /// Every host's entry, mirrored from the `h` records. Also the lock that
     /// orders writes of those records (see `writer::commit`).
     hosts: Mutex<BTreeMap<String, HostEntry>>,
-    flushes: AtomicU64,
+    heads: Mutex<Heads>,
+    /// Every block, from the `c` records.
+    catalog: RwLock<BTreeMap<BlockId, CatalogEntry>>,
+    /// Held by whoever writes: the writer per group commit and seal,
+    /// [`Store::seal_all`], and backups (so they see no half-done seal).
+    write_lock: Mutex<WriterState>,
+    counters: Counters,
+    /// Blocks already reported damaged, so each is logged once.
+    reported: Mutex<HashSet<BlockId>>,
     /// Set when a flush failed; see `writer::commit`.
     poisoned: AtomicBool,
+}
+
+impl Shared {
+    /// Logs and counts a damaged block once.
+    fn report_corrupt(&self, id: BlockId, detail: &str) {
+        let mut reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        if reported.insert(id) {
+            self.counters.corrupt_blocks.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                group = id.group,
+                window_ms = id.window,
+                lsn = id.lsn,
+                detail,
+                "damaged block skipped; the rest of the store keeps serving"
+            );
+        }
+    }
 }
 
 /// Owns the writer thread. Dropped with the last `Store` clone: closing the
@@ -153,8 +355,14 @@ impl Drop for Writer {
 const QUEUE_DEPTH: usize = 4096;
 
 impl Store {
-    /// Opens (or creates) the store under `dir`, replaying anything needed.
+    /// Opens (or creates) the store under `dir`, replaying the WAL.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        if opts.window_ms <= 0 || opts.out_of_order_ms < 0 {
+            return Err(StoreError::Corrupt {
+                tree: keys::TREE,
+                detail: "window must be positive and the out-of-order window not negative".into(),
+            });
+        }
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_capacity_bytes)
@@ -180,13 +388,46 @@ impl Store {
             let entry = keys::decode_host(&key, &value)?;
             hosts.insert(entry.record.host.clone(), entry);
         }
+        let mut max_lsn = match tree.get(keys::META_LSN)? {
+            Some(v) if v.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v);
+                u64::from_be_bytes(b)
+            }
+            Some(_) => {
+                return Err(StoreError::Corrupt {
+                    tree: keys::TREE,
+                    detail: "log sequence number record".into(),
+                });
+            }
+            None => 0,
+        };
+        let mut catalog = BTreeMap::new();
+        for item in tree.scan_prefix([keys::CATALOG]) {
+            let (key, value) = item?;
+            let id = keys::parse_block_key(&key)?;
+            max_lsn = max_lsn.max(id.lsn);
+            catalog.insert(id, keys::decode_catalog(&value)?);
+        }
+
+        let counters = Counters::default();
+        let heads = replay_wal(&tree, &index, &counters, &mut max_lsn)?;
 
         let shared = Arc::new(Shared {
             db,
             tree,
+            opts,
             index: RwLock::new(index),
             hosts: Mutex::new(hosts),
-            flushes: AtomicU64::new(0),
+            heads: Mutex::new(heads),
+            catalog: RwLock::new(catalog),
+            write_lock: Mutex::new(WriterState {
+                next_lsn: max_lsn + 1,
+                sealed_upto: i64::MIN,
+                samples_after_seal: 0,
+            }),
+            counters,
+            reported: Mutex::new(HashSet::new()),
             poisoned: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -209,13 +450,44 @@ impl Store {
     /// Stores one batch of `host` durably and atomically together with
     /// `seq` as the host's highest stored seq. Returns only after the flush
     /// that covers it (group commit). A `seq` at or below the stored one is
-    /// a replay: nothing is written.
+    /// a replay: nothing is written. Samples too far out of order are left
+    /// out (see [`Store::append_detailed`] for how many).
     pub async fn append(&self, host: &str, seq: u64, series: Vec<SeriesSamples>) -> Result<AppendOutcome, StoreError> {
+        Ok(self.append_detailed(host, seq, series).await?.outcome)
+    }
+
+    /// [`Store::append`], also reporting samples rejected as out of order.
+    pub async fn append_detailed(
+        &self,
+        host: &str,
+        seq: u64,
+        series: Vec<SeriesSamples>,
+    ) -> Result<AppendReport, StoreError> {
+        self.queue(host.to_owned(), Some(seq), series).await
+    }
+
+    /// Stores samples durably with no per-host seq (bulk import, remote
+    /// write): group-committed with every other append, returns the number
+    /// of samples stored after the flush covering them. Samples too far out
+    /// of order are not stored (and are counted in [`StoreStats`]).
+    pub async fn append_unsequenced(&self, series: Vec<SeriesSamples>) -> Result<usize, StoreError> {
+        match self.queue(String::new(), None, series).await?.outcome {
+            AppendOutcome::Stored { samples } => Ok(samples),
+            AppendOutcome::Duplicate { .. } => Ok(0),
+        }
+    }
+
+    async fn queue(
+        &self,
+        host: String,
+        seq: Option<u64>,
+        series: Vec<SeriesSamples>,
+    ) -> Result<AppendReport, StoreError> {
         let tx = self.writer.tx.as_ref().ok_or(StoreError::Closed)?;
         let (reply, outcome) = oneshot::channel();
         tx.send(AppendRequest {
-            host: host.to_owned(),
-            seq: Some(seq),
+            host,
+            seq,
             series,
             reply,
         })
@@ -224,30 +496,15 @@ impl Store {
         outcome.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Stores samples durably with no per-host seq (bulk import, remote
-    /// write): group-committed with every other append, returns the number
-    /// of samples stored after the flush covering them.
-    pub async fn append_unsequenced(&self, series: Vec<SeriesSamples>) -> Result<usize, StoreError> {
-        let tx = self.writer.tx.as_ref().ok_or(StoreError::Closed)?;
-        let (reply, outcome) = oneshot::channel();
-        tx.send(AppendRequest {
-            host: String::new(),
-            seq: None,
-            series,
-            reply,
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?;
-        match outcome.await.map_err(|_| StoreError::Closed)?? {
-            AppendOutcome::Stored { samples } => Ok(samples),
-            AppendOutcome::Duplicate { .. } => Ok(0),
-        }
-    }
-
-    /// Seals every in-memory head into blocks and flushes, so that the data
-    /// directory holds everything in its final form (import calls this
-    /// before exiting).
+    /// Seals every head sample into blocks, compacts every window with more
+    /// than one block, and flushes, so the data directory holds everything
+    /// in its final form (import calls this before exiting). Blocks the
+    /// calling thread while it runs.
     pub fn seal_all(&self) -> Result<(), StoreError> {
+        let mut state = self.shared.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        seal::seal(&self.shared, &mut state, true)?;
+        seal::compact(&self.shared, &mut state, true)?;
+        seal::apply_retention(&self.shared)?;
         self.shared.db.flush()?;
         Ok(())
     }
@@ -255,6 +512,7 @@ impl Store {
     /// Writes a consistent snapshot of the whole store to `out` (which must
     /// not exist); returns the number of records. Commits wait meanwhile.
     pub fn backup_to(&self, out: &Path) -> Result<u64, BackupError> {
+        let _state = self.shared.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let _hosts = self.shared.hosts.lock().unwrap_or_else(PoisonError::into_inner);
         backup::write_snapshot(&self.shared.db, out)
     }
@@ -296,33 +554,133 @@ impl Store {
     /// `[start_ms, end_ms]` (inclusive), samples ascending. Series without
     /// samples in the range are left out.
     pub fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<SeriesSamples>, StoreError> {
-        let mut out = Vec::new();
         if start_ms > end_ms {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        for (id, labels) in self.matching(matchers) {
-            let mut samples = Vec::new();
-            for item in self.sample_range(id, start_ms, end_ms) {
-                let (key, value) = item?;
-                samples.push((keys::parse_data_key(&key)?, keys::decode_value(&value)?));
-            }
-            if !samples.is_empty() {
-                out.push(SeriesSamples { labels, samples });
-            }
-        }
-        Ok(out)
+        let matched = self.matching(matchers);
+        let mut samples = self.read_samples(&matched, start_ms, end_ms, &HashSet::new())?;
+        Ok(matched
+            .into_iter()
+            .filter_map(|(id, labels)| {
+                let s = samples.remove(&id).unwrap_or_default();
+                (!s.is_empty()).then_some(SeriesSamples { labels, samples: s })
+            })
+            .collect())
     }
 
     /// Label sets of series matching all `matchers` that have samples in
     /// `[start_ms, end_ms]`.
     pub fn series(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<Labels>, StoreError> {
-        let mut out = Vec::new();
+        Ok(self
+            .select(matchers, start_ms, end_ms)?
+            .into_iter()
+            .map(|s| s.labels)
+            .collect())
+    }
+
+    /// Rollup buckets at `resolution` whose start lies in `[start_ms,
+    /// end_ms]`, for every series matching all `matchers` (series without
+    /// buckets left out). Sealed windows are read from the stored rollups
+    /// (which outlive raw samples under retention); windows with unsealed
+    /// samples are computed from the raw samples.
+    pub fn select_rollup(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        resolution: Resolution,
+    ) -> Result<Vec<RollupSeries>, StoreError> {
         if start_ms > end_ms {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        for (id, labels) in self.matching(matchers) {
-            if self.sample_range(id, start_ms, end_ms).next().transpose()?.is_some() {
-                out.push(labels);
+        let w = self.shared.opts.window_ms;
+        let width = resolution.millis();
+        let first_bucket = window_start(start_ms, width);
+        let last_end = window_start(end_ms, width).saturating_add(width - 1);
+        let matched = self.matching(matchers);
+        let wanted: HashMap<u64, u64> = matched
+            .iter()
+            .map(|(id, l)| (*id, keys::group_hash(l.get("instance"))))
+            .collect();
+        // Windows where some wanted series still has head samples are
+        // computed from raw samples, as are windows without rollup records.
+        let mut dirty: HashSet<(u64, i64)> = HashSet::new();
+        {
+            let heads = self.shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, group) in &wanted {
+                for (ts, _) in heads.range(*id, first_bucket, last_end) {
+                    dirty.insert((*group, window_start(ts, w)));
+                }
+            }
+        }
+        let mut from_rollups: HashMap<u64, BTreeMap<i64, Bucket>> = HashMap::new();
+        let mut clean: HashSet<(u64, i64)> = HashSet::new();
+        {
+            let catalog = self.shared.catalog.read().unwrap_or_else(PoisonError::into_inner);
+            let groups: HashSet<u64> = wanted.values().copied().collect();
+            for group in groups {
+                let range = BlockId {
+                    group,
+                    window: window_start(first_bucket, w),
+                    lsn: 0,
+                }..=BlockId {
+                    group,
+                    window: window_start(last_end, w),
+                    lsn: u64::MAX,
+                };
+                for (id, entry) in catalog.range(range) {
+                    let key = (group, id.window);
+                    if dirty.contains(&key) || !entry.rollups[usize::from(resolution.index())] {
+                        dirty.insert(key);
+                        continue;
+                    }
+                    let Some(bytes) = self.shared.tree.get(keys::rollup_key(resolution.index(), *id))? else {
+                        self.shared.report_corrupt(*id, "rollup record missing");
+                        dirty.insert(key);
+                        continue;
+                    };
+                    match rollup::decode(&bytes, |s| wanted.get(&s) == Some(&group)) {
+                        Ok(series) => {
+                            clean.insert(key);
+                            for (s, buckets) in series {
+                                let m = from_rollups.entry(s).or_default();
+                                for b in buckets {
+                                    m.entry(b.start_ms).and_modify(|x| x.merge(&b)).or_insert(b);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            self.shared.report_corrupt(*id, &format!("rollup: {e}"));
+                            dirty.insert(key);
+                        }
+                    }
+                }
+            }
+        }
+        // A window is served from rollups only if none of its records was
+        // dirty; otherwise its buckets come from raw samples.
+        let skip: HashSet<(u64, i64)> = clean.difference(&dirty).copied().collect();
+        let raw = self.read_samples(&matched, first_bucket, last_end, &skip)?;
+        let mut out = Vec::new();
+        for (id, labels) in matched {
+            let group = wanted.get(&id).copied().unwrap_or(0);
+            let mut buckets: BTreeMap<i64, Bucket> = from_rollups
+                .remove(&id)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(start, _)| skip.contains(&(group, window_start(*start, w))))
+                .collect();
+            if let Some(samples) = raw.get(&id) {
+                for b in rollup::buckets(samples, resolution) {
+                    buckets.insert(b.start_ms, b);
+                }
+            }
+            let buckets: Vec<Bucket> = buckets
+                .into_values()
+                .filter(|b| b.start_ms >= start_ms && b.start_ms <= end_ms)
+                .collect();
+            if !buckets.is_empty() {
+                out.push(RollupSeries { labels, buckets });
             }
         }
         Ok(out)
@@ -346,17 +704,48 @@ impl Store {
 
     /// Counts for self-telemetry.
     pub fn stats(&self) -> StoreStats {
+        let series = self.index().len() as u64;
+        let (active, head_samples, head_bytes) = {
+            let heads = self.shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
+            let active = heads.series.values().filter(|h| !h.samples.is_empty()).count() as u64;
+            (active, heads.samples as u64, heads.bytes() as u64)
+        };
+        let (blocks, block_bytes) = {
+            let catalog = self.shared.catalog.read().unwrap_or_else(PoisonError::into_inner);
+            catalog
+                .values()
+                .filter(|e| e.raw)
+                .fold((0u64, 0u64), |(n, b), e| (n + 1, b + e.bytes))
+        };
+        // Index: labels (assumed ~200 bytes per series) in two maps plus
+        // postings; a rough figure, shown next to the heads' exact count.
+        const INDEX_BYTES_PER_SERIES: u64 = 400;
+        let c = &self.shared.counters;
         StoreStats {
-            series: self.index().len() as u64,
+            series,
             // Only used for a gauge; an unreadable size is shown as 0.
             disk_bytes: self.shared.db.size_on_disk().unwrap_or(0),
+            active_series: active,
+            head_samples,
+            ram_bytes_per_active_series: if active == 0 {
+                0
+            } else {
+                head_bytes / active + INDEX_BYTES_PER_SERIES
+            },
+            blocks,
+            block_bytes,
+            rejected_out_of_order: c.rejected_out_of_order.load(Ordering::Relaxed),
+            corrupt_blocks: c.corrupt_blocks.load(Ordering::Relaxed),
+            wal_records_cut: c.wal_records_cut.load(Ordering::Relaxed),
+            seals: c.seals.load(Ordering::Relaxed),
+            compactions: c.compactions.load(Ordering::Relaxed),
         }
     }
 
     /// Group-commit flushes done since open, for `hostpulse_store_flushes_total`
     /// (with N concurrent streams this grows slower than stored batches).
     pub fn flushes(&self) -> u64 {
-        self.shared.flushes.load(Ordering::Relaxed)
+        self.shared.counters.flushes.load(Ordering::Relaxed)
     }
 
     fn index(&self) -> std::sync::RwLockReadGuard<'_, SeriesIndex> {
@@ -368,11 +757,169 @@ impl Store {
         self.index().matching(matchers)
     }
 
-    fn sample_range(&self, id: u64, start_ms: i64, end_ms: i64) -> sled::Iter {
-        self.shared
-            .tree
-            .range(keys::data_key(id, start_ms)..=keys::data_key(id, end_ms))
+    /// Samples in `[start, end]` of each series in `matched`, from heads and
+    /// from blocks (except windows in `skip`), merged: on equal timestamps
+    /// the newest write wins (head over blocks, later blocks over earlier).
+    fn read_samples(
+        &self,
+        matched: &[(u64, Labels)],
+        start: i64,
+        end: i64,
+        skip: &HashSet<(u64, i64)>,
+    ) -> Result<HashMap<u64, Vec<(i64, f64)>>, StoreError> {
+        let w = self.shared.opts.window_ms;
+        let mut groups: HashMap<u64, HashSet<u64>> = HashMap::new();
+        for (id, labels) in matched {
+            groups
+                .entry(keys::group_hash(labels.get("instance")))
+                .or_default()
+                .insert(*id);
+        }
+        // Heads first: a seal running meanwhile adds blocks before it drops
+        // head samples, so every sample is seen at least once.
+        let mut from_heads: HashMap<u64, Vec<(i64, f64)>> = HashMap::new();
+        {
+            let heads = self.shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
+            for (group, ids) in &groups {
+                for id in ids {
+                    let s: Vec<(i64, f64)> = heads
+                        .range(*id, start, end)
+                        .into_iter()
+                        .filter(|(ts, _)| !skip.contains(&(*group, window_start(*ts, w))))
+                        .collect();
+                    if !s.is_empty() {
+                        from_heads.insert(*id, s);
+                    }
+                }
+            }
+        }
+        // Per series, runs in write order (blocks by lsn, then the head).
+        let mut runs: HashMap<u64, Vec<Vec<(i64, f64)>>> = HashMap::new();
+        {
+            let catalog = self.shared.catalog.read().unwrap_or_else(PoisonError::into_inner);
+            for (group, ids) in &groups {
+                let range = BlockId {
+                    group: *group,
+                    window: window_start(start, w),
+                    lsn: 0,
+                }..=BlockId {
+                    group: *group,
+                    window: window_start(end, w),
+                    lsn: u64::MAX,
+                };
+                let mut in_range: Vec<BlockId> = catalog
+                    .range(range)
+                    .filter(|(id, e)| e.raw && !skip.contains(&(id.group, id.window)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                in_range.sort_by_key(|id| id.lsn);
+                for id in in_range {
+                    let Some(bytes) = self.shared.tree.get(keys::block_key(keys::BLOCK, id))? else {
+                        self.shared.report_corrupt(id, "listed in the catalog but missing");
+                        continue;
+                    };
+                    let view = match block::parse(&bytes) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            self.shared.report_corrupt(id, &e.to_string());
+                            continue;
+                        }
+                    };
+                    for s in &view.sections {
+                        if !ids.contains(&s.series) || s.max_ts < start || s.min_ts > end {
+                            continue;
+                        }
+                        match view.decode(s) {
+                            Ok(samples) => {
+                                let from = samples.partition_point(|x| x.0 < start);
+                                let to = samples.partition_point(|x| x.0 <= end);
+                                if let Some(part) = samples.get(from..to) {
+                                    runs.entry(s.series).or_default().push(part.to_vec());
+                                }
+                            }
+                            Err(e) => self.shared.report_corrupt(id, &e.to_string()),
+                        }
+                    }
+                }
+            }
+        }
+        for (id, s) in from_heads {
+            runs.entry(id).or_default().push(s);
+        }
+        Ok(runs.into_iter().map(|(id, r)| (id, merge_runs(r))).collect())
     }
+}
+
+/// Merges sorted runs given oldest write first into one sorted run; on
+/// equal timestamps the later run wins.
+fn merge_runs(mut runs: Vec<Vec<(i64, f64)>>) -> Vec<(i64, f64)> {
+    if runs.len() == 1 {
+        return runs.pop().unwrap_or_default();
+    }
+    let mut all: Vec<(i64, usize, f64)> = runs
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.into_iter().map(move |(t, v)| (t, i, v)))
+        .collect();
+    all.sort_by_key(|&(t, i, _)| (t, i));
+    let mut out: Vec<(i64, f64)> = Vec::with_capacity(all.len());
+    for (t, _, v) in all {
+        match out.last_mut() {
+            Some(last) if last.0 == t => last.1 = v,
+            _ => out.push((t, v)),
+        }
+    }
+    out
+}
+
+/// Rebuilds heads from the WAL. A record that fails its checksum or does not
+/// decode — a torn or damaged tail — is reported, counted and deleted; the
+/// records before it are kept.
+fn replay_wal(
+    tree: &sled::Tree,
+    index: &SeriesIndex,
+    counters: &Counters,
+    max_lsn: &mut u64,
+) -> Result<Heads, StoreError> {
+    let mut heads = Heads::default();
+    let mut damaged = Vec::new();
+    for item in tree.scan_prefix([keys::WAL]) {
+        let (key, value) = item?;
+        let lsn = keys::parse_wal_key(&key)?;
+        *max_lsn = (*max_lsn).max(lsn);
+        let entries = keys::verify_checksum(&value)
+            .ok_or_else(|| StoreError::Corrupt {
+                tree: keys::TREE,
+                detail: "WAL record checksum mismatch".into(),
+            })
+            .and_then(keys::decode_wal);
+        match entries {
+            Ok(entries) => {
+                for (id, samples) in entries {
+                    let group = index.labels_of(id).map_or(0, |l| keys::group_hash(l.get("instance")));
+                    for (ts, v) in samples {
+                        heads.insert(id, group, ts, v);
+                    }
+                }
+                heads.wal_lsns.push(lsn);
+            }
+            Err(e) => {
+                tracing::error!(lsn, error = %e, "damaged WAL record cut; its samples are lost");
+                damaged.push(key);
+            }
+        }
+    }
+    if !damaged.is_empty() {
+        counters
+            .wal_records_cut
+            .fetch_add(damaged.len() as u64, Ordering::Relaxed);
+        let mut batch = sled::Batch::default();
+        for key in damaged {
+            batch.remove(key);
+        }
+        tree.apply_batch(batch)?;
+    }
+    Ok(heads)
 }
 
 /// sled's open error, prefixed with the directory so "locked by another

@@ -38,6 +38,11 @@ counters! {
     RejectedLimit => ("hostpulse_ingest_limit_rejections_total", "", "Batches rejected because they exceeded a limit (series per stream, labels per series, name or value length)."),
     IngestStreamErrors => ("hostpulse_ingest_stream_errors_total", "", "Agent streams that ended on a transport or decoding error, such as an undecodable or oversized message."),
     HttpUnauthorized => ("hostpulse_http_unauthorized_total", "", "Write and admin HTTP requests refused for a missing or wrong admin token."),
+    AlertmanagerSent => ("hostpulse_alertmanager_sends_total", "result=\"ok\"", "Batches of alerts posted to an Alertmanager, by result."),
+    AlertmanagerFailed => ("hostpulse_alertmanager_sends_total", "result=\"failed\"", "Batches of alerts posted to an Alertmanager, by result."),
+    RuleReloads => ("hostpulse_rule_reloads_total", "result=\"ok\"", "Rule file reloads (start, SIGHUP, POST /-/reload), by result."),
+    RuleReloadFailures => ("hostpulse_rule_reloads_total", "result=\"failed\"", "Rule file reloads (start, SIGHUP, POST /-/reload), by result."),
+    RecordedSamples => ("hostpulse_rule_recorded_samples_total", "", "Samples written by recording rules."),
 }
 
 /// Every gauge the collector keeps.

@@ -159,7 +159,10 @@ pub fn load(settings: &ServerTls) -> Result<LoadedTls, TlsError> {
 }
 
 /// A client certificate verifier for the CA certificates in `pem`.
-pub fn client_verifier(path: &Path, pem: &[u8]) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+pub fn client_verifier(
+    path: &Path,
+    pem: &[u8],
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
     install_crypto_provider();
     let mut roots = RootCertStore::empty();
     for cert in parse_certificates(path, pem)? {
@@ -306,9 +309,12 @@ mod tests {
             e,
             "/etc/x/server.pem: holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
         );
-        let e = parse_private_key(Path::new("k.pem"), b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse_private_key(
+            Path::new("k.pem"),
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(e, "k.pem: holds no PEM private key (-----BEGIN PRIVATE KEY-----)");
         let e = parse_certificates(p, b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n")
             .unwrap_err()

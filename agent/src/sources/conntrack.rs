@@ -61,13 +61,21 @@ pub fn parse_stat(text: &str) -> Result<Vec<(&'static str, f64)>, String> {
             .map(|v| u64::from_str_radix(v, 16).map_err(|_| format!("{v:?} is not hexadecimal")))
             .collect::<Result<Vec<u64>, String>>()?;
         if values.len() != names.len() {
-            return Err(format!("{} columns in the header but {} in {line:?}", names.len(), values.len()));
+            return Err(format!(
+                "{} columns in the header but {} in {line:?}",
+                names.len(),
+                values.len()
+            ));
         }
         for (sum, (index, _)) in sums.iter_mut().zip(&wanted) {
             *sum = sum.saturating_add(values[*index]);
         }
     }
-    Ok(wanted.iter().zip(sums).map(|((_, suffix), sum)| (*suffix, sum as f64)).collect())
+    Ok(wanted
+        .iter()
+        .zip(sums)
+        .map(|((_, suffix), sum)| (*suffix, sum as f64))
+        .collect())
 }
 
 /// Reads a single-number file; `Ok(None)` when it does not exist.

@@ -247,7 +247,13 @@ Udp: 88542 120 0 53028 9 8 0
         ] {
             assert!(default_field(kept), "{kept}");
         }
-        for dropped in ["Ip_InReceives", "Icmp_InCsumErrors", "TcpExt_TW", "UdpLite_InDatagrams", "Tcp"] {
+        for dropped in [
+            "Ip_InReceives",
+            "Icmp_InCsumErrors",
+            "TcpExt_TW",
+            "UdpLite_InDatagrams",
+            "Tcp",
+        ] {
             assert!(!default_field(dropped), "{dropped}");
         }
     }

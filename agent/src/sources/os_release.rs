@@ -138,8 +138,10 @@ impl OsReleaseSource {
     fn read(paths: &HostPaths) -> Result<Option<BTreeMap<String, String>>, SourceError> {
         for file in ["/etc/os-release", "/usr/lib/os-release"] {
             let path = paths.root(file);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => return Ok(Some(parse_os_release(&text))),
+            // Read as bytes: a stray invalid byte in one value should not
+            // hide the whole file.
+            match std::fs::read(&path) {
+                Ok(bytes) => return Ok(Some(parse_os_release(&String::from_utf8_lossy(&bytes)))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(SourceError::io(&path, e)),
             }

@@ -76,7 +76,10 @@ impl Source for ProcessesSource {
         let mut states: BTreeMap<String, u64> = BTreeMap::new();
         for entry in entries.filter_map(|e| e.ok()) {
             let name = entry.file_name();
-            if !name.to_str().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            if !name
+                .to_str()
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            {
                 continue;
             }
             let path = entry.path().join("stat");
@@ -94,7 +97,12 @@ impl Source for ProcessesSource {
             *states.entry(stat.state).or_default() += 1;
         }
         out.gauge("node_processes_pids", "Number of PIDs", &[], pids as f64);
-        out.gauge("node_processes_threads", "Allocated threads in system", &[], threads as f64);
+        out.gauge(
+            "node_processes_threads",
+            "Allocated threads in system",
+            &[],
+            threads as f64,
+        );
         for (state, count) in &states {
             out.gauge(
                 "node_processes_state",

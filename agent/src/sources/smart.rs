@@ -238,7 +238,7 @@ pub fn parse_scan(text: &str) -> Result<Vec<ScannedDevice>, SmartParseError> {
 /// The result of reading one scanned drive.
 #[derive(Debug)]
 enum DeviceResult {
-    Report(SmartReport),
+    Report(Box<SmartReport>),
     Unreadable { device: String, reason: String },
 }
 
@@ -387,7 +387,7 @@ fn scan_and_read(smartctl: &Path, timeout: Duration) -> Result<Vec<DeviceResult>
                     if report.device.is_empty() {
                         report.device = short;
                     }
-                    DeviceResult::Report(report)
+                    DeviceResult::Report(Box::new(report))
                 }
                 Err(e) => DeviceResult::Unreadable {
                     device: short,

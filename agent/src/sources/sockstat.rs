@@ -50,7 +50,7 @@ pub fn parse_sockstat(text: &str) -> Result<Sockstat, String> {
             return Err(format!("line {line:?} has no \"PROTO:\""));
         };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() % 2 != 0 {
+        if !fields.len().is_multiple_of(2) {
             return Err(format!("{protocol}: odd number of fields in {line:?}"));
         }
         let mut states = Vec::new();
@@ -179,7 +179,13 @@ FRAG: inuse 0 memory 0
         assert_eq!(stat.protocols[0].protocol, "TCP");
         assert_eq!(
             stat.protocols[0].states,
-            vec![("inuse", 4.0), ("orphan", 0.0), ("tw", 4.0), ("alloc", 17.0), ("mem", 1.0)]
+            vec![
+                ("inuse", 4.0),
+                ("orphan", 0.0),
+                ("tw", 4.0),
+                ("alloc", 17.0),
+                ("mem", 1.0)
+            ]
         );
         assert_eq!(stat.protocols[2].states, vec![("inuse", 0.0), ("memory", 0.0)]);
     }

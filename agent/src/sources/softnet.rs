@@ -91,7 +91,11 @@ impl Source for SoftnetSource {
             let cpu = stat.cpu.to_string();
             let labels = [("cpu", cpu.as_str())];
             let counters = [
-                ("node_softnet_processed_total", "Number of processed packets", stat.processed),
+                (
+                    "node_softnet_processed_total",
+                    "Number of processed packets",
+                    stat.processed,
+                ),
                 ("node_softnet_dropped_total", "Number of dropped packets", stat.dropped),
                 (
                     "node_softnet_times_squeezed_total",

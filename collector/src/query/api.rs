@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeTuple, Serializer};
 
-use super::eval::{EvalError, Plan, Selector, Value};
+use super::eval::{EvalError, Value, parse, selector_matchers};
 use super::params::{MAX_TIME_MS, MIN_TIME_MS, Params, parse_duration, parse_time};
 use super::{ApiContext, MAX_QUERY_TIME, QueryError, blocking};
 use crate::model::{Labels, Matcher};
@@ -98,13 +98,17 @@ impl ApiError {
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> ApiError {
         let (kind, message) = match e {
-            QueryError::Eval(e @ (EvalError::Unsupported(_) | EvalError::BadQuery(_))) => {
-                (ErrorKind::BadData, e.to_string())
+            QueryError::Eval(e @ EvalError::BadQuery(_)) => (ErrorKind::BadData, e.to_string()),
+            QueryError::Eval(
+                e @ (EvalError::Execution(_) | EvalError::TooManySamples | EvalError::TooManySeries { .. }),
+            ) => (ErrorKind::Execution, e.to_string()),
+            QueryError::Timeout | QueryError::Eval(EvalError::Timeout) => {
+                (ErrorKind::Timeout, "query timed out in expression evaluation".to_string())
             }
-            QueryError::Eval(e @ EvalError::TooManySamples) => (ErrorKind::Execution, e.to_string()),
-            QueryError::Timeout => (ErrorKind::Timeout, "query timed out in query execution".to_string()),
-            QueryError::Store(StoreError::Closed) => (ErrorKind::Unavailable, "collector is shutting down".to_string()),
-            QueryError::Store(e) => {
+            QueryError::Store(StoreError::Closed) | QueryError::Eval(EvalError::Storage(StoreError::Closed)) => {
+                (ErrorKind::Unavailable, "collector is shutting down".to_string())
+            }
+            QueryError::Store(e) | QueryError::Eval(EvalError::Storage(e)) => {
                 tracing::error!(error = %e, "storage error while answering an API request");
                 (ErrorKind::Internal, "internal storage error".to_string())
             }
@@ -346,17 +350,9 @@ fn deadline_param(p: &Params) -> Result<Duration, ApiError> {
     }
 }
 
-/// Parses PromQL, turning a panic inside the third-party parser into a
-/// client error so that no query text can take a request task down.
-fn parse_promql(text: &str) -> Result<promql_parser::parser::Expr, String> {
-    std::panic::catch_unwind(|| promql_parser::parser::parse(text))
-        .unwrap_or_else(|_| Err("the query could not be parsed".to_string()))
-}
-
-fn plan_param(p: &Params) -> Result<Plan, ApiError> {
+fn expr_param(p: &Params) -> Result<promql_parser::parser::Expr, ApiError> {
     let text = p.get("query").unwrap_or_default();
-    let expr = parse_promql(text).map_err(|e| ApiError::invalid_param("query", e))?;
-    Plan::from_expr(&expr).map_err(|e| ApiError::from(QueryError::Eval(e)))
+    parse(text).map_err(|e| ApiError::invalid_param("query", e))
 }
 
 /// `match[]` values as selectors (a bare series selector each, no offset or
@@ -365,12 +361,10 @@ fn match_params(p: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
     p.all("match[]")
         .into_iter()
         .map(|text| {
-            let expr = parse_promql(text).map_err(|e| ApiError::invalid_param("match[]", e))?;
+            let expr = parse(text).map_err(|e| ApiError::invalid_param("match[]", e))?;
             match expr {
                 promql_parser::parser::Expr::VectorSelector(vs) if vs.offset.is_none() && vs.at.is_none() => {
-                    Selector::from_parsed(&vs)
-                        .map(|s| s.matchers)
-                        .map_err(|e| ApiError::invalid_param("match[]", e))
+                    selector_matchers(&vs).map_err(|e| ApiError::invalid_param("match[]", e))
                 }
                 _ => Err(ApiError::invalid_param(
                     "match[]",
@@ -396,8 +390,8 @@ pub async fn query(State(ctx): State<ApiContext>, req: Request) -> Response {
         let p = read_params(req).await?;
         let t = time_param(&p, "time", now_ms())?;
         let deadline = deadline_param(&p)?;
-        let plan = plan_param(&p)?;
-        Ok(super::instant_query(ctx.store.clone(), plan, t, deadline).await?)
+        let expr = expr_param(&p)?;
+        Ok(super::instant_query(ctx.store.clone(), expr, t, deadline).await?)
     }
     .await;
     respond_value(result)
@@ -429,8 +423,8 @@ pub async fn query_range(State(ctx): State<ApiContext>, req: Request) -> Respons
             return Err(ApiError::bad_data("query resolution step widths below 1ms are not supported"));
         }
         let deadline = deadline_param(&p)?;
-        let plan = plan_param(&p)?;
-        Ok(super::range_query(ctx.store.clone(), plan, start, end, step_ms, deadline).await?)
+        let expr = expr_param(&p)?;
+        Ok(super::range_query(ctx.store.clone(), expr, start, end, step_ms, deadline).await?)
     }
     .await;
     respond_value(result)
@@ -530,10 +524,74 @@ pub async fn label_values(State(ctx): State<ApiContext>, Path(name): Path<String
     respond(result)
 }
 
-/// `/api/v1/metadata`: no metric metadata is kept yet, so an empty object
-/// (what Prometheus answers when it knows none) lets Grafana carry on.
-pub async fn metadata() -> Response {
-    respond::<serde_json::Map<String, serde_json::Value>>(Ok(serde_json::Map::new()))
+#[derive(Serialize)]
+struct MetricMetadata {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    help: &'static str,
+    unit: &'static str,
+}
+
+/// The metric type the naming conventions imply: agents send no type or
+/// help text, and Grafana only uses the type for hints (e.g. "wrap this
+/// counter in rate()"), so a name-based guess is enough and never claims
+/// more than it knows (`unknown` for histogram parts).
+fn metric_kind(name: &str) -> &'static str {
+    if name.ends_with("_total") {
+        "counter"
+    } else if name.ends_with("_bucket") || name.ends_with("_sum") || name.ends_with("_count") {
+        "unknown"
+    } else {
+        "gauge"
+    }
+}
+
+/// `/api/v1/metadata`: one entry per stored metric name, optionally only
+/// `metric` and at most `limit` names.
+pub async fn metadata(State(ctx): State<ApiContext>, req: Request) -> Response {
+    let result = async {
+        let p = read_params(req).await?;
+        let limit = match p.get("limit") {
+            None => usize::MAX,
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
+                Ok(_) => usize::MAX,
+                Err(_) => return Err(ApiError::bad_data("limit must be a number")),
+            },
+        };
+        let metric = p.get("metric").map(str::to_string);
+        let store = ctx.store.clone();
+        let names = blocking(MAX_QUERY_TIME, move || Ok(store.label_values(crate::model::METRIC_NAME)?)).await?;
+        let mut out = serde_json::Map::new();
+        for name in names
+            .into_iter()
+            .filter(|n| metric.as_deref().is_none_or(|m| m == n))
+            .take(limit)
+        {
+            let entry = MetricMetadata {
+                kind: metric_kind(&name),
+                help: "",
+                unit: "",
+            };
+            let value = serde_json::to_value(vec![entry])
+                .map_err(|e| ApiError::bad_data(format!("cannot encode metadata: {e}")))?;
+            out.insert(name, value);
+        }
+        Ok(out)
+    }
+    .await;
+    respond(result)
+}
+
+/// `/api/v1/format_query`: the query pretty-printed, as Prometheus's
+/// formatter (and Grafana's "format query" button) expects.
+pub async fn format_query(req: Request) -> Response {
+    let result = async {
+        let p = read_params(req).await?;
+        Ok(expr_param(&p)?.prettify())
+    }
+    .await;
+    respond(result)
 }
 
 #[derive(Serialize)]
@@ -667,7 +725,10 @@ mod tests {
     #[test]
     fn errors_map_to_status_codes_in_one_place() {
         let cases = [
-            (QueryError::Eval(EvalError::Unsupported("x".into())), 400, "bad_data"),
+            (QueryError::Eval(EvalError::BadQuery("x".into())), 400, "bad_data"),
+            (QueryError::Eval(EvalError::Execution("x".into())), 422, "execution"),
+            (QueryError::Eval(EvalError::TooManySeries { limit: 1 }), 422, "execution"),
+            (QueryError::Eval(EvalError::Timeout), 503, "timeout"),
             (QueryError::Eval(EvalError::TooManySamples), 422, "execution"),
             (QueryError::Timeout, 503, "timeout"),
             (QueryError::Store(StoreError::Closed), 503, "unavailable"),

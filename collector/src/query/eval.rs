@@ -1,181 +1,145 @@
-//! PromQL evaluation, written as pure functions over already selected
-//! series so that it is tested with literal data and never needs a store.
+//! PromQL evaluation over `promql_parser` ASTs, written as pure functions
+//! over a [`Source`] of series so that it is tested with literal data and
+//! never needs a store.
 //!
-//! A parsed expression is first turned into a [`Plan`] (rejecting what is
-//! not supported yet with a message naming the construct); the caller asks
-//! the plan which samples it needs ([`Selector::window`]), fetches them, and
-//! evaluates with [`eval_instant`] or [`eval_range`]. Semantics follow
-//! Prometheus 3: an instant vector selector at time `t` takes the newest
-//! sample in `(t - 5m, t]`, a stale marker as that sample means "no value",
-//! and every output sample is stamped with the evaluation time.
+//! Semantics follow Prometheus 2.42's `promql/engine.go`: an instant vector
+//! selector at reference time `t` takes the newest sample in `[t - 5m, t]`
+//! (a stale marker there means "no value"), range selectors take every
+//! non-stale sample in `[t - range, t]`, and every output sample is stamped
+//! with the evaluation time.
+//!
+//! Every expression is evaluated once over the whole step grid of the query
+//! (an instant query is a grid of one step), like Prometheus's `rangeEval`:
+//! each selector reads its data once for `[start - range - lookback -
+//! offset, end]` and the evaluator slides over it. An instant vector is
+//! kept as series × steps (`VSeries`), so label work (grouping keys, match
+//! signatures, label rewrites) happens once per series, not once per step.
+//!
+//! Function families live one per file: `eval/range.rs` (functions over
+//! range vectors), `eval/functions.rs` (functions over instant vectors and
+//! scalars), `eval/aggregate.rs` (aggregation operators) and
+//! `eval/binary.rs` (arithmetic, comparison and set operators).
 
-use std::time::{Duration, SystemTime};
+mod aggregate;
+mod binary;
+mod functions;
+mod range;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
 
 use promql_parser::label::MatchOp as ParserMatchOp;
-use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
+use promql_parser::parser::value::ValueType;
+use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 
 use crate::model::{Labels, METRIC_NAME, MatchOp, Matcher, SeriesSamples, is_stale_marker};
+use crate::store::StoreError;
 
 /// How far back an instant vector selector looks for a sample (Prometheus's
 /// default `--query.lookback-delta`).
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
 
-/// Most points one query may produce, Prometheus's `--query.max-samples`
-/// default; bounds the memory one request can take.
-pub const MAX_SAMPLES: usize = 50_000_000;
+/// Step of a subquery written without one (`x[1h:]`): Prometheus's default
+/// `global.evaluation_interval`.
+pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// Message of Prometheus's duplicate-series error.
+const DUPLICATE_LABELSET: &str = "vector cannot contain metrics with the same labelset";
+
+/// Bounds on the work one query may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most samples held at once: loaded plus produced (Prometheus's
+    /// `--query.max-samples` default).
+    pub max_samples: usize,
+    /// Most series all selectors of one query may select together.
+    pub max_series: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_samples: 50_000_000,
+            max_series: 500_000,
+        }
+    }
+}
 
 /// Why an expression cannot be evaluated.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    /// Valid PromQL that hostpulse does not evaluate yet (a client error:
-    /// the same query will keep failing).
-    #[error(
-        "{0} not supported yet by hostpulse (supported: vector selectors with offset/@, number and string literals)"
-    )]
-    Unsupported(String),
-    /// The query does not fit the request, e.g. a string in a range query.
+    /// The query does not fit the request or uses something unsupported
+    /// (a client error: the same query will keep failing).
     #[error("{0}")]
     BadQuery(String),
-    /// The result would exceed [`MAX_SAMPLES`].
+    /// Evaluation failed on this data, e.g. many-to-many matching; worded as
+    /// Prometheus words it.
+    #[error("{0}")]
+    Execution(String),
+    /// The query would hold more than [`Limits::max_samples`] samples.
     #[error("query processing would load too many samples into memory in query execution")]
     TooManySamples,
+    /// The selectors select more than [`Limits::max_series`] series.
+    #[error("query selects more than {limit} series (the per-query series limit); narrow its selectors")]
+    TooManySeries {
+        /// The limit that was hit.
+        limit: usize,
+    },
+    /// The deadline passed while evaluating.
+    #[error("query timed out in expression evaluation")]
+    Timeout,
+    /// Reading series failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
 }
 
-/// What a supported expression evaluates.
-#[derive(Debug, Clone)]
-pub enum Plan {
-    /// A number literal.
-    Number(f64),
-    /// A string literal.
-    String(String),
-    /// An instant vector selector.
-    Selector(Selector),
+fn exec_err(msg: impl Into<String>) -> EvalError {
+    EvalError::Execution(msg.into())
 }
 
-/// A vector selector ready to run: store matchers plus time shifts.
-#[derive(Debug, Clone)]
-pub struct Selector {
-    /// Label matchers, the metric name included as a `__name__` matcher.
-    pub matchers: Vec<Matcher>,
-    /// `offset`, in ms; negative offsets look forward.
-    pub offset_ms: i64,
-    /// `@` modifier, if any.
-    pub at: Option<At>,
+fn bad(msg: impl Into<String>) -> EvalError {
+    EvalError::BadQuery(msg.into())
 }
 
-/// The `@` modifier of a selector.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum At {
-    /// `@ start()`: the query's start time.
-    Start,
-    /// `@ end()`: the query's end time.
-    End,
-    /// `@ <unix seconds>`, in ms.
-    Ms(i64),
+/// Where the evaluator reads series from: the store, or literal data in
+/// tests.
+pub trait Source {
+    /// Every series matching all `matchers` with its samples in
+    /// `[start_ms, end_ms]` (inclusive), samples ascending; series without
+    /// samples in the range may be left out.
+    fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<SeriesSamples>, StoreError>;
 }
 
-impl Plan {
-    /// Turns a parsed expression into a plan, or names the unsupported
-    /// construct.
-    pub fn from_expr(expr: &Expr) -> Result<Plan, EvalError> {
-        match expr {
-            Expr::NumberLiteral(n) => Ok(Plan::Number(n.val)),
-            Expr::StringLiteral(s) => Ok(Plan::String(s.val.clone())),
-            // Parentheses change nothing for a single operand.
-            Expr::Paren(p) => Plan::from_expr(&p.expr),
-            Expr::VectorSelector(vs) => Selector::from_parsed(vs).map(Plan::Selector),
-            Expr::MatrixSelector(_) => Err(unsupported("range vector selectors (`metric[5m]`) are")),
-            Expr::Aggregate(a) => Err(unsupported(&format!("aggregation `{}` is", a.op))),
-            Expr::Binary(b) => Err(unsupported(&format!("binary operator `{}` is", b.op))),
-            Expr::Unary(_) => Err(unsupported("unary minus on a vector is")),
-            Expr::Subquery(_) => Err(unsupported("subqueries are")),
-            Expr::Call(c) => Err(unsupported(&format!("function `{}()` is", c.func.name))),
-            Expr::Extension(_) => Err(unsupported("extension expressions are")),
-        }
-    }
-}
+/// Literal series as a [`Source`] (tests, benchmarks, fixtures).
+#[derive(Debug, Clone, Copy)]
+pub struct Literal<'a>(pub &'a [SeriesSamples]);
 
-fn unsupported(what: &str) -> EvalError {
-    EvalError::Unsupported(what.to_string())
-}
-
-impl Selector {
-    /// Converts the parser's selector into store matchers and time shifts.
-    pub fn from_parsed(vs: &VectorSelector) -> Result<Selector, EvalError> {
-        if !vs.matchers.or_matchers.is_empty() {
-            return Err(unsupported("`or` between label matchers is"));
-        }
-        let mut matchers = Vec::with_capacity(vs.matchers.matchers.len() + 1);
-        if let Some(name) = &vs.name {
-            matchers.push(Matcher::equal(METRIC_NAME, name.as_str()));
-        }
-        for m in &vs.matchers.matchers {
-            // The parser already compiled regexes anchored (`^(?:..)$`) with
-            // Go-compatible escaping, so reuse them rather than recompiling.
-            let op = match &m.op {
-                ParserMatchOp::Equal => MatchOp::Equal(m.value.clone()),
-                ParserMatchOp::NotEqual => MatchOp::NotEqual(m.value.clone()),
-                ParserMatchOp::Re(re) => MatchOp::Regex(re.clone()),
-                ParserMatchOp::NotRe(re) => MatchOp::NotRegex(re.clone()),
-            };
-            matchers.push(Matcher {
-                name: m.name.clone(),
-                op,
-            });
-        }
-        let offset_ms = match &vs.offset {
-            None => 0,
-            Some(Offset::Pos(d)) => duration_ms(d),
-            Some(Offset::Neg(d)) => -duration_ms(d),
-        };
-        let at = vs.at.as_ref().map(|at| match at {
-            AtModifier::Start => At::Start,
-            AtModifier::End => At::End,
-            AtModifier::At(t) => At::Ms(system_time_ms(*t)),
-        });
-        Ok(Selector {
-            matchers,
-            offset_ms,
-            at,
-        })
-    }
-
-    /// The time whose newest sample answers an evaluation at `t` of a query
-    /// spanning `[start, end]`.
-    pub fn reference_time(&self, t: i64, start: i64, end: i64) -> i64 {
-        let base = match self.at {
-            None => t,
-            Some(At::Start) => start,
-            Some(At::End) => end,
-            Some(At::Ms(ms)) => ms,
-        };
-        base.saturating_sub(self.offset_ms)
-    }
-
-    /// The inclusive sample window `[from, to]` that evaluating this
-    /// selector over `[start, end]` reads.
-    pub fn window(&self, start: i64, end: i64) -> (i64, i64) {
-        let first = self.reference_time(start, start, end);
-        let last = self.reference_time(end, start, end);
-        (first.saturating_sub(LOOKBACK_MS).saturating_add(1), last)
-    }
-}
-
-fn duration_ms(d: &Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn system_time_ms(t: SystemTime) -> i64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => duration_ms(&d),
-        Err(before) => -duration_ms(&before.duration()),
+impl Source for Literal<'_> {
+    fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<SeriesSamples>, StoreError> {
+        Ok(self
+            .0
+            .iter()
+            .filter(|s| s.labels.matches(matchers))
+            .filter_map(|s| {
+                let samples: Vec<(i64, f64)> = s
+                    .samples
+                    .iter()
+                    .copied()
+                    .filter(|(t, _)| (start_ms..=end_ms).contains(t))
+                    .collect();
+                (!samples.is_empty()).then(|| SeriesSamples {
+                    labels: s.labels.clone(),
+                    samples,
+                })
+            })
+            .collect())
     }
 }
 
 /// One sample of an instant vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
-    /// Series labels, `__name__` included.
+    /// Series labels.
     pub labels: Labels,
     /// Evaluation time, ms.
     pub t: i64,
@@ -183,12 +147,12 @@ pub struct Sample {
     pub v: f64,
 }
 
-/// One series of a range result.
+/// One series of a range result (or of a range vector).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     /// Series labels (empty for a scalar evaluated over a range).
     pub labels: Labels,
-    /// `(evaluation time ms, value)`, ascending.
+    /// `(time ms, value)`, ascending.
     pub points: Vec<(i64, f64)>,
 }
 
@@ -209,139 +173,665 @@ pub enum Value {
         /// The string.
         v: String,
     },
-    /// An instant vector, sorted by labels.
+    /// An instant vector: sorted by labels, or by value for `sort()` and
+    /// `sort_desc()`.
     Vector(Vec<Sample>),
-    /// A range result, sorted by labels.
+    /// A range result (or a range vector of an instant query), sorted by
+    /// labels.
     Matrix(Vec<Series>),
 }
 
 /// The value of a series at reference time `t`: its newest sample in
-/// `(t - 5m, t]`, unless that sample is a stale marker.
+/// `[t - 5m, t]`, unless that sample is a stale marker.
 pub fn instant_value(samples: &[(i64, f64)], t: i64) -> Option<f64> {
-    // Index of the first sample after `t`; the one before it is the newest
-    // at or before `t`.
-    let after = samples.partition_point(|(ts, _)| *ts <= t);
-    let (ts, v) = *samples.get(after.checked_sub(1)?)?;
-    if ts <= t.saturating_sub(LOOKBACK_MS) || is_stale_marker(v) {
-        return None;
-    }
-    Some(v)
+    instant_sample(samples, t).map(|(_, v)| v)
 }
 
-/// Evaluates an instant query at `t`. `data` must hold what the plan's
-/// [`Selector::window`] for `[t, t]` covers (ignored for literals).
-pub fn eval_instant(plan: &Plan, data: Vec<SeriesSamples>, t: i64) -> Result<Value, EvalError> {
-    match plan {
-        Plan::Number(v) => Ok(Value::Scalar { t, v: *v }),
-        Plan::String(s) => Ok(Value::String { t, v: s.clone() }),
-        Plan::Selector(sel) => {
-            let reference = sel.reference_time(t, t, t);
-            let mut out: Vec<Sample> = data
+/// Like [`instant_value`], with the sample's own timestamp.
+fn instant_sample(samples: &[(i64, f64)], t: i64) -> Option<(i64, f64)> {
+    let after = samples.partition_point(|(ts, _)| *ts <= t);
+    let (ts, v) = *samples.get(after.checked_sub(1)?)?;
+    if ts < t.saturating_sub(LOOKBACK_MS) || is_stale_marker(v) {
+        return None;
+    }
+    Some((ts, v))
+}
+
+/// Parses PromQL, turning a panic inside the third-party parser into an
+/// error so that no query text can take a request task down.
+pub fn parse(text: &str) -> Result<Expr, String> {
+    std::panic::catch_unwind(|| promql_parser::parser::parse(text))
+        .unwrap_or_else(|_| Err("the query could not be parsed".to_string()))
+}
+
+/// Store matchers of a parsed vector selector (the metric name becomes a
+/// `__name__` matcher).
+pub fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, EvalError> {
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(bad("`or` between label matchers is not supported (Prometheus 2.42 has no such syntax)"));
+    }
+    let mut matchers = Vec::with_capacity(vs.matchers.matchers.len() + 1);
+    if let Some(name) = &vs.name {
+        matchers.push(Matcher::equal(METRIC_NAME, name.as_str()));
+    }
+    for m in &vs.matchers.matchers {
+        // The parser already compiled regexes anchored (`^(?:..)$`) with
+        // Go-compatible escaping, so reuse them rather than recompiling.
+        let op = match &m.op {
+            ParserMatchOp::Equal => MatchOp::Equal(m.value.clone()),
+            ParserMatchOp::NotEqual => MatchOp::NotEqual(m.value.clone()),
+            ParserMatchOp::Re(re) => MatchOp::Regex(re.clone()),
+            ParserMatchOp::NotRe(re) => MatchOp::NotRegex(re.clone()),
+        };
+        matchers.push(Matcher {
+            name: m.name.clone(),
+            op,
+        });
+    }
+    Ok(matchers)
+}
+
+fn duration_ms(d: &Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => duration_ms(d),
+        Some(Offset::Neg(d)) => -duration_ms(d),
+    }
+}
+
+fn system_time_ms(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => duration_ms(&d),
+        Err(before) => -duration_ms(&before.duration()),
+    }
+}
+
+/// The evaluation times of one (sub)query: `start, start + step, ... <= end`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Grid {
+    start: i64,
+    end: i64,
+    step: i64,
+}
+
+impl Grid {
+    fn len(&self) -> usize {
+        if self.end < self.start {
+            return 0;
+        }
+        usize::try_from((self.end - self.start) / self.step.max(1) + 1).unwrap_or(usize::MAX)
+    }
+
+    fn time(&self, i: usize) -> i64 {
+        self.start + i as i64 * self.step.max(1)
+    }
+
+    fn times(&self) -> impl Iterator<Item = i64> + '_ {
+        (0..self.len()).map(|i| self.time(i))
+    }
+}
+
+/// An instant vector over a grid: one value slot per step.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct VSeries {
+    labels: Labels,
+    vals: Vec<Option<f64>>,
+}
+
+/// What an expression evaluates to over a grid.
+#[derive(Debug, Clone)]
+pub(crate) enum Val {
+    Scalar(Vec<f64>),
+    Vector(Vec<VSeries>),
+    String(String),
+}
+
+/// A range vector argument: series with their samples (stale markers
+/// removed) and how each step's window is placed.
+#[derive(Debug)]
+pub(crate) struct RangeArg {
+    series: Vec<SeriesSamples>,
+    range: i64,
+    offset: i64,
+    at: Option<i64>,
+}
+
+impl RangeArg {
+    /// The inclusive window `[lo, hi]` of the step at `t`.
+    fn window(&self, t: i64) -> (i64, i64) {
+        let hi = self.at.unwrap_or(t).saturating_sub(self.offset);
+        (hi.saturating_sub(self.range), hi)
+    }
+}
+
+/// Evaluates `expr` as an instant query at `t`.
+pub fn eval_instant(
+    expr: &Expr,
+    src: &dyn Source,
+    t: i64,
+    limits: Limits,
+    deadline: Option<Instant>,
+) -> Result<Value, EvalError> {
+    let mut ev = Evaluator::new(src, t, t, limits, deadline);
+    let grid = Grid { start: t, end: t, step: 1 };
+    let inner = unwrap_parens(expr);
+    match inner {
+        Expr::MatrixSelector(ms) => {
+            let arg = ev.matrix_selector(&ms.vs, duration_ms(&ms.range), grid)?;
+            return Ok(Value::Matrix(raw_range(arg, t)));
+        }
+        Expr::Subquery(sq) => {
+            let arg = ev.subquery(sq, grid)?;
+            return Ok(Value::Matrix(raw_range(arg, t)));
+        }
+        _ => {}
+    }
+    match ev.eval(expr, grid)? {
+        Val::Scalar(v) => Ok(Value::Scalar {
+            t,
+            v: v.first().copied().unwrap_or(f64::NAN),
+        }),
+        Val::String(s) => Ok(Value::String { t, v: s }),
+        Val::Vector(series) => {
+            let mut out: Vec<Sample> = series
                 .into_iter()
                 .filter_map(|s| {
-                    let v = instant_value(&s.samples, reference)?;
+                    let v = s.vals.first().copied().flatten()?;
                     Some(Sample { labels: s.labels, t, v })
                 })
                 .collect();
-            if out.len() > MAX_SAMPLES {
-                return Err(EvalError::TooManySamples);
+            match sort_order(expr) {
+                Some(desc) => functions::sort_samples(&mut out, desc),
+                None => out.sort_by(|a, b| a.labels.cmp(&b.labels)),
             }
-            out.sort_by(|a, b| a.labels.cmp(&b.labels));
             Ok(Value::Vector(out))
         }
     }
 }
 
-/// Evaluates a range query at `start, start + step, ... <= end`. The caller
-/// has validated `step_ms > 0` and `end >= start`.
+/// Evaluates `expr` as a range query at `start, start + step, ... <= end`.
+/// The caller has validated `step_ms > 0` and `end >= start`.
 pub fn eval_range(
-    plan: &Plan,
-    data: Vec<SeriesSamples>,
+    expr: &Expr,
+    src: &dyn Source,
     start: i64,
     end: i64,
     step_ms: i64,
+    limits: Limits,
+    deadline: Option<Instant>,
 ) -> Result<Value, EvalError> {
-    let step_ms = step_ms.max(1);
-    let steps = usize::try_from((end.saturating_sub(start)) / step_ms).unwrap_or(usize::MAX);
-    let times = || (0..=steps).map_while(move |i| start.checked_add(i64::try_from(i).ok()?.checked_mul(step_ms)?));
-    match plan {
-        Plan::Number(v) => {
-            if steps >= MAX_SAMPLES {
-                return Err(EvalError::TooManySamples);
-            }
-            Ok(Value::Matrix(vec![Series {
-                labels: Labels::default(),
-                points: times().map(|t| (t, *v)).collect(),
-            }]))
+    match expr.value_type() {
+        ValueType::Scalar | ValueType::Vector => {}
+        other => {
+            let name = match other {
+                ValueType::Matrix => "range vector",
+                _ => "string",
+            };
+            return Err(bad(format!(
+                "invalid expression type \"{name}\" for range query, must be Scalar or instant Vector"
+            )));
         }
-        Plan::String(_) => Err(EvalError::BadQuery(
-            "invalid expression type \"string\" for range query, must be Scalar or instant Vector".to_string(),
-        )),
-        Plan::Selector(sel) => {
-            let mut total = 0_usize;
-            let mut out = Vec::new();
-            for s in data {
-                let points: Vec<(i64, f64)> = times()
-                    .filter_map(|t| Some((t, instant_value(&s.samples, sel.reference_time(t, start, end))?)))
-                    .collect();
-                if points.is_empty() {
-                    continue;
-                }
-                total = total.saturating_add(points.len());
-                if total > MAX_SAMPLES {
-                    return Err(EvalError::TooManySamples);
-                }
-                out.push(Series {
-                    labels: s.labels,
-                    points,
-                });
-            }
+    }
+    let grid = Grid {
+        start,
+        end,
+        step: step_ms.max(1),
+    };
+    let mut ev = Evaluator::new(src, start, end, limits, deadline);
+    let out = match ev.eval(expr, grid)? {
+        Val::Scalar(v) => vec![Series {
+            labels: Labels::default(),
+            points: grid.times().zip(v).collect(),
+        }],
+        Val::String(_) => return Err(bad("string results cannot be evaluated over a range")),
+        Val::Vector(series) => {
+            let mut out: Vec<Series> = series
+                .into_iter()
+                .filter_map(|s| {
+                    let points: Vec<(i64, f64)> =
+                        grid.times().zip(s.vals).filter_map(|(t, v)| Some((t, v?))).collect();
+                    (!points.is_empty()).then_some(Series {
+                        labels: s.labels,
+                        points,
+                    })
+                })
+                .collect();
             out.sort_by(|a, b| a.labels.cmp(&b.labels));
-            Ok(Value::Matrix(out))
+            out
         }
+    };
+    let total: usize = out.iter().map(|s| s.points.len()).sum();
+    if total > limits.max_samples {
+        return Err(EvalError::TooManySamples);
+    }
+    Ok(Value::Matrix(out))
+}
+
+/// The samples of a range vector as an instant query returns them: the
+/// window ending at `t`, with the samples' own timestamps.
+fn raw_range(arg: RangeArg, t: i64) -> Vec<Series> {
+    let (lo, hi) = arg.window(t);
+    let mut out: Vec<Series> = arg
+        .series
+        .into_iter()
+        .filter_map(|s| {
+            let points: Vec<(i64, f64)> = s
+                .samples
+                .into_iter()
+                .filter(|(ts, _)| (lo..=hi).contains(ts))
+                .collect();
+            (!points.is_empty()).then_some(Series {
+                labels: s.labels,
+                points,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    out
+}
+
+fn unwrap_parens(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
+}
+
+/// `Some(descending)` when the top of `expr` is `sort()`/`sort_desc()`,
+/// whose order an instant query keeps.
+fn sort_order(expr: &Expr) -> Option<bool> {
+    match unwrap_parens(expr) {
+        Expr::Call(c) if c.func.name == "sort" => Some(false),
+        Expr::Call(c) if c.func.name == "sort_desc" => Some(true),
+        _ => None,
+    }
+}
+
+/// Per-query evaluation state.
+pub(crate) struct Evaluator<'a> {
+    src: &'a dyn Source,
+    query_start: i64,
+    query_end: i64,
+    limits: Limits,
+    deadline: Option<Instant>,
+    series_selected: usize,
+    samples_loaded: usize,
+}
+
+impl<'a> Evaluator<'a> {
+    fn new(src: &'a dyn Source, start: i64, end: i64, limits: Limits, deadline: Option<Instant>) -> Self {
+        Evaluator {
+            src,
+            query_start: start,
+            query_end: end,
+            limits,
+            deadline,
+            series_selected: 0,
+            samples_loaded: 0,
+        }
+    }
+
+    fn check_deadline(&self) -> Result<(), EvalError> {
+        match self.deadline {
+            Some(d) if Instant::now() >= d => Err(EvalError::Timeout),
+            _ => Ok(()),
+        }
+    }
+
+    fn at_ms(&self, at: &Option<AtModifier>) -> Option<i64> {
+        at.as_ref().map(|at| match at {
+            AtModifier::Start => self.query_start,
+            AtModifier::End => self.query_end,
+            AtModifier::At(t) => system_time_ms(*t),
+        })
+    }
+
+    /// Reads series for `[from, to]`, enforcing the limits and deadline.
+    fn select(&mut self, matchers: &[Matcher], from: i64, to: i64) -> Result<Vec<SeriesSamples>, EvalError> {
+        self.check_deadline()?;
+        if matchers.iter().all(Matcher::matches_empty) {
+            return Err(bad("vector selector must contain at least one non-empty matcher"));
+        }
+        let data = self.src.select(matchers, from, to)?;
+        self.series_selected = self.series_selected.saturating_add(data.len());
+        if self.series_selected > self.limits.max_series {
+            return Err(EvalError::TooManySeries {
+                limit: self.limits.max_series,
+            });
+        }
+        let samples: usize = data.iter().map(|s| s.samples.len()).sum();
+        self.samples_loaded = self.samples_loaded.saturating_add(samples);
+        if self.samples_loaded > self.limits.max_samples {
+            return Err(EvalError::TooManySamples);
+        }
+        self.check_deadline()?;
+        Ok(data)
+    }
+
+    fn eval(&mut self, expr: &Expr, grid: Grid) -> Result<Val, EvalError> {
+        self.check_deadline()?;
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Val::Scalar(vec![n.val; grid.len()])),
+            Expr::StringLiteral(s) => Ok(Val::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, grid),
+            Expr::VectorSelector(vs) => Ok(Val::Vector(self.vector_selector(vs, grid, false)?)),
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => Err(bad(
+                "a range vector cannot be evaluated here; wrap it in a function such as rate()",
+            )),
+            Expr::Unary(u) => match self.eval(&u.expr, grid)? {
+                Val::Scalar(v) => Ok(Val::Scalar(v.into_iter().map(|x| -x).collect())),
+                Val::Vector(series) => {
+                    let out: Vec<VSeries> = series
+                        .into_iter()
+                        .map(|s| VSeries {
+                            labels: drop_name(&s.labels),
+                            vals: s.vals.into_iter().map(|v| v.map(|x| -x)).collect(),
+                        })
+                        .collect();
+                    check_unique_labels(&out)?;
+                    Ok(Val::Vector(out))
+                }
+                Val::String(_) => Err(bad("unary minus cannot apply to a string")),
+            },
+            Expr::Binary(b) => binary::eval_binary(self, b, grid),
+            Expr::Aggregate(a) => aggregate::eval_aggregate(self, a, grid),
+            Expr::Call(c) => functions::eval_call(self, c, grid),
+            Expr::Extension(_) => Err(bad("extension expressions are not supported")),
+        }
+    }
+
+    fn eval_scalar(&mut self, expr: &Expr, grid: Grid) -> Result<Vec<f64>, EvalError> {
+        match self.eval(expr, grid)? {
+            Val::Scalar(v) => Ok(v),
+            _ => Err(bad(format!("expected a scalar, got {expr}"))),
+        }
+    }
+
+    fn eval_vector(&mut self, expr: &Expr, grid: Grid) -> Result<Vec<VSeries>, EvalError> {
+        match self.eval(expr, grid)? {
+            Val::Vector(v) => Ok(v),
+            _ => Err(bad(format!("expected an instant vector, got {expr}"))),
+        }
+    }
+
+    /// An instant vector selector over `grid`; with `timestamps`, each
+    /// value is the chosen sample's own time in seconds (`timestamp()`).
+    fn vector_selector(&mut self, vs: &VectorSelector, grid: Grid, timestamps: bool) -> Result<Vec<VSeries>, EvalError> {
+        let matchers = selector_matchers(vs)?;
+        let offset = offset_ms(&vs.offset);
+        let at = self.at_ms(&vs.at);
+        let reference = |t: i64| at.unwrap_or(t).saturating_sub(offset);
+        let n = grid.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let first = reference(grid.start);
+        let last = reference(grid.time(n - 1));
+        let data = self.select(&matchers, first.saturating_sub(LOOKBACK_MS), last)?;
+        let mut out = Vec::with_capacity(data.len());
+        for s in data {
+            let vals: Vec<Option<f64>> = match at {
+                Some(_) => {
+                    let v = instant_sample(&s.samples, first).map(|(ts, v)| if timestamps { ts as f64 / 1000.0 } else { v });
+                    vec![v; n]
+                }
+                None => {
+                    // Reference times ascend, so one cursor walks the samples.
+                    let mut vals = Vec::with_capacity(n);
+                    let mut idx = 0;
+                    for t in grid.times() {
+                        let r = t.saturating_sub(offset);
+                        while idx < s.samples.len() && s.samples[idx].0 <= r {
+                            idx += 1;
+                        }
+                        let v = idx.checked_sub(1).and_then(|i| {
+                            let (ts, v) = s.samples[i];
+                            (ts >= r.saturating_sub(LOOKBACK_MS) && !is_stale_marker(v))
+                                .then(|| if timestamps { ts as f64 / 1000.0 } else { v })
+                        });
+                        vals.push(v);
+                    }
+                    vals
+                }
+            };
+            if vals.iter().any(Option::is_some) {
+                out.push(VSeries { labels: s.labels, vals });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A range vector selector whose windows end at each step of `grid`.
+    fn matrix_selector(&mut self, vs: &VectorSelector, range: i64, grid: Grid) -> Result<RangeArg, EvalError> {
+        let matchers = selector_matchers(vs)?;
+        let arg = RangeArg {
+            series: Vec::new(),
+            range,
+            offset: offset_ms(&vs.offset),
+            at: self.at_ms(&vs.at),
+        };
+        let n = grid.len();
+        if n == 0 {
+            return Ok(arg);
+        }
+        let (from, _) = arg.window(grid.start);
+        let (_, to) = arg.window(grid.time(n - 1));
+        let mut series = self.select(&matchers, from, to)?;
+        for s in &mut series {
+            s.samples.retain(|(_, v)| !is_stale_marker(*v));
+        }
+        series.retain(|s| !s.samples.is_empty());
+        Ok(RangeArg { series, ..arg })
+    }
+
+    /// A subquery: its expression evaluated on the subquery's own grid,
+    /// aligned to multiples of its step, covering every window of `grid`.
+    fn subquery(&mut self, sq: &SubqueryExpr, grid: Grid) -> Result<RangeArg, EvalError> {
+        let range = duration_ms(&sq.range);
+        let offset = offset_ms(&sq.offset);
+        let at = self.at_ms(&sq.at);
+        let step = sq
+            .step
+            .as_ref()
+            .map_or(DEFAULT_SUBQUERY_STEP_MS, duration_ms)
+            .max(1);
+        let mut arg = RangeArg {
+            series: Vec::new(),
+            range,
+            offset,
+            at,
+        };
+        let n = grid.len();
+        if n == 0 {
+            return Ok(arg);
+        }
+        let (first_hi, last_hi) = match at {
+            Some(a) => (a - offset, a - offset),
+            None => (grid.start - offset, grid.time(n - 1) - offset),
+        };
+        let lo = first_hi - range;
+        // First multiple of the step at or after the earliest window start
+        // (Go's truncating division, as Prometheus computes it).
+        let mut start = step * (lo / step);
+        if start < lo {
+            start += step;
+        }
+        let inner = Grid {
+            start,
+            end: last_hi,
+            step,
+        };
+        let series = self.eval_vector(&sq.expr, inner)?;
+        arg.series = series
+            .into_iter()
+            .filter_map(|s| {
+                let samples: Vec<(i64, f64)> = inner.times().zip(s.vals).filter_map(|(t, v)| Some((t, v?))).collect();
+                (!samples.is_empty()).then_some(SeriesSamples {
+                    labels: s.labels,
+                    samples,
+                })
+            })
+            .collect();
+        Ok(arg)
+    }
+
+    /// The range vector argument of a function: a matrix selector or a
+    /// subquery, possibly in parentheses.
+    fn range_arg(&mut self, expr: &Expr, grid: Grid) -> Result<RangeArg, EvalError> {
+        match unwrap_parens(expr) {
+            Expr::MatrixSelector(ms) => self.matrix_selector(&ms.vs, duration_ms(&ms.range), grid),
+            Expr::Subquery(sq) => self.subquery(sq, grid),
+            other => Err(bad(format!("expected a range vector, got {other}"))),
+        }
+    }
+}
+
+/// `labels` without `__name__`.
+fn drop_name(labels: &Labels) -> Labels {
+    if labels.get(METRIC_NAME).is_empty() {
+        return labels.clone();
+    }
+    Labels::new(
+        labels
+            .pairs()
+            .iter()
+            .filter(|(k, _)| k != METRIC_NAME)
+            .cloned()
+            .collect(),
+    )
+}
+
+/// Fails when two series with values share a label set (Prometheus's
+/// whole-result check after dropping metric names).
+fn check_unique_labels(series: &[VSeries]) -> Result<(), EvalError> {
+    let mut seen = std::collections::HashSet::with_capacity(series.len());
+    for s in series {
+        if s.vals.iter().any(Option::is_some) && !seen.insert(&s.labels) {
+            return Err(exec_err(DUPLICATE_LABELSET));
+        }
+    }
+    Ok(())
+}
+
+/// Merges series with equal label sets; two values at one step is
+/// Prometheus's per-step duplicate error, reported with `msg`.
+fn merge_by_labels(series: Vec<VSeries>, msg: &str) -> Result<Vec<VSeries>, EvalError> {
+    let mut index: HashMap<Labels, usize> = HashMap::with_capacity(series.len());
+    let mut out: Vec<VSeries> = Vec::with_capacity(series.len());
+    for s in series {
+        match index.get(&s.labels) {
+            Some(&i) => {
+                for (a, b) in out[i].vals.iter_mut().zip(s.vals) {
+                    if b.is_some() {
+                        if a.is_some() {
+                            return Err(exec_err(msg));
+                        }
+                        *a = b;
+                    }
+                }
+            }
+            None => {
+                index.insert(s.labels.clone(), out.len());
+                out.push(s);
+            }
+        }
+    }
+    out.retain(|s| s.vals.iter().any(Option::is_some));
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod test_support {
+    //! Helpers shared by the unit tests of every function family.
+
+    use super::*;
+
+    /// Minute in ms.
+    pub const MIN: i64 = 60_000;
+
+    /// A series from `name{k="v",...}` text and samples.
+    pub fn series(spec: &str, samples: &[(i64, f64)]) -> SeriesSamples {
+        SeriesSamples {
+            labels: labels(spec),
+            samples: samples.to_vec(),
+        }
+    }
+
+    /// Labels from `name{k="v",...}` text.
+    pub fn labels(spec: &str) -> Labels {
+        let (name, rest) = spec.split_once('{').unwrap_or((spec, "}"));
+        let mut pairs = vec![("__name__".to_string(), name.to_string())];
+        for kv in rest.trim_end_matches('}').split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap();
+            pairs.push((k.to_string(), v.trim_matches('"').to_string()));
+        }
+        Labels::new(pairs)
+    }
+
+    /// Evaluates `q` as an instant query at `t` over `data`.
+    pub fn instant(q: &str, data: &[SeriesSamples], t: i64) -> Result<Value, EvalError> {
+        let expr = parse(q).map_err(EvalError::BadQuery)?;
+        eval_instant(&expr, &Literal(data), t, Limits::default(), None)
+    }
+
+    /// Evaluates `q` at `t` and returns `(labels text, value)` pairs in
+    /// result order.
+    pub fn vector(q: &str, data: &[SeriesSamples], t: i64) -> Vec<(String, f64)> {
+        match instant(q, data, t).unwrap() {
+            Value::Vector(v) => v.into_iter().map(|s| (s.labels.to_string(), s.v)).collect(),
+            other => panic!("{q}: not a vector: {other:?}"),
+        }
+    }
+
+    /// Evaluates `q` at `t` expecting a single-sample vector; its value.
+    pub fn one(q: &str, data: &[SeriesSamples], t: i64) -> f64 {
+        let v = vector(q, data, t);
+        assert_eq!(v.len(), 1, "{q}: {v:?}");
+        v[0].1
+    }
+
+    /// Evaluates a scalar query at `t`.
+    pub fn scalar(q: &str, data: &[SeriesSamples], t: i64) -> f64 {
+        match instant(q, data, t).unwrap() {
+            Value::Scalar { v, .. } => v,
+            other => panic!("{q}: not a scalar: {other:?}"),
+        }
+    }
+
+    /// Evaluates `q` as a range query.
+    pub fn range(q: &str, data: &[SeriesSamples], start: i64, end: i64, step: i64) -> Result<Value, EvalError> {
+        let expr = parse(q).map_err(EvalError::BadQuery)?;
+        eval_range(&expr, &Literal(data), start, end, step, Limits::default(), None)
+    }
+
+    /// Whether `a` and `b` agree to 1e-9 relative (NaN equal to NaN).
+    pub fn close(a: f64, b: f64) -> bool {
+        (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::test_support::*;
     use super::*;
     use crate::model::STALE_NAN_BITS;
 
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        Labels::from_pairs(pairs)
-    }
-
-    fn series(instance: &str, samples: &[(i64, f64)]) -> SeriesSamples {
-        SeriesSamples {
-            labels: labels(&[("__name__", "node_load1"), ("instance", instance), ("job", "hostpulse")]),
-            samples: samples.to_vec(),
-        }
-    }
-
-    fn plan(q: &str) -> Result<Plan, EvalError> {
-        Plan::from_expr(&promql_parser::parser::parse(q).unwrap())
-    }
-
-    fn selector(q: &str) -> Selector {
-        match plan(q).unwrap() {
-            Plan::Selector(s) => s,
-            other => panic!("not a selector: {other:?}"),
-        }
-    }
-
-    const MIN: i64 = 60_000;
-
     #[test]
-    fn lookback_is_left_open_and_right_closed() {
+    fn lookback_is_closed_on_both_ends_as_in_prometheus_2() {
         let s = [(10 * MIN, 1.0), (12 * MIN, 2.0)];
         let check = |t: i64, want: Option<f64>| assert_eq!(instant_value(&s, t), want, "t={t}");
         check(10 * MIN - 1, None);
         check(10 * MIN, Some(1.0));
         check(12 * MIN - 1, Some(1.0));
         check(12 * MIN, Some(2.0));
-        check(17 * MIN - 1, Some(2.0));
-        check(17 * MIN, None);
+        check(17 * MIN, Some(2.0));
+        check(17 * MIN + 1, None);
         assert_eq!(instant_value(&[], 0), None);
     }
 
@@ -354,112 +844,109 @@ mod tests {
         assert_eq!(instant_value(&s, 2 * MIN - 1), Some(1.0));
     }
 
-    #[test]
-    fn instant_query_stamps_eval_time_and_sorts() {
-        let data = vec![series("b", &[(MIN, 2.0)]), series("a", &[(MIN, 1.0)]), series("c", &[])];
-        let v = eval_instant(&plan("node_load1").unwrap(), data, 2 * MIN).unwrap();
-        let Value::Vector(samples) = v else { panic!("{v:?}") };
-        assert_eq!(samples.len(), 2);
-        assert_eq!(samples[0].labels.get("instance"), "a");
-        assert_eq!(samples[0].labels.metric_name(), "node_load1", "__name__ kept");
-        assert_eq!((samples[0].t, samples[0].v), (2 * MIN, 1.0));
+    fn data() -> Vec<SeriesSamples> {
+        vec![
+            series("m{i=\"b\"}", &[(0, 2.0), (MIN, 3.0)]),
+            series("m{i=\"a\"}", &[(0, 1.0), (MIN, 5.0), (2 * MIN, 7.0)]),
+            series("other{i=\"a\"}", &[(0, 10.0)]),
+        ]
     }
 
     #[test]
-    fn offset_and_at_shift_the_reference_time() {
-        let sel = selector("node_load1 offset 5m");
-        assert_eq!(sel.reference_time(10 * MIN, 0, 0), 5 * MIN);
-        assert_eq!(sel.window(10 * MIN, 20 * MIN), (1, 15 * MIN));
-        let sel = selector("node_load1 offset -1m");
-        assert_eq!(sel.reference_time(10 * MIN, 0, 0), 11 * MIN);
-        let sel = selector("node_load1 @ 120");
-        assert_eq!(sel.at, Some(At::Ms(120_000)));
-        assert_eq!(sel.reference_time(10 * MIN, 0, 0), 2 * MIN);
-        assert_eq!(sel.window(0, 100 * MIN), (2 * MIN - LOOKBACK_MS + 1, 2 * MIN));
-        let sel = selector("node_load1 @ end() offset 1m");
-        assert_eq!(sel.reference_time(1, 0, 10 * MIN), 9 * MIN);
-        let sel = selector("node_load1 @ start()");
-        assert_eq!(sel.reference_time(5 * MIN, 1, 10 * MIN), 1);
-
-        let data = vec![series("a", &[(MIN, 1.0), (6 * MIN, 6.0)])];
-        let v = eval_instant(&plan("node_load1 offset 5m").unwrap(), data, 6 * MIN).unwrap();
-        assert_eq!(
-            v,
-            Value::Vector(vec![Sample {
-                labels: series("a", &[]).labels,
-                t: 6 * MIN,
-                v: 1.0
-            }])
-        );
+    fn selectors_offset_and_at() {
+        let d = data();
+        assert_eq!(vector("m", &d, MIN), vec![("m{i=\"a\"}".into(), 5.0), ("m{i=\"b\"}".into(), 3.0)]);
+        assert_eq!(one("m{i=\"a\"} offset 1m", &d, 2 * MIN), 5.0);
+        assert_eq!(one("m{i=\"a\"} offset -1m", &d, MIN), 7.0);
+        assert_eq!(one("m{i=\"a\"} @ 0", &d, 2 * MIN), 1.0);
+        assert_eq!(one("m{i=\"a\"} @ 60 offset 1m", &d, 2 * MIN), 1.0);
+        assert_eq!(one("{__name__=~\"oth.*\",i!~\"b\"}", &d, 0), 10.0);
+        assert_eq!(one("timestamp(m{i=\"b\"})", &d, 3 * MIN), 60.0);
+        let err = instant("{i=~\".*\"}", &d, 0).unwrap_err();
+        assert!(err.to_string().contains("non-empty matcher"), "{err}");
     }
 
     #[test]
-    fn selectors_translate_all_matcher_kinds() {
-        let sel = selector(r#"{__name__="node_hwmon_temp_celsius",chip!="x",sensor=~"temp[0-9]+",instance!~"b.*"}"#);
-        let l = labels(&[
-            ("__name__", "node_hwmon_temp_celsius"),
-            ("chip", "coretemp"),
-            ("sensor", "temp1"),
-            ("instance", "a"),
-        ]);
-        assert!(l.matches(&sel.matchers));
-        let other = labels(&[("__name__", "node_hwmon_temp_celsius"), ("sensor", "temp1x")]);
-        assert!(!other.matches(&sel.matchers), "regex is anchored");
-        let named = selector(r#"node_load1{instance="a"}"#);
-        assert_eq!(named.matchers.len(), 2);
-        assert!(labels(&[("__name__", "node_load1"), ("instance", "a")]).matches(&named.matchers));
+    fn at_start_and_end_in_range_queries() {
+        let d = data();
+        let Value::Matrix(m) = range("m{i=\"a\"} @ end()", &d, 0, 2 * MIN, MIN).unwrap() else { panic!() };
+        assert_eq!(m[0].points, vec![(0, 7.0), (MIN, 7.0), (2 * MIN, 7.0)]);
+        let Value::Matrix(m) = range("m{i=\"a\"} @ start()", &d, MIN, 2 * MIN, MIN).unwrap() else { panic!() };
+        assert_eq!(m[0].points, vec![(MIN, 5.0), (2 * MIN, 5.0)]);
     }
 
     #[test]
-    fn literals_and_unsupported_constructs() {
+    fn instant_matrix_and_subquery_results() {
+        let d = data();
+        let Value::Matrix(m) = instant("m{i=\"a\"}[1m]", &d, 2 * MIN).unwrap() else { panic!() };
+        assert_eq!(m[0].points, vec![(MIN, 5.0), (2 * MIN, 7.0)], "window closed at both ends");
+        let Value::Matrix(m) = instant("m{i=\"a\"}[2m:1m]", &d, 2 * MIN + 1).unwrap() else { panic!() };
+        assert_eq!(m[0].points, vec![(MIN, 5.0), (2 * MIN, 7.0)], "aligned to the step");
+        let err = range("m[1m]", &d, 0, MIN, MIN).unwrap_err();
+        assert!(err.to_string().contains("\"range vector\" for range query"));
+        assert!(range("\"s\"", &d, 0, MIN, MIN).is_err());
+    }
+
+    #[test]
+    fn literals_and_scalars() {
+        let d = data();
+        assert_eq!(scalar("-2.5", &d, 7), -2.5);
+        assert_eq!(scalar("2 * 3 + 1", &d, 7), 7.0);
         assert_eq!(
-            eval_instant(&plan("-2.5").unwrap(), vec![], 7).unwrap(),
-            Value::Scalar { t: 7, v: -2.5 }
-        );
-        assert_eq!(
-            eval_instant(&plan("(\"hi\")").unwrap(), vec![], 7).unwrap(),
+            instant("\"hi\"", &d, 7).unwrap(),
             Value::String { t: 7, v: "hi".into() }
         );
-        for (q, named) in [
-            ("rate(x[5m])", "`rate()`"),
-            ("sum(x)", "`sum`"),
-            ("x + 1", "`+`"),
-            ("x[5m]", "range vector"),
-            ("-x", "unary"),
-            ("x[5m:1m]", "subqueries"),
-        ] {
-            let err = plan(q).unwrap_err();
-            assert!(matches!(err, EvalError::Unsupported(_)), "{q}");
-            assert!(err.to_string().contains(named), "{q}: {err}");
-        }
+        let Value::Matrix(m) = range("4", &d, 0, 30_000, 15_000).unwrap() else { panic!() };
+        assert_eq!(m[0].points, vec![(0, 4.0), (15_000, 4.0), (30_000, 4.0)]);
     }
 
     #[test]
-    fn range_query_steps_from_start_to_end() {
-        let data = vec![
-            series("b", &[(0, 1.0), (MIN, 2.0)]),
-            series("a", &[(30 * MIN, 3.0)]),
-            series("c", &[(0, 9.0), (MIN, f64::from_bits(STALE_NAN_BITS))]),
-        ];
-        let v = eval_range(&plan("node_load1").unwrap(), data, 0, 2 * MIN + 1, MIN).unwrap();
-        let Value::Matrix(m) = v else { panic!("{v:?}") };
-        assert_eq!(m.len(), 2, "series a has no point in range and is dropped");
-        assert_eq!(m[0].labels.get("instance"), "b");
-        assert_eq!(m[0].points, vec![(0, 1.0), (MIN, 2.0), (2 * MIN, 2.0)]);
-        assert_eq!(m[1].labels.get("instance"), "c");
-        assert_eq!(m[1].points, vec![(0, 9.0)]);
+    fn unary_minus_drops_the_name_and_rejects_duplicates() {
+        let d = data();
+        assert_eq!(vector("-m{i=\"b\"}", &d, MIN), vec![("{i=\"b\"}".into(), -3.0)]);
+        let err = instant("-{i=\"a\"}", &d, 0).unwrap_err();
+        assert_eq!(err.to_string(), DUPLICATE_LABELSET);
+    }
 
-        let v = eval_range(&plan("4").unwrap(), vec![], 0, 30_000, 15_000).unwrap();
-        assert_eq!(
-            v,
-            Value::Matrix(vec![Series {
-                labels: Labels::default(),
-                points: vec![(0, 4.0), (15_000, 4.0), (30_000, 4.0)]
-            }])
-        );
+    #[test]
+    fn range_query_steps_and_stale_markers() {
+        let stale = f64::from_bits(STALE_NAN_BITS);
+        let d = vec![
+            series("m{i=\"b\"}", &[(0, 1.0), (MIN, 2.0)]),
+            series("m{i=\"a\"}", &[(30 * MIN, 3.0)]),
+            series("m{i=\"c\"}", &[(0, 9.0), (MIN, stale)]),
+        ];
+        let Value::Matrix(m) = range("m", &d, 0, 2 * MIN + 1, MIN).unwrap() else { panic!() };
+        assert_eq!(m.len(), 2, "series a has no point in range and is dropped");
+        assert_eq!(m[0].labels.get("i"), "b");
+        assert_eq!(m[0].points, vec![(0, 1.0), (MIN, 2.0), (2 * MIN, 2.0)]);
+        assert_eq!(m[1].points, vec![(0, 9.0)]);
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let d = data();
+        let expr = parse("m").unwrap();
+        let limits = Limits {
+            max_series: 1,
+            ..Limits::default()
+        };
         assert!(matches!(
-            eval_range(&plan("\"s\"").unwrap(), vec![], 0, 1, 1),
-            Err(EvalError::BadQuery(_))
+            eval_instant(&expr, &Literal(&d), MIN, limits, None),
+            Err(EvalError::TooManySeries { limit: 1 })
+        ));
+        let limits = Limits {
+            max_samples: 2,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            eval_instant(&expr, &Literal(&d), MIN, limits, None),
+            Err(EvalError::TooManySamples)
+        ));
+        let past = Instant::now();
+        assert!(matches!(
+            eval_instant(&expr, &Literal(&d), MIN, Limits::default(), Some(past)),
+            Err(EvalError::Timeout)
         ));
     }
 }

@@ -254,17 +254,25 @@ async fn bad_requests_get_prometheus_errors() {
         "invalid parameter \"query\"",
     );
     assert_error(&s.get(q, &[]).await, 400, "bad_data", "invalid parameter \"query\"");
+    // Evaluation errors are 422 `execution` with Prometheus's wording.
     assert_error(
-        &s.get(q, &[("query", "sum(node_load1)")]).await,
-        400,
-        "bad_data",
-        "aggregation `sum`",
+        &s.get(q, &[("query", "node_load1 * on() node_load1"), ("time", &secs(T0))]).await,
+        422,
+        "execution",
+        "found duplicate series for the match group {} on the right hand-side of the operation",
     );
     assert_error(
-        &s.get(q, &[("query", "rate(x[5m])")]).await,
-        400,
-        "bad_data",
-        "not supported yet",
+        &s.get(q, &[("query", "label_replace(node_load1, \"instance\", \"\", \"instance\", \".*\")"), ("time", &secs(T0))]).await,
+        422,
+        "execution",
+        "vector cannot contain metrics with the same labelset",
+    );
+    // A timeout that has passed before evaluation starts: 503 `timeout`.
+    assert_error(
+        &s.get(q, &[("query", "node_load1"), ("timeout", "0.000000001")]).await,
+        503,
+        "timeout",
+        "query timed out",
     );
     assert_error(
         &s.get(q, &[("query", "up"), ("time", "soon")]).await,
@@ -374,6 +382,56 @@ async fn series_and_label_endpoints() {
 }
 
 #[tokio::test]
+async fn promql_evaluates_functions_aggregations_and_operators() {
+    let s = Server::start().await;
+    let (status, body) = s
+        .get(
+            "/api/v1/query",
+            &[("query", "sum by (job) (node_load1) * 2"), ("time", &secs(T0 + 20_000))],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["result"],
+        json!([{"metric": {"job": "hostpulse"}, "value": [1_700_000_020, "7"]}])
+    );
+    let (status, body) = s
+        .post(
+            "/api/v1/query_range",
+            &[
+                ("query", "max_over_time(node_load1{instance=\"db1\"}[20s])"),
+                ("start", &secs(T0 + 15_000)),
+                ("end", &secs(T0 + 30_000)),
+                ("step", "15"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["result"][0]["values"],
+        json!([[1_700_000_015, "1.5"], [1_700_000_030, "1e+21"]])
+    );
+    assert_eq!(body["data"]["result"][0]["metric"], json!({"instance": "db1", "job": "hostpulse"}));
+}
+
+#[tokio::test]
+async fn format_query_and_metadata() {
+    let s = Server::start().await;
+    let (status, body) = s.get("/api/v1/format_query", &[("query", "sum  by(job)(rate(x[5m]))")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"], "sum by (job) (rate(x[5m]))");
+    let (status, body) = s.post("/api/v1/format_query", &[("query", "x{")]).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = s.get("/api/v1/metadata", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["node_load1"], json!([{"type": "gauge", "help": "", "unit": ""}]));
+    let (_, body) = s.get("/api/v1/metadata", &[("metric", "node_hwmon_temp_celsius")]).await;
+    assert_eq!(body["data"].as_object().unwrap().len(), 1);
+    let (_, body) = s.get("/api/v1/metadata", &[("limit", "1")]).await;
+    assert_eq!(body["data"].as_object().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn status_metrics_and_health_pages() {
     let s = Server::start().await;
     let (status, body) = s.get("/api/v1/status/buildinfo", &[]).await;
@@ -441,8 +499,14 @@ async fn promtool_queries_work() {
     .unwrap();
     assert!(ok, "{text}");
     assert!(text.contains("2 @[1700000000]"), "{text}");
-    let (ok, text) = run(vec!["query".into(), "instant".into(), s.base.clone(), "sum(up)".into()])
-        .await
-        .unwrap();
-    assert!(!ok && text.contains("not supported yet"), "{text}");
+    let (ok, text) = run(vec![
+        "query".into(),
+        "instant".into(),
+        format!("--time={}", secs(T0 + 20_000)),
+        s.base.clone(),
+        "sum(node_load1)".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(ok && text.contains("{} => 3.5 @[1700000020]"), "{text}");
 }

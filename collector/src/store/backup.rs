@@ -106,7 +106,11 @@ pub(crate) fn write_snapshot(db: &sled::Db, out: &Path) -> Result<u64, BackupErr
 /// Loads a snapshot into a new store directory; returns the number of pairs.
 /// The whole file is verified first, so a damaged one writes nothing.
 pub fn restore_from(input: &Path, data_dir: &Path) -> Result<u64, BackupError> {
-    if data_dir.exists() && std::fs::read_dir(data_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if data_dir.exists()
+        && std::fs::read_dir(data_dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         return Err(BackupError::Exists(data_dir.display().to_string()));
     }
     let expected = read_snapshot(input, |_| Ok(()))?;
@@ -181,7 +185,8 @@ fn read_snapshot(
     let (mut key, mut value) = (Vec::new(), Vec::new());
     loop {
         let mut tag = [0u8; 1];
-        r.read_exact(&mut tag).map_err(|_| invalid("truncated (no end record)"))?;
+        r.read_exact(&mut tag)
+            .map_err(|_| invalid("truncated (no end record)"))?;
         match tag[0] {
             TAG_TREE => {
                 read_chunk(&mut r, &mut key).map_err(|_| invalid("truncated tree name"))?;

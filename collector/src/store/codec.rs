@@ -24,6 +24,12 @@ pub(crate) mod values;
 #[cfg(test)]
 mod proptests;
 
+/// The test generator, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn proptests_rng(seed: u64) -> proptests::Rng {
+    proptests::Rng::new(seed)
+}
+
 /// Why a column could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {

@@ -25,6 +25,11 @@ impl SeriesIndex {
         self.by_labels.get(labels).copied()
     }
 
+    /// Labels of a known id.
+    pub(crate) fn labels_of(&self, id: u64) -> Option<&Labels> {
+        self.by_id.get(&id)
+    }
+
     /// The id the next new series gets. Ids are never reused.
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use super::*;
 use crate::model::{Matcher, STALE_NAN_BITS, is_stale_marker};
+use crate::store::keys::BlockId;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     Labels::from_pairs(pairs)
@@ -330,7 +331,7 @@ async fn concurrent_appends_share_flushes_and_are_all_stored() {
 }
 
 #[test]
-fn corrupt_content_is_an_error_not_a_panic() {
+fn corrupt_series_record_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = sled::open(dir.path()).unwrap();
@@ -340,24 +341,6 @@ fn corrupt_content_is_an_error_not_a_panic() {
     }
     let err = open_after_drop(dir.path()).err().unwrap();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path());
-        store
-            .shared
-            .tree
-            .insert(keys::data_key(0, 5), b"short".as_slice())
-            .unwrap();
-        store
-            .shared
-            .index
-            .write()
-            .unwrap()
-            .insert(0, labels(&[("__name__", "m")]));
-        let err = store.select(&[], 0, 10).err().unwrap();
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-    }
 }
 
 /// Env var telling [`kill_child_appender`] where to write; unset it does nothing.
@@ -441,4 +424,372 @@ impl<F: std::future::Future<Output = Result<AppendOutcome, StoreError>>> AwaitBl
     fn await_blocking(self) -> AppendOutcome {
         tokio::runtime::Runtime::new().unwrap().block_on(self).unwrap()
     }
+}
+
+/// Options with tiny windows so tests cross many of them quickly.
+fn small(window_ms: i64, out_of_order_ms: i64) -> StoreOptions {
+    StoreOptions {
+        window_ms,
+        out_of_order_ms,
+        ..StoreOptions::default()
+    }
+}
+
+fn host_series(host: &str, name: &str, samples: Vec<(i64, f64)>) -> SeriesSamples {
+    SeriesSamples {
+        labels: labels(&[("__name__", name), ("instance", host)]),
+        samples,
+    }
+}
+
+fn count_prefix(store: &Store, prefix: u8) -> usize {
+    store.shared.tree.scan_prefix([prefix]).count()
+}
+
+fn bits(samples: &[(i64, f64)]) -> Vec<(i64, u64)> {
+    samples.iter().map(|(t, v)| (*t, v.to_bits())).collect()
+}
+
+/// Deterministic test data: per series, irregular timestamps and values of
+/// several shapes (decimals, counters, specials).
+fn generated(seed: u64, hosts: usize, per_host: usize, n: usize, t0: i64, step: i64) -> Vec<SeriesSamples> {
+    let mut rng = codec::proptests_rng(seed);
+    let mut out = Vec::new();
+    for h in 0..hosts {
+        for s in 0..per_host {
+            let mut t = t0;
+            let mut acc = 0.0f64;
+            let samples = (0..n)
+                .map(|i| {
+                    t += step + rng.below(3) as i64 - 1;
+                    acc += (rng.below(100) as f64) / 4.0;
+                    let v = match (s + i) % 11 {
+                        0 if s % 3 == 0 => f64::from_bits(crate::model::STALE_NAN_BITS),
+                        _ if s % 2 == 0 => acc,
+                        _ => (rng.below(1000) as f64) / 10.0,
+                    };
+                    (t, v)
+                })
+                .collect();
+            out.push(host_series(&format!("h{h}"), &format!("m{s}"), samples));
+        }
+    }
+    out
+}
+
+async fn append_all(store: &Store, data: &[SeriesSamples], chunk: usize) {
+    // In time order, a few samples per series per append, like agents do.
+    let n = data.iter().map(|s| s.samples.len()).max().unwrap_or(0);
+    for from in (0..n).step_by(chunk) {
+        let batch: Vec<SeriesSamples> = data
+            .iter()
+            .map(|s| SeriesSamples {
+                labels: s.labels.clone(),
+                samples: s.samples.iter().skip(from).take(chunk).copied().collect(),
+            })
+            .collect();
+        store.append_unsequenced(batch).await.unwrap();
+    }
+}
+
+fn assert_same(got: &[SeriesSamples], want: &[SeriesSamples]) {
+    let mut want = want.to_vec();
+    want.sort_by(|a, b| a.labels.cmp(&b.labels));
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.labels, w.labels);
+        assert_eq!(bits(&g.samples), bits(&w.samples), "{}", g.labels);
+    }
+}
+
+#[tokio::test]
+async fn sealed_blocks_heads_and_reopen_serve_the_same_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generated(1, 3, 4, 400, 1_000_000, 10);
+    {
+        let store = Store::open(dir.path(), small(1000, 100)).unwrap();
+        append_all(&store, &data, 7).await;
+        let stats = store.stats();
+        assert!(
+            stats.blocks > 0 && stats.seals > 0,
+            "windows closed while appending: {stats:?}"
+        );
+        assert!(stats.head_samples > 0, "the newest windows stay in heads");
+        assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+        // A sub-range crossing block and head boundaries.
+        let got = store
+            .select(&[Matcher::equal("instance", "h1")], 1_002_345, 1_003_456)
+            .unwrap();
+        assert_eq!(got.len(), 4);
+        for g in &got {
+            let want: Vec<_> = data
+                .iter()
+                .find(|d| d.labels == g.labels)
+                .unwrap()
+                .samples
+                .iter()
+                .filter(|s| (1_002_345..=1_003_456).contains(&s.0))
+                .copied()
+                .collect();
+            assert_eq!(bits(&g.samples), bits(&want));
+        }
+        // 58 appends, a seal every ~15: only records since the last seal remain.
+        let wal = count_prefix(&store, keys::WAL);
+        assert!((1..20).contains(&wal), "sealed WAL records are deleted: {wal} left");
+    }
+    // Reopen: blocks from the catalog, the rest replayed from the WAL.
+    let store = open_after_drop_with(dir.path(), small(1000, 100)).unwrap();
+    assert!(store.stats().head_samples > 0, "WAL replayed into heads");
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+    store.seal_all().unwrap();
+    assert_eq!(count_prefix(&store, keys::WAL), 0, "seal_all empties the WAL");
+    assert_eq!(store.stats().head_samples, 0);
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+    // One block per host and window after compaction.
+    let catalog = store.shared.catalog.read().unwrap();
+    let mut windows = std::collections::HashSet::new();
+    for id in catalog.keys() {
+        assert!(windows.insert((id.group, id.window)), "two blocks in {id:?}");
+    }
+}
+
+fn open_after_drop_with(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(dir, opts.clone()) {
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test]
+async fn later_writes_win_over_sealed_ones_and_compaction_keeps_that() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small(1000, 10_000)).unwrap();
+    let s = |v: f64| vec![host_series("a", "m", vec![(100, v), (200, v)])];
+    store.append_unsequenced(s(1.0)).await.unwrap();
+    store.seal_all().unwrap();
+    store
+        .append_unsequenced(vec![host_series("a", "m", vec![(200, 2.0)])])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.select(&[], 0, 1000).unwrap()[0].samples,
+        vec![(100, 1.0), (200, 2.0)]
+    );
+    store.seal_all().unwrap();
+    assert_eq!(store.stats().blocks, 1, "compacted into one block");
+    assert_eq!(
+        store.select(&[], 0, 1000).unwrap()[0].samples,
+        vec![(100, 1.0), (200, 2.0)]
+    );
+}
+
+#[tokio::test]
+async fn samples_too_far_out_of_order_are_rejected_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), small(1000, 50)).unwrap();
+    let m = |samples: Vec<(i64, f64)>| vec![host_series("a", "m", samples)];
+    let r = store
+        .append_detailed("a", 1, m(vec![(500, 1.0), (460, 2.0), (449, 3.0)]))
+        .await
+        .unwrap();
+    assert_eq!(r.outcome, AppendOutcome::Stored { samples: 2 });
+    assert_eq!(r.rejected_out_of_order, 1);
+    let r = store
+        .append_detailed("a", 2, m(vec![(451, 4.0), (300, 5.0)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.outcome, r.rejected_out_of_order),
+        (AppendOutcome::Stored { samples: 1 }, 1)
+    );
+    assert_eq!(store.append_unsequenced(m(vec![(1, 0.0)])).await.unwrap(), 0);
+    assert_eq!(store.stats().rejected_out_of_order, 3);
+    assert_eq!(
+        store.select(&[], 0, 1000).unwrap()[0].samples,
+        vec![(451, 4.0), (460, 2.0), (500, 1.0)]
+    );
+}
+
+#[tokio::test]
+async fn damaged_wal_record_is_cut_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store
+            .append("a", 1, vec![host_series("a", "m", vec![(1, 1.0)])])
+            .await
+            .unwrap();
+        store
+            .append("a", 2, vec![host_series("a", "m", vec![(2, 2.0)])])
+            .await
+            .unwrap();
+        // Tear the newest record: a truncated value, as a torn write leaves.
+        let (key, value) = store.shared.tree.scan_prefix([keys::WAL]).last().unwrap().unwrap();
+        store.shared.tree.insert(key, &value[..value.len() - 3]).unwrap();
+        store.shared.db.flush().unwrap();
+    }
+    let store = reopen(dir.path());
+    assert_eq!(store.stats().wal_records_cut, 1);
+    assert_eq!(store.select(&[], 0, 10).unwrap()[0].samples, vec![(1, 1.0)]);
+    assert_eq!(count_prefix(&store, keys::WAL), 1, "the damaged record is gone");
+}
+
+#[tokio::test]
+async fn damaged_block_is_skipped_while_the_rest_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let data = vec![
+        host_series("a", "m", vec![(1, 1.0), (2, 2.0)]),
+        host_series("b", "m", vec![(1, 3.0)]),
+    ];
+    store.append_unsequenced(data).await.unwrap();
+    store.seal_all().unwrap();
+    let a = BlockId {
+        group: keys::group_hash("a"),
+        window: 0,
+        lsn: 0,
+    };
+    let (key, value) = store
+        .shared
+        .tree
+        .range(keys::block_key(keys::BLOCK, a)..)
+        .next()
+        .unwrap()
+        .unwrap();
+    let mut bad = value.to_vec();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    store.shared.tree.insert(key, bad).unwrap();
+    let got = store.select(&[], 0, 10).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].labels.get("instance"), "b");
+    assert_eq!(store.stats().corrupt_blocks, 1);
+    // Reported once, not per read; rollups of the intact block still serve.
+    store.select(&[], 0, 10).unwrap();
+    assert_eq!(store.stats().corrupt_blocks, 1);
+    assert!(
+        !store
+            .select_rollup(&[], 0, 10, Resolution::FiveMinutes)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Rollups computed from raw samples, for comparison.
+fn raw_rollups(store: &Store, start: i64, end: i64, res: Resolution) -> Vec<RollupSeries> {
+    let w = res.millis();
+    let first = start.div_euclid(w) * w;
+    let last = end.div_euclid(w) * w + w - 1;
+    store
+        .select(&[], first, last)
+        .unwrap()
+        .into_iter()
+        .map(|s| RollupSeries {
+            labels: s.labels,
+            buckets: rollup::buckets(&s.samples, res)
+                .into_iter()
+                .filter(|b| (start..=end).contains(&b.start_ms))
+                .collect(),
+        })
+        .filter(|r| !r.buckets.is_empty())
+        .collect()
+}
+
+fn assert_rollups_equal(got: &[RollupSeries], want: &[RollupSeries]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.labels, w.labels);
+        assert_eq!(g.buckets.len(), w.buckets.len(), "{}", g.labels);
+        for (a, b) in g.buckets.iter().zip(&w.buckets) {
+            assert_eq!(
+                (a.start_ms, a.count, a.min.to_bits(), a.max.to_bits(), a.last.to_bits()),
+                (b.start_ms, b.count, b.min.to_bits(), b.max.to_bits(), b.last.to_bits()),
+                "{}",
+                g.labels
+            );
+            assert!(
+                a.sum == b.sum || (a.sum.is_nan() && b.sum.is_nan()),
+                "{} {a:?} {b:?}",
+                g.labels
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn rollups_equal_the_raw_data_sealed_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = 3_600_000;
+    let store = Store::open(dir.path(), small(2 * hour, 60_000)).unwrap();
+    // 7 hours of 30 s samples: several sealed windows plus open heads.
+    let data = generated(7, 2, 3, 840, 10 * hour, 30_000);
+    append_all(&store, &data, 40).await;
+    assert!(store.stats().blocks > 0 && store.stats().head_samples > 0);
+    for res in [Resolution::FiveMinutes, Resolution::OneHour] {
+        for (start, end) in [
+            (0, i64::MAX / 2),
+            (10 * hour + 1, 14 * hour + 7),
+            (13 * hour, 13 * hour),
+        ] {
+            let got = store.select_rollup(&[], start, end, res).unwrap();
+            assert_rollups_equal(&got, &raw_rollups(&store, start, end, res));
+        }
+    }
+    store.seal_all().unwrap();
+    let got = store.select_rollup(
+        &[Matcher::equal("instance", "h1")],
+        0,
+        i64::MAX / 2,
+        Resolution::OneHour,
+    );
+    let want: Vec<_> = raw_rollups(&store, 0, i64::MAX / 2, Resolution::OneHour)
+        .into_iter()
+        .filter(|r| r.labels.get("instance") == "h1")
+        .collect();
+    assert_rollups_equal(&got.unwrap(), &want);
+}
+
+#[tokio::test]
+async fn retention_drops_raw_blocks_and_keeps_rollups() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        retention_ms: Some(3000),
+        ..small(1000, 100)
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    let data = vec![host_series("a", "m", (0..100).map(|i| (i * 100, i as f64)).collect())];
+    let rollups_before = {
+        append_all(&store, &data, 10).await;
+        store.seal_all().unwrap();
+        store.select_rollup(&[], 0, 2000, Resolution::FiveMinutes).unwrap()
+    };
+    // Newest sample 9900: raw windows ending at or before 6900 are gone.
+    let got = store.select(&[], 0, 10_000).unwrap();
+    assert_eq!(got[0].samples.first().unwrap().0, 6000);
+    assert_eq!(got[0].samples.len(), 40);
+    // The 5 m rollup bucket [0, 300000) still counts all 100 samples: it
+    // was built before the raw data expired and is kept.
+    let after = store.select_rollup(&[], 0, 2000, Resolution::FiveMinutes).unwrap();
+    assert_eq!(after[0].buckets[0].count, 100);
+    assert_eq!(after, rollups_before);
+}
+
+#[tokio::test]
+async fn backup_while_open_restores_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("live"), small(1000, 100)).unwrap();
+    let data = generated(3, 2, 2, 300, 0, 10);
+    append_all(&store, &data, 13).await;
+    store.append("h0", 9, vec![]).await.unwrap();
+    let snap = dir.path().join("snap");
+    store.backup_to(&snap).unwrap();
+    restore_from(&snap, &dir.path().join("copy")).unwrap();
+    let copy = Store::open(&dir.path().join("copy"), small(1000, 100)).unwrap();
+    assert_same(&copy.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+    assert_eq!(copy.last_seq("h0").unwrap(), Some(9));
 }

@@ -1,9 +1,12 @@
 //! The single writer behind [`Store::append`](super::Store::append): a
-//! dedicated thread that drains every queued append, applies them as one
-//! atomic sled batch, flushes once and only then answers every waiter. So N
-//! streams appending at the same time cost one fsync (group commit), and
-//! because exactly one thread checks and advances each host's highest seq,
-//! two racing appends of one host can never both pass the duplicate check.
+//! dedicated thread that drains every queued append, writes them as one WAL
+//! record in one atomic sled batch (together with new series definitions and
+//! each host's new highest seq), flushes once and only then answers every
+//! waiter. So N streams appending at the same time cost one fsync (group
+//! commit), and because exactly one thread checks and advances each host's
+//! highest seq, two racing appends of one host can never both pass the
+//! duplicate check. After answering, it seals heads into blocks when windows
+//! closed or memory ran over its bound (`seal.rs`).
 //!
 //! It is a thread rather than a tokio task because the flush is a blocking
 //! fsync that must not occupy a runtime worker, and because `Store::open`
@@ -17,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::{self, HostEntry};
-use super::{AppendOutcome, Shared, StoreError};
+use super::{AppendOutcome, AppendReport, Shared, StoreError, WriterState};
 use crate::model::{Labels, SeriesSamples};
 
 /// Upper bound on appends per group, so one commit's sled batch stays a
@@ -31,7 +34,7 @@ pub(crate) struct AppendRequest {
     /// record, no duplicate check.
     pub seq: Option<u64>,
     pub series: Vec<SeriesSamples>,
-    pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    pub reply: oneshot::Sender<Result<AppendReport, StoreError>>,
 }
 
 /// The writer loop; returns when every sender is gone (the store closed).
@@ -44,78 +47,80 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppendRequest>) {
                 Err(_) => break,
             }
         }
-        let outcomes = commit(&shared, &group);
+        let mut state = shared.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let outcomes = commit(&shared, &mut state, &group);
         for (req, outcome) in group.into_iter().zip(outcomes) {
             // The caller may have given up waiting; the data is stored anyway.
             let _ = req.reply.send(outcome);
+        }
+        if !shared.poisoned.load(Ordering::Acquire)
+            && let Err(e) = super::seal::maintain(&shared, &mut state)
+        {
+            tracing::error!(error = %e, "sealing heads into blocks failed; will retry after the next commit");
         }
     }
 }
 
 /// Applies and flushes one group; one outcome per request, in order.
-fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<AppendOutcome, StoreError>> {
+fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> Vec<Result<AppendReport, StoreError>> {
     if shared.poisoned.load(Ordering::Acquire) {
         // After a failed fsync the kernel may have dropped dirty pages we can
         // no longer tell apart, so nothing more is acknowledged until restart.
         return group.iter().map(|_| Err(poisoned())).collect();
     }
     let now = now_ms();
+    let ooo = shared.opts.out_of_order_ms;
     let mut batch = sled::Batch::default();
-    let mut outcomes: Vec<AppendOutcome> = Vec::with_capacity(group.len());
+    let mut reports: Vec<AppendReport> = Vec::with_capacity(group.len());
     let mut new_series: Vec<(u64, Labels)> = Vec::new();
     let mut staged_ids: HashMap<&Labels, u64> = HashMap::new();
     let mut staged_hosts: HashMap<&str, HostEntry> = HashMap::new();
+    // The WAL record: accepted samples per series, in arrival order.
+    let mut wal: Vec<(u64, Vec<(i64, f64)>)> = Vec::new();
+    let mut wal_slot: HashMap<u64, usize> = HashMap::new();
+    let mut groups: HashMap<u64, u64> = HashMap::new();
+    let mut staged_max: HashMap<u64, i64> = HashMap::new();
+    let mut rejected_total = 0u64;
 
     // Held until the batch is applied so that `record_hello`, which rewrites
     // the same host records, cannot interleave and write back an older seq.
     let mut hosts = shared.hosts.lock().unwrap_or_else(PoisonError::into_inner);
     {
-        // Only this thread adds series, so the index cannot change under us;
-        // the read lock is released before the (slower) apply.
+        // Only this thread adds series and changes heads, so neither can
+        // change under us; the locks are released before the apply.
         let index = shared.index.read().unwrap_or_else(PoisonError::into_inner);
+        let heads = shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next_id = index.next_id();
         for req in group {
-            let Some(seq) = req.seq else {
-                let mut samples = 0;
-                for s in &req.series {
-                    let id = match index.id_of(&s.labels).or_else(|| staged_ids.get(&s.labels).copied()) {
-                        Some(id) => id,
-                        None => {
-                            let id = next_id;
-                            next_id += 1;
-                            batch.insert(&keys::series_key(id), keys::encode_labels(&s.labels));
-                            staged_ids.insert(&s.labels, id);
-                            new_series.push((id, s.labels.clone()));
-                            id
-                        }
-                    };
-                    for &(ts, v) in &s.samples {
-                        batch.insert(&keys::data_key(id, ts), &keys::encode_value(v));
-                    }
-                    samples += s.samples.len();
-                }
-                outcomes.push(AppendOutcome::Stored { samples });
-                continue;
-            };
-            let mut entry = match staged_hosts.get(req.host.as_str()).or_else(|| hosts.get(&req.host)) {
-                Some(e) => e.clone(),
-                None => HostEntry {
-                    record: super::HostRecord {
-                        host: req.host.clone(),
-                        ..Default::default()
+            let mut entry = None;
+            if let Some(seq) = req.seq {
+                let e = match staged_hosts.get(req.host.as_str()).or_else(|| hosts.get(&req.host)) {
+                    Some(e) => e.clone(),
+                    None => HostEntry {
+                        record: super::HostRecord {
+                            host: req.host.clone(),
+                            ..Default::default()
+                        },
+                        stored_any: false,
                     },
-                    stored_any: false,
-                },
-            };
-            if entry.stored_any && seq <= entry.record.last_seq {
-                outcomes.push(AppendOutcome::Duplicate {
-                    last_seq: entry.record.last_seq,
-                });
-                continue;
+                };
+                if e.stored_any && seq <= e.record.last_seq {
+                    reports.push(AppendReport {
+                        outcome: AppendOutcome::Duplicate {
+                            last_seq: e.record.last_seq,
+                        },
+                        rejected_out_of_order: 0,
+                    });
+                    continue;
+                }
+                entry = Some(e);
             }
-            let mut samples = 0;
-            let mut newest = entry.record.last_sample_ms;
+            let (mut samples, mut rejected) = (0usize, 0usize);
+            let mut newest = entry.as_ref().map_or(i64::MIN, |e| e.record.last_sample_ms);
             for s in &req.series {
+                if s.samples.is_empty() {
+                    continue;
+                }
                 let id = match index.id_of(&s.labels).or_else(|| staged_ids.get(&s.labels).copied()) {
                     Some(id) => id,
                     None => {
@@ -127,23 +132,57 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<AppendOutcome,
                         id
                     }
                 };
+                groups
+                    .entry(id)
+                    .or_insert_with(|| keys::group_hash(s.labels.get("instance")));
+                let slot = *wal_slot.entry(id).or_insert_with(|| {
+                    wal.push((id, Vec::new()));
+                    wal.len() - 1
+                });
                 for &(ts, v) in &s.samples {
-                    batch.insert(&keys::data_key(id, ts), &keys::encode_value(v));
+                    let max = staged_max.get(&id).copied().or_else(|| heads.max_ts(id));
+                    if let Some(m) = max
+                        && ts < m.saturating_sub(ooo)
+                    {
+                        rejected += 1;
+                        continue;
+                    }
+                    staged_max.insert(id, max.map_or(ts, |m| m.max(ts)));
+                    if let Some((_, list)) = wal.get_mut(slot) {
+                        list.push((ts, v));
+                    }
                     newest = newest.max(ts);
+                    samples += 1;
                 }
-                samples += s.samples.len();
             }
-            entry.stored_any = true;
-            entry.record.last_seq = seq;
-            entry.record.last_sample_ms = newest;
-            entry.record.last_report_ms = entry.record.last_report_ms.max(now);
-            batch.insert(keys::host_key(&req.host), keys::encode_host(&entry));
-            staged_hosts.insert(&req.host, entry);
-            outcomes.push(AppendOutcome::Stored { samples });
+            rejected_total += rejected as u64;
+            if let (Some(mut e), Some(seq)) = (entry, req.seq) {
+                e.stored_any = true;
+                e.record.last_seq = seq;
+                e.record.last_sample_ms = newest.max(e.record.last_sample_ms);
+                e.record.last_report_ms = e.record.last_report_ms.max(now);
+                batch.insert(keys::host_key(&req.host), keys::encode_host(&e));
+                staged_hosts.insert(&req.host, e);
+            }
+            reports.push(AppendReport {
+                outcome: AppendOutcome::Stored { samples },
+                rejected_out_of_order: rejected,
+            });
         }
     }
+    wal.retain(|(_, samples)| !samples.is_empty());
+    let lsn = (!wal.is_empty()).then(|| {
+        let lsn = state.next_lsn;
+        state.next_lsn += 1;
+        batch.insert(&keys::wal_key(lsn), keys::checksummed(&keys::encode_wal(&wal)));
+        lsn
+    });
+    shared
+        .counters
+        .rejected_out_of_order
+        .fetch_add(rejected_total, Ordering::Relaxed);
 
-    let wrote = outcomes.iter().any(|o| matches!(o, AppendOutcome::Stored { .. }));
+    let wrote = lsn.is_some() || !new_series.is_empty() || !staged_hosts.is_empty();
     if wrote {
         if let Err(e) = shared.tree.apply_batch(batch) {
             return group.iter().map(|_| Err(StoreError::Sled(e.clone()))).collect();
@@ -157,6 +196,16 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<AppendOutcome,
         for (host, entry) in staged_hosts {
             hosts.insert(host.to_owned(), entry);
         }
+        if let Some(lsn) = lsn {
+            let mut heads = shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, samples) in &wal {
+                let g = groups.get(id).copied().unwrap_or(0);
+                for &(ts, v) in samples {
+                    heads.insert(*id, g, ts, v);
+                }
+            }
+            heads.wal_lsns.push(lsn);
+        }
     }
     drop(hosts);
 
@@ -168,9 +217,9 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<AppendOutcome,
             tracing::error!(error = %e, "store flush failed; refusing further appends until restart");
             return group.iter().map(|_| Err(StoreError::Sled(e.clone()))).collect();
         }
-        shared.flushes.fetch_add(1, Ordering::Relaxed);
+        shared.counters.flushes.fetch_add(1, Ordering::Relaxed);
     }
-    outcomes.into_iter().map(Ok).collect()
+    reports.into_iter().map(Ok).collect()
 }
 
 fn poisoned() -> StoreError {

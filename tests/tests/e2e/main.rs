@@ -5,6 +5,8 @@
 
 mod deploy;
 mod durability;
+mod identity;
 mod pipeline;
+mod promql_diff;
 mod remote_write;
 mod support;

@@ -211,8 +211,15 @@ pub fn parse_smartctl_json(text: &str) -> Result<SmartReport, SmartParseError> {
     };
     let device = s(root.pointer("/device/name"));
     let device = device.strip_prefix("/dev/").unwrap_or(&device).to_string();
+    // Drives behind a RAID controller share one device node and differ only
+    // in the type (`/dev/bus/0 -d megaraid,5`); keep them apart.
+    let kind = s(root.pointer("/device/type"));
+    let device = match kind.split_once(',') {
+        Some((controller, disk)) if !device.is_empty() => format!("{device}_{controller}_{disk}"),
+        _ => device,
+    };
     let info = DeviceInfo {
-        interface: s(root.pointer("/device/type")),
+        interface: kind,
         protocol: s(root.pointer("/device/protocol")),
         model_family: s(root.get("model_family")),
         model_name: s(root.get("model_name")),
@@ -879,6 +886,13 @@ mod tests {
             value(&out, "hostpulse_smart_verify_total_uncorrected_errors", &model),
             Some(4.0)
         );
+    }
+
+    #[test]
+    fn drives_behind_a_raid_controller_get_distinct_names() {
+        let text = r#"{"smartctl": {"exit_status": 0},
+          "device": {"name": "/dev/bus/0", "info_name": "/dev/bus/0 [megaraid_disk_05]", "type": "megaraid,5", "protocol": "SCSI"}}"#;
+        assert_eq!(parse_smartctl_json(text).unwrap().device, "bus/0_megaraid_5");
     }
 
     #[test]

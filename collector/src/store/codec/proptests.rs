@@ -193,7 +193,10 @@ fn fleet_columns_bytes_per_sample() {
         }
     }
     for (metric, (count, bytes)) in by_metric {
-        println!("  {metric}: {:.3} bytes/sample over {count}", bytes as f64 / count as f64);
+        println!(
+            "  {metric}: {:.3} bytes/sample over {count}",
+            bytes as f64 / count as f64
+        );
     }
     println!(
         "samples={n} timestamps={:.4} values={:.4} total={:.4} bytes/sample",

@@ -305,7 +305,7 @@ mod tests {
         let all_lengths: Vec<i64> = (0..64)
             .map(|i| (1u64 << i) as i64)
             .chain((0..64).map(|i| ((1u64 << i) - 1) as i64))
-            .chain((0..64).map(|i| -((1u64 << i) as i64)))
+            .chain((0..64).map(|i| ((1u64 << i) as i64).wrapping_neg()))
             .collect();
         round_trip(&all_lengths);
     }

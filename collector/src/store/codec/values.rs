@@ -66,7 +66,11 @@ pub(crate) fn encode(values: &[f64]) -> Vec<u8> {
         out.extend(ints::encode_best(&ints));
         out
     };
-    let fallback = if raw_bits.len() < gorilla.len() { raw_bits } else { gorilla };
+    let fallback = if raw_bits.len() < gorilla.len() {
+        raw_bits
+    } else {
+        gorilla
+    };
     let e = values.iter().filter_map(|&v| places(v)).max().unwrap_or(0);
     let mut ints = Vec::with_capacity(values.len());
     let mut exceptions: Vec<(usize, u64)> = Vec::new();
@@ -161,8 +165,13 @@ mod tests {
         let stale = f64::from_bits(0x7ff0_0000_0000_0002);
         let v = [12.5, 12.75, -0.0, 13.0, stale, 13.25, f64::INFINITY, 13.5];
         let bytes = encode(&v);
-        assert_eq!(bytes[0], TAG_DECIMAL);
         assert_eq!(bits(&decode(&bytes, v.len()).unwrap()), bits(&v));
+        let long: Vec<f64> = (0..500)
+            .map(|i| if i == 7 { stale } else { f64::from(i % 7) * 0.25 })
+            .collect();
+        let bytes = encode(&long);
+        assert_eq!(bytes[0], TAG_DECIMAL);
+        assert_eq!(bits(&decode(&bytes, long.len()).unwrap()), bits(&long));
     }
 
     #[test]

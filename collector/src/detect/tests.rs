@@ -1,0 +1,402 @@
+//! Rule-loop tests: a fake [`Evaluator`] answers from a table the test
+//! changes between evaluations, so the lifecycle (pending, firing,
+//! `keep_firing_for`, resolved), persistence across a restart, inhibition,
+//! recording rules and reloads are checked without PromQL.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::alert::AlertState;
+use crate::store::StoreOptions;
+
+const T0: i64 = 1_700_000_000_000;
+
+/// Answers each expression from a table; unknown expressions yield nothing,
+/// expressions mapped to `Err` fail.
+#[derive(Default)]
+struct FakeEvaluator {
+    answers: Mutex<HashMap<String, Result<Vec<(Labels, f64)>, String>>>,
+}
+
+impl FakeEvaluator {
+    fn set(&self, expr: &str, samples: &[(&[(&str, &str)], f64)]) {
+        let v = samples.iter().map(|(l, v)| (Labels::from_pairs(l), *v)).collect();
+        self.answers.lock().unwrap().insert(expr.to_string(), Ok(v));
+    }
+
+    fn fail(&self, expr: &str) {
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(expr.to_string(), Err("store unavailable".into()));
+    }
+}
+
+impl Evaluator for FakeEvaluator {
+    fn instant(&self, expr: &str, _at_ms: i64) -> Result<Vec<(Labels, f64)>, EvalError> {
+        match self.answers.lock().unwrap().get(expr) {
+            None => Ok(Vec::new()),
+            Some(Ok(v)) => Ok(v.clone()),
+            Some(Err(e)) => Err(EvalError(e.clone())),
+        }
+    }
+}
+
+/// A detector reporting a fixed set of silent hosts.
+struct FakeSilent(Mutex<Vec<String>>);
+
+impl Detector for FakeSilent {
+    fn name(&self) -> &'static str {
+        host_silent::NAME
+    }
+    fn inputs(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn evaluate(&self, _inputs: &Inputs, _now_ms: i64) -> Vec<ActiveAlert> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| ActiveAlert {
+                labels: Labels::from_pairs(&[(ALERT_NAME, host_silent::NAME), ("instance", h)]),
+                annotations: Default::default(),
+                value: 1.0,
+            })
+            .collect()
+    }
+}
+
+const RULES: &str = r#"
+groups:
+  - name: disks
+    rules:
+      - alert: DiskHot
+        expr: disk_hot
+        for: 1m
+        labels:
+          severity: "{{ if_hot }}"
+        annotations:
+          summary: "{{ $labels.device }} on {{ $labels.instance }} at {{ $value }}"
+      - alert: LinkFlap
+        expr: link_flap
+        keep_firing_for: 2m
+      - record: instance:disk_hot:max
+        expr: disk_hot
+        labels:
+          source: rule
+"#;
+
+/// A webhook receiver recording `(status, alertname)` per alert.
+async fn receiver() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let log = log.clone();
+            async move {
+                for a in body["alerts"].as_array().cloned().unwrap_or_default() {
+                    log.lock().unwrap().push((
+                        a["status"].as_str().unwrap_or("?").to_string(),
+                        a["labels"]["alertname"].as_str().unwrap_or("?").to_string(),
+                    ));
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), seen)
+}
+
+struct Harness {
+    ctx: RuleContext,
+    eval: Arc<FakeEvaluator>,
+    silent: Arc<FakeSilent>,
+    sent: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+async fn harness(data: &std::path::Path, rules: &str) -> Harness {
+    let store = Store::open(&data.join("store"), StoreOptions::default()).unwrap();
+    let board = Arc::new(AlertBoard::open(&data.join("alerts")).unwrap());
+    let (url, sent) = receiver().await;
+    let telemetry = Arc::new(Telemetry::default());
+    let groups = rulefile::parse_rule_file("t.yml", rules).unwrap();
+    let eval = Arc::new(FakeEvaluator::default());
+    let silent = Arc::new(FakeSilent(Mutex::new(Vec::new())));
+    let ctx = RuleContext {
+        store,
+        evaluator: eval.clone(),
+        rules: Arc::new(Rules::from_groups(RuleSources::default(), groups, telemetry.clone())),
+        detectors: vec![silent.clone()],
+        board,
+        notifier: Arc::new(Notifier::new(vec![url], telemetry.clone())),
+        alertmanager: Arc::new(Alertmanager::new(Vec::new(), telemetry.clone(), "http://c")),
+        telemetry,
+        interval: Duration::from_secs(10),
+    };
+    Harness {
+        ctx,
+        eval,
+        silent,
+        sent,
+    }
+}
+
+fn sent(h: &Harness) -> Vec<(String, String)> {
+    h.sent.lock().unwrap().clone()
+}
+
+fn pair(status: &str, name: &str) -> (String, String) {
+    (status.to_string(), name.to_string())
+}
+
+#[tokio::test]
+async fn pending_then_firing_then_resolved_with_templates() {
+    let dir = tempfile::tempdir().unwrap();
+    // `{{ if_hot }}` is not a template function: the file is rejected.
+    assert!(rulefile::parse_rule_file("t.yml", RULES).is_err());
+    let rules = RULES.replace("\"{{ if_hot }}\"", "warning");
+    let h = harness(dir.path(), &rules).await;
+    h.eval.set("disk_hot", &[(&[("__name__", "disk_hot"), ("instance", "db1"), ("device", "sda")], 61.0)]);
+
+    let t = evaluate_once(&h.ctx, T0).await;
+    assert!(t.fired.is_empty(), "pending for 1m first");
+    let pending = h.ctx.board.alerts();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].state, AlertState::Pending);
+    assert_eq!(
+        pending[0].labels.to_string(),
+        "{alertname=\"DiskHot\",device=\"sda\",instance=\"db1\",severity=\"warning\"}"
+    );
+    assert_eq!(pending[0].annotations["summary"], "sda on db1 at 61");
+
+    let t = evaluate_once(&h.ctx, T0 + 30_000).await;
+    assert!(t.fired.is_empty());
+    let t = evaluate_once(&h.ctx, T0 + 60_000).await;
+    assert_eq!(t.fired.len(), 1);
+    let t = evaluate_once(&h.ctx, T0 + 70_000).await;
+    assert_eq!(t, Transitions::default(), "steady firing sends nothing new");
+
+    h.eval.set("disk_hot", &[]);
+    let t = evaluate_once(&h.ctx, T0 + 80_000).await;
+    assert_eq!(t.resolved.len(), 1);
+    assert_eq!(sent(&h), vec![pair("firing", "DiskHot"), pair("resolved", "DiskHot")]);
+
+    let history = h.ctx.board.history(T0, T0 + 100_000, 100).unwrap();
+    let states: Vec<(i64, AlertState)> = history.iter().map(|e| (e.at_ms - T0, e.state)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (0, AlertState::Pending),
+            (60_000, AlertState::Firing),
+            (80_000, AlertState::Resolved)
+        ]
+    );
+    assert_eq!(history[1].summary, "sda on db1 at 61");
+    assert!(h.ctx.board.history(T0 + 70_000, T0 + 79_999, 100).unwrap().is_empty());
+    assert_eq!(h.ctx.rules.health("t.yml/disks/DiskHot").last_evaluation_ms, T0 + 80_000);
+}
+
+#[tokio::test]
+async fn keep_firing_for_holds_a_flapping_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path(), &RULES.replace("\"{{ if_hot }}\"", "warning")).await;
+    h.eval.set("link_flap", &[(&[("instance", "db1")], 5.0)]);
+    assert_eq!(evaluate_once(&h.ctx, T0).await.fired.len(), 1);
+    h.eval.set("link_flap", &[]);
+    assert_eq!(evaluate_once(&h.ctx, T0 + 60_000).await, Transitions::default());
+    h.eval.set("link_flap", &[(&[("instance", "db1")], 5.0)]);
+    assert_eq!(evaluate_once(&h.ctx, T0 + 90_000).await, Transitions::default());
+    h.eval.set("link_flap", &[]);
+    assert_eq!(evaluate_once(&h.ctx, T0 + 200_000).await, Transitions::default());
+    let t = evaluate_once(&h.ctx, T0 + 210_000).await;
+    assert_eq!(t.resolved.len(), 1, "resolves 2m after it last held");
+    assert_eq!(sent(&h), vec![pair("firing", "LinkFlap"), pair("resolved", "LinkFlap")]);
+}
+
+#[tokio::test]
+async fn restart_neither_pages_twice_nor_forgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = RULES.replace("\"{{ if_hot }}\"", "warning");
+    let hot: &[(&[(&str, &str)], f64)] = &[(&[("instance", "db1"), ("device", "sda")], 70.0)];
+    {
+        let h = harness(dir.path(), &rules).await;
+        h.eval.set("disk_hot", hot);
+        h.eval.set("link_flap", &[(&[("instance", "db2")], 1.0)]);
+        evaluate_once(&h.ctx, T0).await;
+        evaluate_once(&h.ctx, T0 + 60_000).await;
+        assert_eq!(sent(&h).len(), 2, "DiskHot and LinkFlap fired");
+        // A third alert is pending when the collector stops.
+        h.eval.set(
+            "disk_hot",
+            &[
+                (&[("instance", "db1"), ("device", "sda")], 70.0),
+                (&[("instance", "db1"), ("device", "sdb")], 70.0),
+            ],
+        );
+        evaluate_once(&h.ctx, T0 + 70_000).await;
+        h.ctx.store.close().await.unwrap();
+    }
+    let h = harness(dir.path(), &rules).await;
+    assert_eq!(h.ctx.board.firing().len(), 2, "firing alerts survive the restart");
+    h.eval.set(
+        "disk_hot",
+        &[
+            (&[("instance", "db1"), ("device", "sda")], 70.0),
+            (&[("instance", "db1"), ("device", "sdb")], 70.0),
+        ],
+    );
+    h.eval.set("link_flap", &[(&[("instance", "db2")], 1.0)]);
+    let t = evaluate_once(&h.ctx, T0 + 100_000).await;
+    assert!(t.fired.is_empty(), "nothing pages twice: {t:?}");
+    let t = evaluate_once(&h.ctx, T0 + 130_000).await;
+    assert_eq!(t.fired.len(), 1, "the pending alert kept its start across the restart");
+    assert_eq!(t.fired[0].labels.get("device"), "sdb");
+    assert_eq!(t.fired[0].active_since_ms, T0 + 70_000);
+    h.eval.set("disk_hot", &[]);
+    h.eval.set("link_flap", &[]);
+    let t = evaluate_once(&h.ctx, T0 + 400_000).await;
+    assert_eq!(t.resolved.len(), 3, "nothing firing is forgotten");
+}
+
+#[tokio::test]
+async fn failed_evaluation_keeps_alerts_and_reports_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path(), &RULES.replace("\"{{ if_hot }}\"", "warning")).await;
+    h.eval.set("link_flap", &[(&[("instance", "db1")], 5.0)]);
+    evaluate_once(&h.ctx, T0).await;
+    h.eval.fail("link_flap");
+    let t = evaluate_once(&h.ctx, T0 + 600_000).await;
+    assert!(t.resolved.is_empty(), "a failing query must not resolve");
+    assert_eq!(h.ctx.board.firing().len(), 1);
+    let health = h.ctx.rules.health("t.yml/disks/LinkFlap");
+    assert_eq!(health.last_error.as_deref(), Some("store unavailable"));
+    assert!(h.ctx.telemetry.get(Counter::RuleEvaluationFailures) >= 1);
+}
+
+#[tokio::test]
+async fn silent_host_inhibits_its_symptoms() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path(), &RULES.replace("\"{{ if_hot }}\"", "warning")).await;
+    h.eval.set("link_flap", &[(&[("instance", "db1")], 5.0)]);
+    evaluate_once(&h.ctx, T0).await;
+    assert_eq!(sent(&h), vec![pair("firing", "LinkFlap")]);
+
+    // db1 goes silent: its data stops, so the rule no longer holds; db2
+    // (also silent) starts matching a rule. Neither resolves nor fires.
+    h.silent.0.lock().unwrap().extend(["db1".to_string(), "db2".to_string()]);
+    h.eval.set("link_flap", &[(&[("instance", "db2")], 5.0)]);
+    let t = evaluate_once(&h.ctx, T0 + 600_000).await;
+    assert_eq!(t.fired.len(), 2, "only the two HostSilent alerts: {t:?}");
+    assert!(t.fired.iter().all(|a| a.name() == host_silent::NAME));
+    assert!(t.resolved.is_empty());
+
+    // db1 reports again and is healthy: HostSilent and LinkFlap resolve.
+    h.silent.0.lock().unwrap().clear();
+    h.eval.set("link_flap", &[]);
+    let t = evaluate_once(&h.ctx, T0 + 900_000).await;
+    let mut resolved: Vec<String> = t
+        .resolved
+        .iter()
+        .map(|a| format!("{}/{}", a.name(), a.labels.get("instance")))
+        .collect();
+    resolved.sort();
+    assert_eq!(
+        resolved,
+        vec!["HostpulseHostSilent/db1", "HostpulseHostSilent/db2", "LinkFlap/db1"]
+    );
+}
+
+#[tokio::test]
+async fn recording_rules_write_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path(), &RULES.replace("\"{{ if_hot }}\"", "warning")).await;
+    h.eval.set("disk_hot", &[(&[("__name__", "disk_hot"), ("instance", "db1")], 42.0)]);
+    evaluate_once(&h.ctx, T0).await;
+    let store = h.ctx.store.clone();
+    let got = store
+        .select(&[Matcher::equal(METRIC_NAME, "instance:disk_hot:max")], T0 - 1, T0 + 1)
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].labels.get("source"), "rule");
+    assert_eq!(got[0].labels.get("instance"), "db1");
+    assert_eq!(got[0].samples, vec![(T0, 42.0)]);
+    assert_eq!(h.ctx.telemetry.get(Counter::RecordedSamples), 1);
+}
+
+#[tokio::test]
+async fn reload_swaps_rules_and_retires_removed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.yml");
+    std::fs::write(&file, RULES.replace("\"{{ if_hot }}\"", "warning")).unwrap();
+    let mut h = harness(dir.path(), "groups: []").await;
+    let sources = RuleSources {
+        files: vec![file.clone()],
+        builtin: false,
+    };
+    h.ctx.rules = Arc::new(Rules::load(sources, h.ctx.telemetry.clone()).unwrap());
+    h.eval.set("link_flap", &[(&[("instance", "db1")], 5.0)]);
+    assert_eq!(evaluate_once(&h.ctx, T0).await.fired.len(), 1);
+
+    std::fs::write(&file, "groups:\n  - name: g\n    rules:\n      - alert: X\n        expr: up ==\n").unwrap();
+    let e = h.ctx.rules.reload().unwrap_err().to_string();
+    assert!(e.contains("r.yml: group \"g\": rule \"X\": expr: "), "{e}");
+    assert_eq!(h.ctx.rules.groups()[0].rules.len(), 3, "a bad reload keeps the running rules");
+
+    std::fs::write(&file, "groups:\n  - name: g\n    rules:\n      - alert: X\n        expr: x\n").unwrap();
+    assert_eq!(h.ctx.rules.reload().unwrap(), 1);
+    let t = evaluate_once(&h.ctx, T0 + 10_000).await;
+    assert_eq!(t.resolved.len(), 1, "LinkFlap's rule is gone, so its alert resolves");
+    assert_eq!(h.ctx.telemetry.get(Counter::RuleReloads), 1);
+    assert_eq!(h.ctx.telemetry.get(Counter::RuleReloadFailures), 1);
+}
+
+#[test]
+fn builtin_pack_loads_and_every_alert_explains_itself() {
+    let groups = rulefile::parse_rule_file(BUILTIN_FILE, BUILTIN_RULES).unwrap();
+    let mut names = HashSet::new();
+    let mut count = 0;
+    for g in &groups {
+        for r in &g.rules {
+            let RuleKind::Alerting { name, annotations, .. } = &r.kind else {
+                continue;
+            };
+            count += 1;
+            assert!(names.insert(name.clone()), "{name} defined twice");
+            assert!(name.starts_with("Hostpulse"), "{name}");
+            for key in ["summary", "description", "rationale"] {
+                assert!(
+                    annotations.iter().any(|(k, raw, _)| k == key && raw.len() > 20),
+                    "{name} lacks a real {key}"
+                );
+            }
+            let severity = r.labels.iter().find(|(k, _, _)| k == "severity").map(|(_, v, _)| v.as_str());
+            assert!(matches!(severity, Some("critical" | "warning")), "{name}: {severity:?}");
+        }
+    }
+    assert!(count >= 25, "{count} rules");
+}
+
+#[tokio::test]
+async fn run_stops_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path(), "groups: []").await;
+    h.ctx.interval = Duration::ZERO;
+    let telemetry = h.ctx.telemetry.clone();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(run(h.ctx, rx));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while telemetry.get(Counter::RuleEvaluations) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "loop did not tick");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,519 @@
+//! Functions over range vectors: `rate`, `irate`, `increase`, `delta`,
+//! `idelta`, `deriv`, `predict_linear`, `resets`, `changes` and every
+//! `*_over_time`, as Prometheus 2.42's `promql/functions.go` computes them
+//! (extrapolation of `rate`/`increase`/`delta` included).
+//!
+//! Each function sees the samples of one series inside one step's window
+//! (`[t - range, t]`, closed, stale markers removed) and returns at most
+//! one value. The driver [`eval_range_function`] slides every series'
+//! window over the step grid with binary searches on data read once.
+
+use promql_parser::parser::Call;
+
+use super::{Evaluator, Grid, RangeArg, VSeries, Val, bad, check_unique_labels, drop_name};
+
+/// The range functions, by PromQL name.
+const NAMES: &[&str] = &[
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "idelta",
+    "deriv",
+    "predict_linear",
+    "resets",
+    "changes",
+    "avg_over_time",
+    "min_over_time",
+    "max_over_time",
+    "sum_over_time",
+    "count_over_time",
+    "quantile_over_time",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "last_over_time",
+    "present_over_time",
+    "absent_over_time",
+];
+
+/// Whether `name` is a function over a range vector handled here.
+pub(super) fn is_range_function(name: &str) -> bool {
+    NAMES.contains(&name)
+}
+
+/// What a range function sees besides the samples of one window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// Start of the window (ms): `t - offset - range`.
+    lo: i64,
+    /// End of the window (ms): the step's reference time.
+    hi: i64,
+    /// The range, ms.
+    range: i64,
+    /// The evaluation time the function is called at (Prometheus's
+    /// `enh.Ts`): the step, or the query start for an `@`-pinned range,
+    /// which Prometheus evaluates once as a step-invariant expression.
+    eval_t: i64,
+    /// The scalar argument at this step (`quantile_over_time`'s φ,
+    /// `predict_linear`'s horizon).
+    param: f64,
+}
+
+/// Evaluates a call of a range function over `grid`.
+pub(super) fn eval_range_function(ev: &mut Evaluator<'_>, call: &Call, grid: Grid) -> Result<Val, super::EvalError> {
+    let name = call.func.name;
+    let args = &call.args.args;
+    // The range vector is the first argument except for quantile_over_time.
+    let (range_expr, param_expr) = match name {
+        "quantile_over_time" => (args.get(1), args.first()),
+        "predict_linear" => (args.first(), args.get(1)),
+        _ => (args.first(), None),
+    };
+    let range_expr = range_expr.ok_or_else(|| bad(format!("{name}() needs a range vector argument")))?;
+    let n = grid.len();
+    let params = match param_expr {
+        Some(e) => ev.eval_scalar(e, grid)?,
+        None => vec![f64::NAN; n],
+    };
+    let arg = ev.range_arg(range_expr, grid)?;
+    if name == "absent_over_time" {
+        return Ok(Val::Vector(absent_over_time(&arg, range_expr, grid)));
+    }
+    let f = function(name).ok_or_else(|| bad(format!("unknown range function {name}()")))?;
+    let keep_name = name == "last_over_time";
+    let query_start = ev.query_start;
+    let mut out = Vec::with_capacity(arg.series.len());
+    for s in &arg.series {
+        ev.check_deadline()?;
+        let mut vals = Vec::with_capacity(n);
+        let mut any = false;
+        for (i, t) in grid.times().enumerate() {
+            let (lo, hi) = arg.window(t);
+            let from = s.samples.partition_point(|(ts, _)| *ts < lo);
+            let to = s.samples.partition_point(|(ts, _)| *ts <= hi);
+            let window = &s.samples[from..to.max(from)];
+            let v = if window.is_empty() {
+                None
+            } else {
+                f(
+                    window,
+                    Window {
+                        lo,
+                        hi,
+                        range: arg.range,
+                        eval_t: if arg.at.is_some() { query_start } else { t },
+                        param: params.get(i).copied().unwrap_or(f64::NAN),
+                    },
+                )
+            };
+            any |= v.is_some();
+            vals.push(v);
+        }
+        if any {
+            let labels = if keep_name { s.labels.clone() } else { drop_name(&s.labels) };
+            out.push(VSeries { labels, vals });
+        }
+    }
+    check_unique_labels(&out)?;
+    Ok(Val::Vector(out))
+}
+
+type RangeFn = fn(&[(i64, f64)], Window) -> Option<f64>;
+
+fn function(name: &str) -> Option<RangeFn> {
+    Some(match name {
+        "rate" => |s, w| extrapolated_rate(s, w, true, true),
+        "increase" => |s, w| extrapolated_rate(s, w, true, false),
+        "delta" => |s, w| extrapolated_rate(s, w, false, false),
+        "irate" => |s, _| instant_delta(s, true),
+        "idelta" => |s, _| instant_delta(s, false),
+        "deriv" => |s, _| {
+            if s.len() < 2 {
+                return None;
+            }
+            Some(linear_regression(s, s[0].0).0)
+        },
+        "predict_linear" => |s, w| {
+            if s.len() < 2 {
+                return None;
+            }
+            // Prometheus anchors the regression at the evaluation time,
+            // not at the end of an offset window.
+            let (slope, intercept) = linear_regression(s, w.eval_t);
+            Some(slope * w.param + intercept)
+        },
+        "resets" => |s, _| Some(s.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64),
+        "changes" => |s, _| {
+            Some(
+                s.windows(2)
+                    .filter(|p| p[1].1 != p[0].1 && !(p[1].1.is_nan() && p[0].1.is_nan()))
+                    .count() as f64,
+            )
+        },
+        "avg_over_time" => |s, _| Some(avg_over_time(s)),
+        "min_over_time" => |s, _| {
+            Some(s.iter().skip(1).fold(s[0].1, |m, (_, v)| if *v < m || m.is_nan() { *v } else { m }))
+        },
+        "max_over_time" => |s, _| {
+            Some(s.iter().skip(1).fold(s[0].1, |m, (_, v)| if *v > m || m.is_nan() { *v } else { m }))
+        },
+        "sum_over_time" => |s, _| Some(kahan_sum(s.iter().map(|(_, v)| *v))),
+        "count_over_time" => |s, _| Some(s.len() as f64),
+        "quantile_over_time" => |s, w| {
+            let mut vals: Vec<f64> = s.iter().map(|(_, v)| *v).collect();
+            Some(quantile(w.param, &mut vals))
+        },
+        "stddev_over_time" => |s, _| Some(variance(s).sqrt()),
+        "stdvar_over_time" => |s, _| Some(variance(s)),
+        "last_over_time" => |s, _| s.last().map(|(_, v)| *v),
+        "present_over_time" => |_, _| Some(1.0),
+        _ => return None,
+    })
+}
+
+/// `absent_over_time`: 1 at the steps where no series had a sample in the
+/// window, labelled from the selector's equality matchers.
+fn absent_over_time(arg: &RangeArg, expr: &promql_parser::parser::Expr, grid: Grid) -> Vec<VSeries> {
+    let vals: Vec<Option<f64>> = grid
+        .times()
+        .map(|t| {
+            let (lo, hi) = arg.window(t);
+            let present = arg.series.iter().any(|s| {
+                let from = s.samples.partition_point(|(ts, _)| *ts < lo);
+                s.samples.get(from).is_some_and(|(ts, _)| *ts <= hi)
+            });
+            (!present).then_some(1.0)
+        })
+        .collect();
+    if vals.iter().all(Option::is_none) {
+        return Vec::new();
+    }
+    vec![VSeries {
+        labels: super::functions::absent_labels(expr),
+        vals,
+    }]
+}
+
+/// Prometheus's `extrapolatedRate`: the increase between the first and
+/// last sample (adding back counter resets), extrapolated towards the
+/// window's edges when the samples come close to them, never below zero
+/// for counters.
+fn extrapolated_rate(s: &[(i64, f64)], w: Window, is_counter: bool, is_rate: bool) -> Option<f64> {
+    if s.len() < 2 {
+        return None;
+    }
+    let (first_t, first_v) = s[0];
+    let (last_t, last_v) = s[s.len() - 1];
+    let mut result = last_v - first_v;
+    if is_counter {
+        let mut prev = first_v;
+        for (_, v) in &s[1..] {
+            if *v < prev {
+                result += prev;
+            }
+            prev = *v;
+        }
+    }
+    let mut duration_to_start = (first_t - w.lo) as f64 / 1000.0;
+    let duration_to_end = (w.hi - last_t) as f64 / 1000.0;
+    let sampled_interval = (last_t - first_t) as f64 / 1000.0;
+    let average_between = sampled_interval / (s.len() - 1) as f64;
+    if is_counter && result > 0.0 && first_v >= 0.0 {
+        // A counter cannot go below zero: do not extrapolate past the
+        // point where it would have been zero.
+        let duration_to_zero = sampled_interval * (first_v / result);
+        if duration_to_zero < duration_to_start {
+            duration_to_start = duration_to_zero;
+        }
+    }
+    let threshold = average_between * 1.1;
+    let mut extrapolate_to = sampled_interval;
+    extrapolate_to += if duration_to_start < threshold {
+        duration_to_start
+    } else {
+        average_between / 2.0
+    };
+    extrapolate_to += if duration_to_end < threshold {
+        duration_to_end
+    } else {
+        average_between / 2.0
+    };
+    let mut factor = extrapolate_to / sampled_interval;
+    if is_rate {
+        factor /= w.range as f64 / 1000.0;
+    }
+    Some(result * factor)
+}
+
+/// `irate`/`idelta`: from the last two samples of the window.
+fn instant_delta(s: &[(i64, f64)], is_rate: bool) -> Option<f64> {
+    if s.len() < 2 {
+        return None;
+    }
+    let (prev_t, prev_v) = s[s.len() - 2];
+    let (last_t, last_v) = s[s.len() - 1];
+    let mut result = if is_rate && last_v < prev_v {
+        // A counter reset: the last value is the increase since it.
+        last_v
+    } else {
+        last_v - prev_v
+    };
+    let interval = last_t - prev_t;
+    if interval == 0 {
+        return None;
+    }
+    if is_rate {
+        result /= interval as f64 / 1000.0;
+    }
+    Some(result)
+}
+
+/// Adds `inc` to a Kahan-compensated sum `(sum, c)`.
+pub(super) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+fn kahan_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut sum, mut c) = (0.0, 0.0);
+    for v in values {
+        (sum, c) = kahan_inc(v, sum, c);
+    }
+    if sum.is_infinite() { sum } else { sum + c }
+}
+
+fn avg_over_time(s: &[(i64, f64)]) -> f64 {
+    let (mut mean, mut count, mut c) = (0.0_f64, 0.0_f64, 0.0_f64);
+    for (_, v) in s {
+        count += 1.0;
+        if mean.is_infinite() {
+            if v.is_infinite() && (mean > 0.0) == (*v > 0.0) {
+                continue;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                continue;
+            }
+        }
+        (mean, c) = kahan_inc(v / count - mean / count, mean, c);
+    }
+    if mean.is_infinite() { mean } else { mean + c }
+}
+
+/// Population variance by Welford's method with compensated sums, as
+/// `stdvar_over_time` computes it.
+fn variance(s: &[(i64, f64)]) -> f64 {
+    let (mut count, mut mean, mut c_mean, mut aux, mut c_aux) = (0.0_f64, 0.0_f64, 0.0_f64, 0.0_f64, 0.0_f64);
+    for (_, v) in s {
+        count += 1.0;
+        let delta = v - (mean + c_mean);
+        (mean, c_mean) = kahan_inc(delta / count, mean, c_mean);
+        (aux, c_aux) = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux);
+    }
+    (aux + c_aux) / count
+}
+
+/// Least-squares fit of the samples against time in seconds relative to
+/// `intercept_time`; `(slope, intercept)`.
+fn linear_regression(s: &[(i64, f64)], intercept_time: i64) -> (f64, f64) {
+    let n = s.len() as f64;
+    let (mut sum_x, mut c_x, mut sum_y, mut c_y) = (0.0, 0.0, 0.0, 0.0);
+    let (mut sum_xy, mut c_xy, mut sum_x2, mut c_x2) = (0.0, 0.0, 0.0, 0.0);
+    let init_y = s[0].1;
+    let mut const_y = true;
+    for (i, (t, v)) in s.iter().enumerate() {
+        if const_y && i > 0 && *v != init_y {
+            const_y = false;
+        }
+        let x = (t - intercept_time) as f64 / 1e3;
+        (sum_x, c_x) = kahan_inc(x, sum_x, c_x);
+        (sum_y, c_y) = kahan_inc(*v, sum_y, c_y);
+        (sum_xy, c_xy) = kahan_inc(x * v, sum_xy, c_xy);
+        (sum_x2, c_x2) = kahan_inc(x * x, sum_x2, c_x2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    let (sum_x, sum_y, sum_xy, sum_x2) = (sum_x + c_x, sum_y + c_y, sum_xy + c_xy, sum_x2 + c_x2);
+    let cov_xy = sum_xy - sum_x * sum_y / n;
+    let var_x = sum_x2 - sum_x * sum_x / n;
+    let slope = cov_xy / var_x;
+    let intercept = sum_y / n - slope * sum_x / n;
+    (slope, intercept)
+}
+
+/// The φ-quantile of `values` by linear interpolation between the closest
+/// ranks (Prometheus's `quantile`, shared with the aggregation).
+pub(super) fn quantile(q: f64, values: &mut [f64]) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    // Go sorts NaN first (`a < b || isNaN(a)`).
+    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        _ => a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal),
+    });
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::Value;
+    use super::super::test_support::*;
+    use super::*;
+    use crate::model::{STALE_NAN_BITS, SeriesSamples};
+
+    /// A counter scraped every 15 s: 0, 10, 20, ... with a reset to 5 at
+    /// 120 s.
+    fn counter() -> Vec<SeriesSamples> {
+        let mut samples: Vec<(i64, f64)> = (0..8).map(|i| (i * 15_000, i as f64 * 10.0)).collect();
+        samples.extend((8..20).map(|i| (i * 15_000, 5.0 + (i - 8) as f64 * 10.0)));
+        vec![series("c_total{i=\"a\"}", &samples)]
+    }
+
+    #[test]
+    fn rate_and_increase_extrapolate_like_prometheus() {
+        let d = counter();
+        // Window [0, 60s]: samples at 0..60 s, 0..40; touches both edges,
+        // so no extrapolation: 40 / 60 s.
+        assert!(close(one("rate(c_total[1m])", &d, 60_000), 40.0 / 60.0));
+        assert!(close(one("increase(c_total[1m])", &d, 60_000), 40.0));
+        // Window [30s, 90s] at 90 s: 20..60, touching both edges.
+        assert!(close(one("increase(c_total[1m])", &d, 90_000), 40.0));
+        // Window [7s, 67s]: samples 15..60 s (10..40): start gap 8 s <
+        // 16.5 s threshold, end gap 7 s: extrapolated 30 * 60/45 = 40; the
+        // zero point (15 s before the first sample) is further than 8 s.
+        assert!(close(one("increase(c_total[1m])", &d, 67_000), 30.0 * (45.0 + 8.0 + 7.0) / 45.0));
+        // Across the reset at 120 s: [90s, 150s] holds 60,70,5,15,25: the
+        // reset adds back 70, increase = 25 - 60 + 70 = 35.
+        assert!(close(one("increase(c_total[1m])", &d, 150_000), 35.0));
+        assert!(close(one("resets(c_total[1m])", &d, 150_000), 1.0));
+        assert!(close(one("changes(c_total[1m])", &d, 150_000), 4.0));
+        // irate across the reset: last value 25 minus 15 over 15 s.
+        assert!(close(one("irate(c_total[1m])", &d, 150_000), 10.0 / 15.0));
+        assert!(close(one("irate(c_total[1m])", &d, 120_000), 5.0 / 15.0), "reset: last value / interval");
+        assert!(close(one("idelta(c_total[1m])", &d, 120_000), -65.0));
+        // One sample is not enough for a rate.
+        assert!(vector("rate(c_total[10s])", &d, 60_000).is_empty());
+    }
+
+    #[test]
+    fn counter_extrapolation_stops_at_zero() {
+        // 10 at 20s, 20 at 30s, 30 at 40s in window [0, 40s]: the zero
+        // point lies 10 s before the first sample, nearer than the 20 s
+        // gap, and within the 11 s threshold, so 10 s are added.
+        let d = vec![series("c_total", &[(20_000, 10.0), (30_000, 20.0), (40_000, 30.0)])];
+        assert!(close(one("increase(c_total[40s])", &d, 40_000), 30.0));
+        // delta is not a counter: the 20 s gap exceeds the threshold, so
+        // half an interval (5 s) is added.
+        assert!(close(one("delta(c_total[40s])", &d, 40_000), 25.0));
+        let d = vec![series("c_total", &[(5_000, 10.0), (15_000, 20.0), (25_000, 30.0)])];
+        // Start gap 5 s, zero point 10 s away: extrapolate the 5 s.
+        assert!(close(one("increase(c_total[25s])", &d, 25_000), 20.0 * 25.0 / 20.0));
+        let d = vec![series("g", &[(5_000, 1.0), (15_000, 1.5), (25_000, 3.0)])];
+        assert!(close(one("increase(g[25s])", &d, 25_000), 2.0 * 25.0 / 20.0));
+    }
+
+    #[test]
+    fn regression_functions() {
+        let d = vec![series("g", &[(0, 1.0), (10_000, 3.0), (20_000, 5.0)])];
+        assert!(close(one("deriv(g[1m])", &d, 20_000), 0.2));
+        // At 20 s the fit is 5; 100 s later 5 + 20.
+        assert!(close(one("predict_linear(g[1m], 100)", &d, 20_000), 25.0));
+        let flat = vec![series("g", &[(0, 4.0), (10_000, 4.0)])];
+        assert_eq!(one("deriv(g[1m])", &flat, 10_000), 0.0);
+    }
+
+    #[test]
+    fn over_time_aggregations() {
+        let d = vec![series("g{i=\"a\"}", &[(0, 1.0), (10_000, 4.0), (20_000, 2.0), (30_000, 8.0)])];
+        let at = 30_000;
+        let check = |q: &str, want: f64| {
+            let got = one(q, &d, at);
+            assert!(close(got, want), "{q}: {got} != {want}");
+        };
+        check("avg_over_time(g[1m])", 3.75);
+        check("min_over_time(g[1m])", 1.0);
+        check("max_over_time(g[1m])", 8.0);
+        check("sum_over_time(g[1m])", 15.0);
+        check("count_over_time(g[1m])", 4.0);
+        check("last_over_time(g[1m])", 8.0);
+        check("present_over_time(g[1m])", 1.0);
+        check("quantile_over_time(0.5, g[1m])", 3.0);
+        check("quantile_over_time(0, g[1m])", 1.0);
+        check("stdvar_over_time(g[1m])", 7.1875);
+        check("stddev_over_time(g[1m])", 7.1875_f64.sqrt());
+        assert_eq!(one("quantile_over_time(2, g[1m])", &d, at), f64::INFINITY);
+        // Window closed at the start: [10s, 30s] holds three samples.
+        check("count_over_time(g[20s])", 3.0);
+        // Only last_over_time keeps the metric name.
+        assert_eq!(vector("last_over_time(g[1m])", &d, at)[0].0, "g{i=\"a\"}");
+        assert_eq!(vector("max_over_time(g[1m])", &d, at)[0].0, "{i=\"a\"}");
+    }
+
+    #[test]
+    fn stale_markers_are_not_samples_in_ranges() {
+        let stale = f64::from_bits(STALE_NAN_BITS);
+        let d = vec![series("g", &[(0, 1.0), (10_000, stale), (20_000, 3.0)])];
+        assert_eq!(one("count_over_time(g[1m])", &d, 20_000), 2.0);
+        assert_eq!(one("sum_over_time(g[1m])", &d, 20_000), 4.0);
+    }
+
+    #[test]
+    fn absent_over_time_labels_from_equality_matchers() {
+        let d = vec![series("g{i=\"a\"}", &[(0, 1.0)])];
+        assert!(vector("absent_over_time(g[1m])", &d, 30_000).is_empty());
+        assert_eq!(
+            vector("absent_over_time(nope{i=\"x\",j=~\"y\"}[1m])", &d, 30_000),
+            vec![("{i=\"x\"}".into(), 1.0)]
+        );
+        let Value::Matrix(m) = range("absent_over_time(g[1m])", &d, 0, 120_000, 30_000).unwrap() else { panic!() };
+        assert_eq!(m[0].points, vec![(90_000, 1.0), (120_000, 1.0)]);
+    }
+
+    #[test]
+    fn subqueries_feed_range_functions() {
+        let d = counter();
+        // rate over 1m of a 15 s subquery equals the plain rate when the
+        // subquery lands on the raw samples.
+        let a = one("max_over_time(c_total[1m:15s])", &d, 105_000);
+        assert_eq!(a, 70.0);
+        let b = one("sum_over_time(rate(c_total[30s])[1m:30s])", &d, 60_000);
+        // Points at 0 (no rate: one sample), 30 s and 60 s.
+        assert!(close(b, 2.0 * 20.0 / 30.0), "{b}");
+        let c = one("count_over_time(c_total[1m:])", &d, 60_000);
+        assert_eq!(c, 2.0, "default step 1m: points at 0 and 60 s");
+    }
+
+    #[test]
+    fn duplicate_series_after_dropping_names_fail() {
+        let d = vec![series("a{i=\"x\"}", &[(0, 1.0)]), series("b{i=\"x\"}", &[(0, 2.0)])];
+        let err = instant("rate({i=\"x\"}[1m])", &d, 0);
+        assert!(err.is_ok(), "single samples produce no rate, so no duplicate");
+        let err = instant("sum_over_time({i=\"x\"}[1m])", &d, 0).unwrap_err();
+        assert_eq!(err.to_string(), "vector cannot contain metrics with the same labelset");
+    }
+}

@@ -1,0 +1,289 @@
+//! Moving data out of the heads: sealing closed windows into blocks (with
+//! their rollups), compacting a window's several small blocks into one, and
+//! dropping data past its retention. All run on the writer thread (or under
+//! its lock, for [`Store::seal_all`](super::Store::seal_all)), so they never
+//! race a group commit.
+//!
+//! A seal is one atomic sled batch: the new blocks, their rollups and
+//! catalog entries, the deletion of every WAL record the heads were built
+//! from, and one checkpoint WAL record holding whatever stays in the heads.
+//! A crash before it leaves the old WAL records; after it, blocks plus the
+//! checkpoint — the same samples either way. Memory is updated only after
+//! the batch is applied, catalog before heads, and readers copy heads before
+//! they look at the catalog, so a concurrent reader sees each sample at
+//! least once (it merges duplicates) and never zero times.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+
+use super::head::window_start;
+use super::keys::{self, BlockId, CatalogEntry};
+use super::rollup::{self, RESOLUTIONS};
+use super::{Shared, StoreError, WriterState, block};
+
+/// Windows with at least this many blocks are compacted after a seal
+/// (`Store::seal_all` compacts every window with more than one).
+const COMPACT_AT_BLOCKS: usize = 4;
+
+/// Seals what is due after a commit: closed windows once the data moved
+/// past a window boundary or the heads grew by an eighth of their memory
+/// bound since the last seal, or — when the heads outgrew that bound —
+/// closed windows first and then everything. Compacts and applies
+/// retention after any seal.
+pub(crate) fn maintain(shared: &Shared, state: &mut WriterState) -> Result<(), StoreError> {
+    let w = shared.opts.window_ms;
+    let (bytes, samples, global_max) = {
+        let heads = shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
+        (heads.bytes(), heads.samples, heads.global_max)
+    };
+    let grown =
+        samples.saturating_sub(state.samples_after_seal) * super::head::SAMPLE_BYTES > shared.opts.head_max_bytes / 8;
+    let closed = window_start(global_max.saturating_sub(shared.opts.out_of_order_ms), w);
+    let mut sealed = false;
+    if bytes > shared.opts.head_max_bytes {
+        seal(shared, state, false)?;
+        let still = shared.heads.lock().unwrap_or_else(PoisonError::into_inner).bytes();
+        if still > shared.opts.head_max_bytes / 4 * 3 {
+            seal(shared, state, true)?;
+        }
+        sealed = true;
+    } else if closed > state.sealed_upto || grown {
+        seal(shared, state, false)?;
+        state.sealed_upto = state.sealed_upto.max(closed);
+        sealed = true;
+    }
+    if sealed {
+        state.samples_after_seal = shared.heads.lock().unwrap_or_else(PoisonError::into_inner).samples;
+        compact(shared, state, false)?;
+        apply_retention(shared)?;
+    }
+    Ok(())
+}
+
+/// Seals closed windows (or, with `all`, every head sample) into blocks.
+/// Returns the number of samples sealed.
+pub(crate) fn seal(shared: &Shared, state: &mut WriterState, all: bool) -> Result<usize, StoreError> {
+    let w = shared.opts.window_ms;
+    let (sealable, old_wal, checkpoint, through) = {
+        let heads = shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
+        let sealable = heads.sealable(w, shared.opts.out_of_order_ms, all);
+        if sealable.is_empty() {
+            return Ok(0);
+        }
+        let through: HashMap<u64, i64> = sealable
+            .iter()
+            .filter_map(|s| s.samples.last().map(|l| (s.series, l.0)))
+            .collect();
+        let checkpoint = heads.checkpoint(&through);
+        (sealable, heads.wal_lsns.clone(), checkpoint, through)
+    };
+    let lsn = state.next_lsn;
+    state.next_lsn += 1;
+    let mut blocks: BTreeMap<(u64, i64), Vec<(u64, Vec<(i64, f64)>)>> = BTreeMap::new();
+    let mut samples = 0;
+    for s in &sealable {
+        samples += s.samples.len();
+        for chunk in s.samples.chunk_by(|a, b| window_start(a.0, w) == window_start(b.0, w)) {
+            if let Some(first) = chunk.first() {
+                blocks
+                    .entry((s.group, window_start(first.0, w)))
+                    .or_default()
+                    .push((s.series, chunk.to_vec()));
+            }
+        }
+    }
+    let mut batch = sled::Batch::default();
+    let mut entries = Vec::with_capacity(blocks.len());
+    for ((group, window), series) in &blocks {
+        let id = BlockId {
+            group: *group,
+            window: *window,
+            lsn,
+        };
+        entries.push((id, write_block(&mut batch, id, series)));
+    }
+    for l in old_wal {
+        batch.remove(&keys::wal_key(l));
+    }
+    let checkpoint_lsn = (!checkpoint.is_empty()).then(|| {
+        let l = state.next_lsn;
+        state.next_lsn += 1;
+        batch.insert(&keys::wal_key(l), keys::checksummed(&keys::encode_wal(&checkpoint)));
+        l
+    });
+    batch.insert(keys::META_LSN, &(state.next_lsn - 1).to_be_bytes());
+    shared.tree.apply_batch(batch)?;
+    {
+        let mut catalog = shared.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        catalog.extend(entries);
+    }
+    let mut heads = shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
+    for (series, t) in through {
+        heads.remove_through(series, t);
+    }
+    heads.wal_lsns = checkpoint_lsn.into_iter().collect();
+    drop(heads);
+    shared.counters.seals.fetch_add(1, Ordering::Relaxed);
+    Ok(samples)
+}
+
+/// Adds a block, its rollups and its catalog entry to `batch`. Samples per
+/// series must be sorted with unique timestamps.
+fn write_block(batch: &mut sled::Batch, id: BlockId, series: &[(u64, Vec<(i64, f64)>)]) -> CatalogEntry {
+    let refs: Vec<(u64, &[(i64, f64)])> = series.iter().map(|(s, v)| (*s, v.as_slice())).collect();
+    let bytes = block::encode(id.window, &refs);
+    let entry = CatalogEntry {
+        bytes: bytes.len() as u64,
+        raw: true,
+        rollups: [true; RESOLUTIONS.len()],
+    };
+    batch.insert(&keys::block_key(keys::BLOCK, id), bytes);
+    for res in RESOLUTIONS {
+        let buckets: Vec<(u64, Vec<rollup::Bucket>)> =
+            series.iter().map(|(s, v)| (*s, rollup::buckets(v, res))).collect();
+        batch.insert(&keys::rollup_key(res.index(), id), rollup::encode(id.window, &buckets));
+    }
+    batch.insert(&keys::block_key(keys::CATALOG, id), &keys::encode_catalog(entry));
+    entry
+}
+
+/// Merges the blocks of each window that has several (with `all`, more than
+/// one; otherwise [`COMPACT_AT_BLOCKS`], and only windows closed for good)
+/// into a single block with fresh rollups.
+/// Windows with a damaged block are left alone. Returns windows compacted.
+pub(crate) fn compact(shared: &Shared, state: &mut WriterState, all: bool) -> Result<usize, StoreError> {
+    let w = shared.opts.window_ms;
+    let global_max = shared.heads.lock().unwrap_or_else(PoisonError::into_inner).global_max;
+    let settled = global_max
+        .saturating_sub(shared.opts.out_of_order_ms)
+        .saturating_sub(w.saturating_mul(2));
+    let targets: Vec<Vec<BlockId>> = {
+        let catalog = shared.catalog.read().unwrap_or_else(PoisonError::into_inner);
+        let mut by_window: BTreeMap<(u64, i64), Vec<BlockId>> = BTreeMap::new();
+        for (id, e) in catalog.iter() {
+            if e.raw && (all || id.window <= settled) {
+                by_window.entry((id.group, id.window)).or_default().push(*id);
+            }
+        }
+        let at = if all { 2 } else { COMPACT_AT_BLOCKS };
+        by_window.into_values().filter(|ids| ids.len() >= at).collect()
+    };
+    let mut done = 0;
+    'windows: for ids in targets {
+        let mut merged: BTreeMap<u64, BTreeMap<i64, f64>> = BTreeMap::new();
+        for id in &ids {
+            let Some(bytes) = shared.tree.get(keys::block_key(keys::BLOCK, *id))? else {
+                shared.report_corrupt(*id, "listed in the catalog but missing");
+                continue 'windows;
+            };
+            let view = match block::parse(&bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    shared.report_corrupt(*id, &e.to_string());
+                    continue 'windows;
+                }
+            };
+            for s in &view.sections {
+                match view.decode(s) {
+                    Ok(samples) => merged.entry(s.series).or_default().extend(samples),
+                    Err(e) => {
+                        shared.report_corrupt(*id, &e.to_string());
+                        continue 'windows;
+                    }
+                }
+            }
+        }
+        let Some(first) = ids.first() else { continue };
+        let id = BlockId {
+            group: first.group,
+            window: first.window,
+            lsn: state.next_lsn,
+        };
+        state.next_lsn += 1;
+        let series: Vec<(u64, Vec<(i64, f64)>)> =
+            merged.into_iter().map(|(s, m)| (s, m.into_iter().collect())).collect();
+        let mut batch = sled::Batch::default();
+        let entry = write_block(&mut batch, id, &series);
+        for old in &ids {
+            remove_all(&mut batch, *old);
+        }
+        batch.insert(keys::META_LSN, &(state.next_lsn - 1).to_be_bytes());
+        // Readers hold the catalog's read lock while they fetch blocks, so
+        // none can see an entry whose block this batch deletes.
+        let mut catalog = shared.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        shared.tree.apply_batch(batch)?;
+        for old in &ids {
+            catalog.remove(old);
+        }
+        catalog.insert(id, entry);
+        drop(catalog);
+        shared.counters.compactions.fetch_add(1, Ordering::Relaxed);
+        done += 1;
+    }
+    Ok(done)
+}
+
+fn remove_all(batch: &mut sled::Batch, id: BlockId) {
+    batch.remove(&keys::block_key(keys::BLOCK, id));
+    batch.remove(&keys::block_key(keys::CATALOG, id));
+    for res in RESOLUTIONS {
+        batch.remove(&keys::rollup_key(res.index(), id));
+    }
+}
+
+/// Deletes raw blocks and rollups older than their retention, measured back
+/// from the newest sample stored (not the wall clock, so importing old data
+/// does not delete it on arrival, and a collector that receives nothing
+/// keeps what it has). Returns the number of records deleted.
+pub(crate) fn apply_retention(shared: &Shared) -> Result<usize, StoreError> {
+    let opts = &shared.opts;
+    let global_max = shared.heads.lock().unwrap_or_else(PoisonError::into_inner).global_max;
+    if global_max == i64::MIN {
+        return Ok(0);
+    }
+    let expired = |retention: Option<i64>, window: i64| {
+        retention.is_some_and(|r| window.saturating_add(opts.window_ms) <= global_max.saturating_sub(r))
+    };
+    let mut catalog = shared.catalog.write().unwrap_or_else(PoisonError::into_inner);
+    let mut batch = sled::Batch::default();
+    let mut changed: Vec<(BlockId, CatalogEntry)> = Vec::new();
+    let mut deleted = 0;
+    for (id, e) in catalog.iter() {
+        let mut next = *e;
+        if next.raw && expired(opts.retention_ms, id.window) {
+            batch.remove(&keys::block_key(keys::BLOCK, *id));
+            next.raw = false;
+            deleted += 1;
+        }
+        for (i, res) in RESOLUTIONS.iter().enumerate() {
+            if next.rollups[i] && expired(opts.rollup_retention_ms[i], id.window) {
+                batch.remove(&keys::rollup_key(res.index(), *id));
+                next.rollups[i] = false;
+                deleted += 1;
+            }
+        }
+        if next != *e {
+            changed.push((*id, next));
+        }
+    }
+    if changed.is_empty() {
+        return Ok(0);
+    }
+    for (id, e) in &changed {
+        if e.is_empty() {
+            batch.remove(&keys::block_key(keys::CATALOG, *id));
+        } else {
+            batch.insert(&keys::block_key(keys::CATALOG, *id), &keys::encode_catalog(*e));
+        }
+    }
+    shared.tree.apply_batch(batch)?;
+    for (id, e) in changed {
+        if e.is_empty() {
+            catalog.remove(&id);
+        } else {
+            catalog.insert(id, e);
+        }
+    }
+    Ok(deleted)
+}
