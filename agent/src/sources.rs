@@ -11,6 +11,7 @@ mod diskstats;
 mod edac;
 mod entropy;
 mod filefd;
+mod files;
 mod filesystem;
 mod hwmon;
 mod interrupts;
@@ -96,7 +97,7 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "hwmon",
         about: "Temperatures, fans, voltages, currents and power of hardware monitoring chips in /sys/class/hwmon.",
         default_on: true,
-        make: |_| Box::new(hwmon::HwmonSource),
+        make: |_| Box::new(hwmon::HwmonSource::default()),
     },
     SourceEntry {
         name: "rapl",
@@ -108,7 +109,7 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "power_supply",
         about: "Mains adapters and batteries (online, capacity, energy, voltage, status) from /sys/class/power_supply.",
         default_on: true,
-        make: |_| Box::new(power_supply::PowerSupplySource),
+        make: |_| Box::new(power_supply::PowerSupplySource::default()),
     },
     SourceEntry {
         name: "thermal_zone",
@@ -120,19 +121,19 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "thermal_throttle",
         about: "How often each CPU core and package was throttled for heat, from thermal_throttle counters.",
         default_on: true,
-        make: |_| Box::new(thermal_throttle::ThermalThrottleSource),
+        make: |_| Box::new(thermal_throttle::ThermalThrottleSource::default()),
     },
     SourceEntry {
         name: "cpufreq",
         about: "Per-CPU current scaled frequency, limits and governor from cpufreq (never the slow cpuinfo_cur_freq).",
         default_on: true,
-        make: |_| Box::new(cpufreq::CpufreqSource),
+        make: |_| Box::new(cpufreq::CpufreqSource::default()),
     },
     SourceEntry {
         name: "edac",
         about: "ECC memory error counters per controller, csrow, channel and DIMM from the EDAC subsystem.",
         default_on: true,
-        make: |_| Box::new(edac::EdacSource),
+        make: |_| Box::new(edac::EdacSource::default()),
     },
     SourceEntry {
         name: "pressure",
@@ -144,7 +145,7 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "mdraid",
         about: "Software RAID state, members, degraded disks and sync progress from /proc/mdstat and /sys/block/md*/md.",
         default_on: true,
-        make: |_| Box::new(mdraid::MdraidSource),
+        make: |_| Box::new(mdraid::MdraidSource::default()),
     },
     SourceEntry {
         name: "nvme",
@@ -156,7 +157,7 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "netclass",
         about: "Network link state (carrier, flaps, speed, duplex, MTU) and the NIC's PCIe AER error counters from /sys/class/net.",
         default_on: true,
-        make: |_| Box::new(netclass::NetclassSource),
+        make: |_| Box::new(netclass::NetclassSource::default()),
     },
     SourceEntry {
         name: "diskstats",

@@ -168,11 +168,7 @@ impl AlertBoard {
     /// absent), loaded with every alert it held when last running.
     pub fn open(dir: &Path) -> Result<AlertBoard, AlertStoreError> {
         let db = persist::AlertDb::open(dir)?;
-        let entries = db
-            .load()?
-            .into_iter()
-            .map(|e| (e.alert.labels.clone(), e))
-            .collect();
+        let entries = db.load()?.into_iter().map(|e| (e.alert.labels.clone(), e)).collect();
         Ok(AlertBoard {
             state: Mutex::new(BoardState {
                 entries,
@@ -489,6 +485,63 @@ mod tests {
         let t = board.update("Cold", 0, vec![], 1);
         assert!(t.resolved.is_empty());
         assert_eq!(board.firing().len(), 1);
+    }
+
+    #[test]
+    fn keep_firing_for_and_inhibition() {
+        let board = AlertBoard::new();
+        let timing = Timing {
+            hold_ms: 0,
+            keep_firing_ms: 30_000,
+        };
+        let none = HashSet::new();
+        board.apply("Hot", timing, vec![active("temp1", 99.0)], 0, &none);
+        let t = board.apply("Hot", timing, vec![], 20_000, &none);
+        assert_eq!(t, Transitions::default(), "kept firing");
+        let t = board.apply("Hot", timing, vec![], 30_000, &none);
+        assert_eq!(t.resolved.len(), 1);
+
+        // Alerts without an instance label are inhibited when "" is silent;
+        // use a labelled one to show freezing both ways.
+        let with_instance = |i: &str| ActiveAlert {
+            labels: Labels::from_pairs(&[(ALERT_NAME, "Hot"), ("instance", i)]),
+            annotations: BTreeMap::new(),
+            value: 1.0,
+        };
+        let silent = HashSet::from(["db1".to_string(), "db2".to_string()]);
+        board.apply("Hot", Timing::default(), vec![with_instance("db1")], 40_000, &none);
+        let t = board.apply("Hot", Timing::default(), vec![with_instance("db2")], 50_000, &silent);
+        assert_eq!(t, Transitions::default(), "db1 stays firing, db2 does not start");
+        assert_eq!(board.firing().len(), 1);
+        let t = board.apply("Hot", Timing::default(), vec![], 60_000, &none);
+        assert_eq!(t.resolved.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn state_and_history_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let board = AlertBoard::open(dir.path()).unwrap();
+            board.update("Hot", 60_000, vec![active("temp1", 99.0)], 1_000);
+            board.update("Hot2", 0, vec![active("temp2", 98.0)], 2_000);
+            board.persist().await.unwrap();
+        }
+        let board = AlertBoard::open(dir.path()).unwrap();
+        let alerts = board.alerts();
+        assert_eq!(alerts.len(), 2);
+        assert_eq!(alerts[0].state, AlertState::Pending);
+        assert_eq!(alerts[0].active_since_ms, 1_000);
+        assert_eq!(alerts[1].state, AlertState::Firing);
+        assert_eq!(alerts[1].value, 98.0);
+        assert_eq!(alerts[1].annotations["summary"], "temp2 hot");
+        let history = board.history(0, 10_000, 10).unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!((history[0].at_ms, history[0].state), (1_000, AlertState::Pending));
+        assert_eq!((history[1].at_ms, history[1].state), (2_000, AlertState::Firing));
+        assert_eq!(board.history(1_500, 10_000, 10).unwrap().len(), 1);
+        assert_eq!(board.history(0, 10_000, 1).unwrap().len(), 1, "limit");
+        // Negative times (before 1970) sort before positive ones.
+        assert!(board.history(-5_000, -1, 10).unwrap().is_empty());
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! ingest then refuses a `Hello` naming any other host, so an agent can
 //! never write series as another host.
 //!
-//! Write and admin HTTP endpoints (the remote-write receiver, anything under
-//! `/api/v1/admin/`) take an admin bearer token when one is configured;
+//! Write and admin HTTP endpoints (the remote-write receiver, `/-/reload`,
+//! anything under `/api/v1/admin/`) take an admin bearer token when one is configured;
 //! [`AdminGuard`] checks it, as a layer on single routers
 //! ([`require_admin_token`]) and over the whole HTTP app by path
 //! ([`guard_admin_paths`]), so a route added later is covered too.
@@ -410,13 +410,14 @@ impl AdminGuard {
 }
 
 /// Whether an HTTP path is a write or admin endpoint that needs the admin
-/// token: the remote-write receiver and everything under `/api/v1/admin/`.
+/// token: the remote-write receiver, the rule reload (`/-/reload`, as in
+/// Prometheus) and everything under `/api/v1/admin/`.
 pub fn is_admin_path(path: &str) -> bool {
     let under = |prefix: &str| {
         path.strip_prefix(prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
-    under("/api/v1/write") || under("/api/v1/admin")
+    under("/api/v1/write") || under("/api/v1/admin") || path == "/-/reload"
 }
 
 /// Middleware over the whole HTTP app: requests to [`is_admin_path`] paths
@@ -627,6 +628,8 @@ mod tests {
             ("/api/v1/query", false),
             ("/api/v1/admin", true),
             ("/api/v1/administrator", false),
+            ("/-/reload", true),
+            ("/-/healthy", false),
         ] {
             assert_eq!(is_admin_path(path), guarded, "{path}");
         }

@@ -280,8 +280,14 @@ impl Settings {
             security,
             retention: optional("retention", flags.retention.or(file.retention))?,
             rollup_retention: [
-                optional("rollup_retention_5m", flags.rollup_retention_5m.or(file.rollup_retention_5m))?,
-                optional("rollup_retention_1h", flags.rollup_retention_1h.or(file.rollup_retention_1h))?,
+                optional(
+                    "rollup_retention_5m",
+                    flags.rollup_retention_5m.or(file.rollup_retention_5m),
+                )?,
+                optional(
+                    "rollup_retention_1h",
+                    flags.rollup_retention_1h.or(file.rollup_retention_1h),
+                )?,
             ],
             out_of_order_window: duration(
                 "out_of_order_window",

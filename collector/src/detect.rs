@@ -8,16 +8,22 @@
 //! - `detect/evaluator.rs` is the [`Evaluator`] trait and its adapter over
 //!   the store and the PromQL engine.
 //! - Detectors that PromQL cannot express are code, one file each behind
-//!   the [`Detector`] trait, listed by [`default_detectors`]
-//!   (`detect/host_silent.rs`).
+//!   the [`Detector`] trait, listed by [`default_detectors`]:
+//!   `detect/host_silent.rs`, `detect/peer_outlier.rs` (a host hotter than
+//!   its twins), `detect/trend.rs` (time to failure: disk full, SSD wear),
+//!   `detect/smart_verdict.rs`; `detect/robust.rs` holds their statistics.
 //!
 //! Rules are loaded at start and again on [`Rules::reload`] (SIGHUP,
 //! `POST /-/reload`); a reload that fails keeps the rules that run.
 
 mod evaluator;
 pub mod host_silent;
+pub mod peer_outlier;
+pub mod robust;
 pub mod rulefile;
+pub mod smart_verdict;
 pub mod template;
+pub mod trend;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -54,14 +60,28 @@ pub trait Detector: Send + Sync {
     fn hold_ms(&self) -> i64 {
         0
     }
+    /// How far back its inputs are selected (default: the 5-minute lookback).
+    fn window_ms(&self) -> i64 {
+        LOOKBACK_MS
+    }
+    /// Least time between two evaluations (0: every round). Detectors over
+    /// long windows run less often; between runs their alerts stay as they are.
+    fn every_ms(&self) -> i64 {
+        0
+    }
 }
 
 /// The detectors the collector runs, in evaluation order. Host silence
 /// comes first: the others are inhibited for hosts it finds silent.
 pub fn default_detectors(host_silent_after: Duration) -> Vec<Arc<dyn Detector>> {
-    vec![Arc::new(HostSilent {
-        grace_ms: i64::try_from(host_silent_after.as_millis()).unwrap_or(i64::MAX),
-    })]
+    vec![
+        Arc::new(HostSilent {
+            grace_ms: i64::try_from(host_silent_after.as_millis()).unwrap_or(i64::MAX),
+        }),
+        Arc::new(peer_outlier::PeerOutlier::default()),
+        Arc::new(trend::TimeToFailure::default()),
+        Arc::new(smart_verdict::SmartVerdict::default()),
+    ]
 }
 
 /// The selected input series of one detector evaluation.
@@ -182,7 +202,10 @@ impl Rules {
     }
 
     fn set_health(&self, key: String, health: RuleHealth) {
-        self.health.lock().unwrap_or_else(|p| p.into_inner()).insert(key, health);
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, health);
     }
 }
 
@@ -367,9 +390,16 @@ async fn evaluate(ctx: &RuleContext, now_ms: i64, mut schedule: Option<&mut Hash
     for (i, d) in ctx.detectors.iter().enumerate() {
         let key = detector_key(d.name());
         keys.insert(key.clone());
+        if let Some(last_run) = schedule.as_deref_mut() {
+            let last = last_run.get(&key).copied().unwrap_or(i64::MIN);
+            if now_ms.saturating_sub(last) < d.every_ms() {
+                continue;
+            }
+            last_run.insert(key.clone(), now_ms);
+        }
         ctx.telemetry.inc(Counter::RuleEvaluations);
         let started = Instant::now();
-        let inputs = match select_inputs(&ctx.store, d.inputs(), hosts.clone(), now_ms).await {
+        let inputs = match select_inputs(&ctx.store, d.inputs(), d.window_ms(), hosts.clone(), now_ms).await {
             Ok(inputs) => inputs,
             Err(e) => {
                 ctx.telemetry.inc(Counter::RuleEvaluationFailures);
@@ -545,10 +575,7 @@ pub fn alerts_for(
     let mut seen = HashSet::new();
     for (sample_labels, value) in samples {
         let base = without_name(&sample_labels);
-        let data = Data {
-            labels: &base,
-            value,
-        };
+        let data = Data { labels: &base, value };
         let mut pairs = base.pairs().to_vec();
         pairs.extend(labels.iter().map(|(k, _, t)| (k.clone(), t.expand(data))));
         pairs.push((ALERT_NAME.to_string(), name.to_string()));
@@ -558,7 +585,10 @@ pub fn alerts_for(
         }
         out.push(ActiveAlert {
             labels: alert_labels,
-            annotations: annotations.iter().map(|(k, _, t)| (k.clone(), t.expand(data))).collect(),
+            annotations: annotations
+                .iter()
+                .map(|(k, _, t)| (k.clone(), t.expand(data)))
+                .collect(),
             value,
         });
     }
@@ -611,11 +641,12 @@ enum SelectError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Reads each input metric over the lookback window ending at `now_ms`, on
+/// Reads each input metric over the window ending at `now_ms`, on
 /// the blocking pool because the store reads sled synchronously.
 async fn select_inputs(
     store: &Store,
     metrics: &'static [&'static str],
+    window_ms: i64,
     hosts: Vec<HostRecord>,
     now_ms: i64,
 ) -> Result<Inputs, SelectError> {
@@ -624,7 +655,7 @@ async fn select_inputs(
     }
     let store = store.clone();
     let by_metric = tokio::task::spawn_blocking(move || {
-        let from = now_ms.saturating_sub(LOOKBACK_MS).saturating_add(1);
+        let from = now_ms.saturating_sub(window_ms).saturating_add(1);
         metrics
             .iter()
             .map(|m| Ok((*m, store.select(&[Matcher::equal(METRIC_NAME, *m)], from, now_ms)?)))

@@ -194,9 +194,18 @@ impl IngestService {
             };
             let flow = match (message.kind, session.as_mut()) {
                 (Some(agent_message::Kind::Hello(hello)), None) => match self.hello(hello, identity.as_ref()) {
-                    Ok(s) => {
+                    Ok(mut s) => {
+                        // Tell the agent what is already durable, so it can
+                        // drop those batches and resume after them.
+                        let resume = match self.store.last_seq(s.host()) {
+                            Ok(Some(seq)) => Some(s.ack(seq)),
+                            _ => None,
+                        };
                         session = Some(s);
-                        Flow::Continue
+                        match resume {
+                            Some(ack) => send(&tx, ack, Flow::Continue).await,
+                            None => Flow::Continue,
+                        }
                     }
                     Err(reply) => send(&tx, reply, Flow::End).await,
                 },
@@ -286,11 +295,11 @@ impl IngestService {
             Ok(AppendOutcome::Stored { samples }) => {
                 self.telemetry.inc(Counter::IngestBatches);
                 self.telemetry.add(Counter::IngestSamples, samples as u64);
-                CollectorMessage::ack(seq)
+                session.ack(seq)
             }
             Ok(AppendOutcome::Duplicate { .. }) => {
                 self.telemetry.inc(Counter::IngestDuplicateBatches);
-                CollectorMessage::ack(seq)
+                session.ack(seq)
             }
             Err(e) => {
                 self.telemetry.inc(Counter::RejectedStorage);

@@ -26,9 +26,9 @@ use axum::response::Response;
 use axum::routing::get;
 
 use crate::alert::AlertBoard;
+use crate::model::{Matcher, SeriesSamples};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Counter, Telemetry};
-use crate::model::{Matcher, SeriesSamples};
 use eval::{EvalError, Limits, Value};
 use promql_parser::parser::Expr;
 
@@ -111,10 +111,59 @@ where
     }
 }
 
+/// Ranges at least this long are read in parallel slices.
+const PARALLEL_SELECT_MIN_MS: i64 = 2 * 3_600_000;
+
 impl eval::Source for Store {
+    /// Long ranges are cut into one time slice per core, read on scoped
+    /// threads and stitched back together per series: decoding stored
+    /// samples is most of a long range query's cost, and the slices are
+    /// independent.
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<SeriesSamples>, StoreError> {
-        Store::select(self, matchers, start_ms, end_ms)
+        let cores = std::thread::available_parallelism().map_or(1, usize::from).min(8);
+        let span = end_ms.saturating_sub(start_ms);
+        if cores < 2 || span < PARALLEL_SELECT_MIN_MS {
+            return Store::select(self, matchers, start_ms, end_ms);
+        }
+        let width = span / cores as i64 + 1;
+        let slices: Vec<(i64, i64)> = (0..cores as i64)
+            .map(|i| {
+                let from = start_ms + i * width;
+                (from, (from + width - 1).min(end_ms))
+            })
+            .filter(|(from, to)| from <= to)
+            .collect();
+        let parts = std::thread::scope(|scope| {
+            let handles: Vec<_> = slices
+                .iter()
+                .map(|&(from, to)| scope.spawn(move || Store::select(self, matchers, from, to)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(StoreError::Closed)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(stitch(parts))
     }
+}
+
+/// Joins per-slice selections (in time order) into one series list; the
+/// same series' samples are concatenated, which keeps them ascending.
+fn stitch(parts: Vec<Vec<SeriesSamples>>) -> Vec<SeriesSamples> {
+    let mut index: std::collections::HashMap<crate::model::Labels, usize> = std::collections::HashMap::new();
+    let mut out: Vec<SeriesSamples> = Vec::new();
+    for part in parts {
+        for s in part {
+            match index.get(&s.labels) {
+                Some(&i) => out[i].samples.extend(s.samples),
+                None => {
+                    index.insert(s.labels.clone(), out.len());
+                    out.push(s);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Evaluates `expr` as an instant query at `t`, reading what it needs from
@@ -138,7 +187,15 @@ pub async fn range_query(
 ) -> Result<Value, QueryError> {
     let until = Instant::now() + deadline;
     blocking(deadline, move || {
-        Ok(eval::eval_range(&expr, &store, start, end, step_ms, Limits::default(), Some(until))?)
+        Ok(eval::eval_range(
+            &expr,
+            &store,
+            start,
+            end,
+            step_ms,
+            Limits::default(),
+            Some(until),
+        )?)
     })
     .await
 }

@@ -216,7 +216,12 @@ pub async fn start(settings: Settings) -> Result<RunningCollector, StartError> {
         }),
     ));
 
-    let rules = RuleContext::from_settings(&settings, store.clone(), telemetry.clone(), &format!("{scheme}://{http_addr}"))?;
+    let rules = RuleContext::from_settings(
+        &settings,
+        store.clone(),
+        telemetry.clone(),
+        &format!("{scheme}://{http_addr}"),
+    )?;
     let board = rules.board.clone();
     let api = ApiContext {
         store: store.clone(),

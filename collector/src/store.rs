@@ -727,11 +727,7 @@ impl Store {
             disk_bytes: self.shared.db.size_on_disk().unwrap_or(0),
             active_series: active,
             head_samples,
-            ram_bytes_per_active_series: if active == 0 {
-                0
-            } else {
-                head_bytes / active + INDEX_BYTES_PER_SERIES
-            },
+            ram_bytes_per_active_series: head_bytes.checked_div(active).map_or(0, |b| b + INDEX_BYTES_PER_SERIES),
             blocks,
             block_bytes,
             rejected_out_of_order: c.rejected_out_of_order.load(Ordering::Relaxed),
@@ -885,7 +881,7 @@ fn replay_wal(
     let mut damaged = Vec::new();
     for item in tree.scan_prefix([keys::WAL]) {
         let (key, value) = item?;
-        let lsn = keys::parse_wal_key(&key)?;
+        let (lsn, wal_key) = keys::parse_wal_key(&key)?;
         *max_lsn = (*max_lsn).max(lsn);
         let entries = keys::verify_checksum(&value)
             .ok_or_else(|| StoreError::Corrupt {
@@ -901,7 +897,7 @@ fn replay_wal(
                         heads.insert(id, group, ts, v);
                     }
                 }
-                heads.wal_lsns.push(lsn);
+                heads.wal_keys.push(wal_key);
             }
             Err(e) => {
                 tracing::error!(lsn, error = %e, "damaged WAL record cut; its samples are lost");

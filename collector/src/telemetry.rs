@@ -43,6 +43,9 @@ counters! {
     RuleReloads => ("hostpulse_rule_reloads_total", "result=\"ok\"", "Rule file reloads (start, SIGHUP, POST /-/reload), by result."),
     RuleReloadFailures => ("hostpulse_rule_reloads_total", "result=\"failed\"", "Rule file reloads (start, SIGHUP, POST /-/reload), by result."),
     RecordedSamples => ("hostpulse_rule_recorded_samples_total", "", "Samples written by recording rules."),
+    PromqlQueries => ("hostpulse_promql_queries_total", "", "PromQL queries (instant and range) evaluated for the HTTP API."),
+    PromqlTimeouts => ("hostpulse_promql_query_timeouts_total", "", "PromQL queries stopped by their deadline."),
+    PromqlExecutionErrors => ("hostpulse_promql_execution_errors_total", "", "PromQL queries that failed while evaluating (limits, many-to-many matching, duplicate series)."),
 }
 
 /// Every gauge the collector keeps.

@@ -13,7 +13,8 @@
 
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
-use crate::source::{Source, SourceError, read_attr};
+use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 use crate::sources::thermal_throttle::cpu_numbers;
 
 /// Parses a cpufreq kHz file into hertz.
@@ -59,9 +60,16 @@ const FREQUENCY_FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Reads `/sys/devices/system/cpu/cpu*/cpufreq`.
+/// Reads `/sys/devices/system/cpu/cpu*/cpufreq`; listings, limits and the
+/// available governors from the refreshed cache, the current frequency and
+/// governor through kept descriptors.
 #[derive(Debug, Default)]
-pub struct CpufreqSource;
+pub struct CpufreqSource {
+    files: Files,
+}
+
+/// Frequency files that are hardware limits, not state.
+const STATIC_FILES: &[&str] = &["cpuinfo_max_freq", "cpuinfo_min_freq"];
 
 impl Source for CpufreqSource {
     fn name(&self) -> &'static str {
@@ -69,23 +77,30 @@ impl Source for CpufreqSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let files = &mut self.files;
+        files.begin_cycle();
         let dir = paths.sys("devices/system/cpu");
-        let Some(numbers) = cpu_numbers(&dir)? else {
+        let Some(numbers) = cpu_numbers(files, &dir)? else {
             return Ok(());
         };
         for n in numbers {
             let freq = dir.join(format!("cpu{n}/cpufreq"));
-            if !freq.is_dir() {
+            if !files.is_dir(&freq) {
                 continue;
             }
             let cpu = n.to_string();
             for (file, metric, help) in FREQUENCY_FILES {
-                if let Some(hz) = read_attr(&freq.join(file)).and_then(|t| parse_khz(&t)) {
+                let text = if STATIC_FILES.contains(file) {
+                    files.static_in(&freq, file)
+                } else {
+                    files.attr_in(&freq, file)
+                };
+                if let Some(hz) = text.and_then(|t| parse_khz(&t)) {
                     out.gauge(metric, help, &[("cpu", &cpu)], hz);
                 }
             }
-            let available = read_attr(&freq.join("scaling_available_governors"));
-            let current = read_attr(&freq.join("scaling_governor"));
+            let available = files.static_in(&freq, "scaling_available_governors");
+            let current = files.attr_in(&freq, "scaling_governor");
             if let (Some(available), Some(current)) = (available, current) {
                 for (governor, value) in governor_states(&available, &current) {
                     out.gauge(

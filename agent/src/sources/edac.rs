@@ -22,7 +22,8 @@ use std::path::Path;
 
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
-use crate::source::{Source, SourceError, read_attr};
+use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// One `csrowM` directory.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -188,77 +189,71 @@ pub fn emit_controller(mc: &Controller, out: &mut Emitter) {
 
 /// Entries of `dir` named `<prefix><number>`, as (number, name), sorted
 /// numerically.
-fn numbered(dir: &Path, prefix: &str) -> Result<Option<Vec<(u32, String)>>, SourceError> {
-    let entries = match std::fs::read_dir(dir) {
+fn numbered(files: &mut Files, dir: &Path, prefix: &str) -> Result<Option<Vec<(u32, String)>>, SourceError> {
+    let entries = match files.list(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(SourceError::io(dir, e)),
     };
     let mut out: Vec<(u32, String)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.to_string();
+        .iter()
+        .filter_map(|name| {
             let n = name.strip_prefix(prefix)?.parse::<u32>().ok()?;
-            Some((n, name))
+            Some((n, name.clone()))
         })
         .collect();
     out.sort();
     Ok(Some(out))
 }
 
-fn count(path: &Path) -> Option<u64> {
-    read_attr(path).and_then(|t| parse_count(&t))
+fn count(files: &mut Files, dir: &Path, name: &str) -> Option<u64> {
+    files.attr_in(dir, name).and_then(|t| parse_count(&t))
 }
 
-/// Reads one `mcN` directory.
-fn read_controller(dir: &Path, number: u32) -> Result<Controller, SourceError> {
+/// Reads one `mcN` directory: listings and DIMM labels from the refreshed
+/// cache, counters through kept descriptors.
+fn read_controller(files: &mut Files, dir: &Path, number: u32) -> Result<Controller, SourceError> {
     let mut mc = Controller {
         number: number.to_string(),
-        ce: count(&dir.join("ce_count")),
-        ue: count(&dir.join("ue_count")),
-        ce_noinfo: count(&dir.join("ce_noinfo_count")),
-        ue_noinfo: count(&dir.join("ue_noinfo_count")),
+        ce: count(files, dir, "ce_count"),
+        ue: count(files, dir, "ue_count"),
+        ce_noinfo: count(files, dir, "ce_noinfo_count"),
+        ue_noinfo: count(files, dir, "ue_noinfo_count"),
         ..Controller::default()
     };
-    for (n, name) in numbered(dir, "csrow")?.unwrap_or_default() {
+    for (n, name) in numbered(files, dir, "csrow")?.unwrap_or_default() {
         let row_dir = dir.join(name);
         let mut row = Csrow {
             number: n.to_string(),
-            ce: count(&row_dir.join("ce_count")),
-            ue: count(&row_dir.join("ue_count")),
+            ce: count(files, &row_dir, "ce_count"),
+            ue: count(files, &row_dir, "ue_count"),
             channels: Vec::new(),
         };
-        let mut channels: Vec<u32> = std::fs::read_dir(&row_dir)
+        let mut channels: Vec<u32> = files
+            .list(&row_dir)
             .map_err(|e| SourceError::io(&row_dir, e))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name();
-                name.to_str()?
-                    .strip_prefix("ch")?
-                    .strip_suffix("_ce_count")?
-                    .parse::<u32>()
-                    .ok()
-            })
+            .iter()
+            .filter_map(|name| name.strip_prefix("ch")?.strip_suffix("_ce_count")?.parse::<u32>().ok())
             .collect();
         channels.sort_unstable();
         for k in channels {
             row.channels.push(Channel {
                 number: k.to_string(),
-                label: read_attr(&row_dir.join(format!("ch{k}_dimm_label"))),
-                ce: count(&row_dir.join(format!("ch{k}_ce_count"))),
-                ue: count(&row_dir.join(format!("ch{k}_ue_count"))),
+                label: files.static_in(&row_dir, &format!("ch{k}_dimm_label")),
+                ce: count(files, &row_dir, &format!("ch{k}_ce_count")),
+                ue: count(files, &row_dir, &format!("ch{k}_ue_count")),
             });
         }
         mc.csrows.push(row);
     }
     for prefix in ["dimm", "rank"] {
-        for (n, name) in numbered(dir, prefix)?.unwrap_or_default() {
+        for (n, name) in numbered(files, dir, prefix)?.unwrap_or_default() {
             let d = dir.join(name);
             mc.dimms.push(Dimm {
                 number: n.to_string(),
-                label: read_attr(&d.join("dimm_label")).map(|l| l.trim().to_string()),
-                ce: count(&d.join("dimm_ce_count")),
-                ue: count(&d.join("dimm_ue_count")),
+                label: files.static_in(&d, "dimm_label").map(|l| l.trim().to_string()),
+                ce: count(files, &d, "dimm_ce_count"),
+                ue: count(files, &d, "dimm_ue_count"),
             });
         }
     }
@@ -267,7 +262,9 @@ fn read_controller(dir: &Path, number: u32) -> Result<Controller, SourceError> {
 
 /// Reads `/sys/devices/system/edac/mc`.
 #[derive(Debug, Default)]
-pub struct EdacSource;
+pub struct EdacSource {
+    files: Files,
+}
 
 impl Source for EdacSource {
     fn name(&self) -> &'static str {
@@ -275,12 +272,14 @@ impl Source for EdacSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let files = &mut self.files;
+        files.begin_cycle();
         let dir = paths.sys("devices/system/edac/mc");
-        let Some(controllers) = numbered(&dir, "mc")? else {
+        let Some(controllers) = numbered(files, &dir, "mc")? else {
             return Ok(());
         };
         for (n, name) in controllers {
-            let mc = read_controller(&dir.join(name), n)?;
+            let mc = read_controller(files, &dir.join(name), n)?;
             emit_controller(&mc, out);
         }
         Ok(())

@@ -18,8 +18,9 @@
 //!
 //! Pure parts ([`clean_name`], [`explode_sensor_filename`], [`chip_base_name`],
 //! [`disambiguate`], [`sensor_series`]) are tested with literal strings; the
-//! reader only lists directories, resolves links and reads each attribute
-//! file once per cycle.
+//! reader lists directories, resolves links and reads labels and limits at
+//! start and on [`Files`]' slow refresh, and re-reads each value file once
+//! per cycle through a kept descriptor.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use crate::emit::{Emitter, MetricType};
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Sensor types node_exporter reads; other files are ignored.
 const SENSOR_TYPES: &[&str] = &[
@@ -348,9 +350,42 @@ pub fn sensor_series(sensor: &str, props: &BTreeMap<String, String>) -> Vec<Hwmo
     out
 }
 
-/// Reads `/sys/class/hwmon`.
+/// Sensor properties that are configuration, not measurement (labels and
+/// limits): read at start and on each refresh of [`Files`], not every cycle.
+const STATIC_PROPERTIES: &[&str] = &[
+    "label",
+    "min",
+    "max",
+    "crit",
+    "lcrit",
+    "emergency",
+    "min_hyst",
+    "max_hyst",
+    "crit_hyst",
+    "lcrit_hyst",
+    "emergency_hyst",
+    "type",
+    "offset",
+    "div",
+    "pulses",
+    "rated_min",
+    "rated_max",
+    "cap",
+    "cap_min",
+    "cap_max",
+    "accuracy",
+    "average_interval",
+    "average_interval_min",
+    "average_interval_max",
+];
+
+/// Reads `/sys/class/hwmon`. Chip names, directory listings, labels and
+/// limits come from [`Files`]' refreshed cache; values are re-read through
+/// kept descriptors.
 #[derive(Debug, Default)]
-pub struct HwmonSource;
+pub struct HwmonSource {
+    files: Files,
+}
 
 /// A chip directory found in one cycle.
 struct Chip {
@@ -365,24 +400,25 @@ impl Source for HwmonSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let files = &mut self.files;
+        files.begin_cycle();
         let class_dir = paths.sys("class/hwmon");
-        let entries = match std::fs::read_dir(&class_dir) {
-            Ok(entries) => entries,
+        let names = match files.list(&class_dir) {
+            Ok(names) => names,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&class_dir, e)),
         };
-        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-        dirs.sort();
         let mut chips = Vec::new();
-        for dir in dirs {
+        for name in names.iter() {
+            let dir = class_dir.join(name);
             // Entries are symlinks into /sys/devices; follow them, and skip
             // dangling links and anything that is not a directory.
-            if !std::fs::metadata(&dir).map(|m| m.is_dir()).unwrap_or(false) {
+            if !files.is_dir(&dir) {
                 continue;
             }
-            let device_target = std::fs::canonicalize(dir.join("device")).ok();
-            let name_file = std::fs::read_to_string(dir.join("name")).ok();
-            let real_dir = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+            let device_target = files.canonicalize(&dir.join("device"));
+            let name_file = files.read_static(&dir.join("name")).map(|s| s.to_string());
+            let real_dir = files.canonicalize(&dir).unwrap_or_else(|| dir.clone());
             let dir_name = real_dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -404,20 +440,20 @@ impl Source for HwmonSource {
         let identities: Vec<ChipIdentity> = chips.iter().map(|c| c.identity.clone()).collect();
         let labels = disambiguate(&identities);
         for (chip, chip_label) in chips.iter().zip(labels) {
-            emit_chip(chip, &chip_label, out);
+            emit_chip(files, chip, &chip_label, out);
         }
         Ok(())
     }
 }
 
 /// Reads one chip's attribute files and records its series.
-fn emit_chip(chip: &Chip, chip_label: &str, out: &mut Emitter) {
+fn emit_chip(files: &mut Files, chip: &Chip, chip_label: &str, out: &mut Emitter) {
     let mut data: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    read_sensor_files(&chip.dir, &mut data);
+    read_sensor_files(files, &chip.dir, &mut data);
     // Older drivers keep their attributes in the device directory.
     let device_dir = chip.dir.join("device");
-    if std::fs::metadata(&device_dir).is_ok() {
-        read_sensor_files(&device_dir, &mut data);
+    if files.is_dir(&device_dir) {
+        read_sensor_files(files, &device_dir, &mut data);
     }
     if let Some(chip_name) = chip.name_file.as_deref().map(clean_name).filter(|n| !n.is_empty()) {
         out.gauge(
@@ -438,22 +474,29 @@ fn emit_chip(chip: &Chip, chip_label: &str, out: &mut Emitter) {
 
 /// Reads every attribute file of a known sensor type in `dir` into
 /// `data[sensor][property]`, with surrounding line feeds removed. Unreadable
-/// files (absent sensors, directories, driver errors) are skipped.
-fn read_sensor_files(dir: &Path, data: &mut BTreeMap<String, BTreeMap<String, String>>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.filter_map(|e| e.ok()) {
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else { continue };
+/// files (absent sensors, directories, driver errors) are skipped. Labels
+/// and limits come from the static cache; one bounded `pread` per value.
+fn read_sensor_files(files: &mut Files, dir: &Path, data: &mut BTreeMap<String, BTreeMap<String, String>>) {
+    let Ok(names) = files.list(dir) else { return };
+    for file_name in names.iter() {
         let Some((sensor_type, number, property)) = explode_sensor_filename(file_name) else {
             continue;
         };
         if !SENSOR_TYPES.contains(&sensor_type) {
             continue;
         }
-        let Ok(bytes) = std::fs::read(entry.path()) else {
-            continue;
+        let path = dir.join(file_name);
+        let value = if STATIC_PROPERTIES.contains(&property) {
+            match files.read_static(&path) {
+                Some(text) => text.trim_matches('\n').to_string(),
+                None => continue,
+            }
+        } else {
+            match files.read_bytes(&path) {
+                Ok(bytes) => String::from_utf8_lossy(bytes).trim_matches('\n').to_string(),
+                Err(_) => continue,
+            }
         };
-        let value = String::from_utf8_lossy(&bytes).trim_matches('\n').to_string();
         data.entry(format!("{sensor_type}{number}"))
             .or_default()
             .insert(property.to_string(), value);

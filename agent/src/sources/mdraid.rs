@@ -24,7 +24,8 @@ use std::path::Path;
 
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
-use crate::source::{Source, SourceError, read_attr};
+use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// One array as `/proc/mdstat` shows it.
 #[derive(Clone, Debug, PartialEq)]
@@ -236,8 +237,8 @@ fn state_set(out: &mut Emitter, name: &str, help: &str, device: &str, label: &st
 }
 
 /// Reads one `sys/block/mdN/md` directory.
-fn collect_sysfs_array(device: &str, dir: &Path, out: &mut Emitter) {
-    let number = |file: &str| read_attr(&dir.join(file)).and_then(|t| t.trim().parse::<u64>().ok());
+fn collect_sysfs_array(files: &mut Files, device: &str, dir: &Path, out: &mut Emitter) {
+    let mut number = |file: &str| files.attr_in(dir, file).and_then(|t| t.trim().parse::<u64>().ok());
     out.gauge(
         "node_md_degraded",
         "Number of degraded disks on device.",
@@ -252,7 +253,7 @@ fn collect_sysfs_array(device: &str, dir: &Path, out: &mut Emitter) {
             n as f64,
         );
     }
-    if let Some(state) = read_attr(&dir.join("array_state")) {
+    if let Some(state) = files.attr_in(dir, "array_state") {
         state_set(
             out,
             "hostpulse_md_array_state",
@@ -263,7 +264,7 @@ fn collect_sysfs_array(device: &str, dir: &Path, out: &mut Emitter) {
             state.trim(),
         );
     }
-    if let Some(action) = read_attr(&dir.join("sync_action")) {
+    if let Some(action) = files.attr_in(dir, "sync_action") {
         state_set(
             out,
             "hostpulse_md_sync_action",
@@ -274,7 +275,7 @@ fn collect_sysfs_array(device: &str, dir: &Path, out: &mut Emitter) {
             action.trim(),
         );
     }
-    if let Some(ratio) = read_attr(&dir.join("sync_completed")).and_then(|t| parse_sync_completed(&t)) {
+    if let Some(ratio) = files.attr_in(dir, "sync_completed").and_then(|t| parse_sync_completed(&t)) {
         out.gauge(
             "hostpulse_md_sync_completed_ratio",
             "Progress of the running resync/recovery/check of the md array, 0 to 1; absent when none runs.",
@@ -282,38 +283,39 @@ fn collect_sysfs_array(device: &str, dir: &Path, out: &mut Emitter) {
             ratio,
         );
     }
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut members: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("dev-").map(str::to_string))
-        .collect();
-    members.sort();
+    // Membership changes (a disk added or ejected) are seen at the next
+    // refresh of the listing; the member states are read every cycle.
+    let Ok(entries) = files.list(dir) else { return };
+    let members: Vec<&str> = entries.iter().filter_map(|e| e.strip_prefix("dev-")).collect();
     for member in members {
         let member_dir = dir.join(format!("dev-{member}"));
-        if let Some(state) = read_attr(&member_dir.join("state")) {
+        if let Some(state) = files.attr_in(&member_dir, "state") {
             for flag in member_flags(&state) {
                 out.gauge(
                     "hostpulse_md_member_state",
                     "Flags of an md array member from sysfs (in_sync, faulty, spare, write_mostly, blocked, ...), value 1.",
-                    &[("device", device), ("member", &member), ("state", flag)],
+                    &[("device", device), ("member", member), ("state", flag)],
                     1.0,
                 );
             }
         }
-        if let Some(errors) = read_attr(&member_dir.join("errors")).and_then(|t| t.trim().parse::<u64>().ok()) {
+        if let Some(errors) = files.attr_in(&member_dir, "errors").and_then(|t| t.trim().parse::<u64>().ok()) {
             out.gauge(
                 "hostpulse_md_member_read_errors",
                 "Read errors on an md array member that were corrected and not (yet) ejected the member, from sysfs.",
-                &[("device", device), ("member", &member)],
+                &[("device", device), ("member", member)],
                 errors as f64,
             );
         }
     }
 }
 
-/// Reads `/proc/mdstat` and `/sys/block/md*/md`.
+/// Reads `/proc/mdstat` and `/sys/block/md*/md`; listings come from the
+/// refreshed cache, states through kept descriptors.
 #[derive(Debug, Default)]
-pub struct MdraidSource;
+pub struct MdraidSource {
+    files: Files,
+}
 
 impl Source for MdraidSource {
     fn name(&self) -> &'static str {
@@ -321,31 +323,28 @@ impl Source for MdraidSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let files = &mut self.files;
+        files.begin_cycle();
         let path = paths.proc("mdstat");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let arrays = parse_mdstat(&text).map_err(|m| SourceError::parse(&path, m))?;
+        match files.read_bytes(&path) {
+            Ok(bytes) => {
+                let text = std::str::from_utf8(bytes).map_err(|_| SourceError::parse(&path, "not UTF-8"))?;
+                let arrays = parse_mdstat(text).map_err(|m| SourceError::parse(&path, m))?;
                 emit_mdstat(&arrays, out);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(SourceError::io(&path, e)),
         }
         let block = paths.sys("block");
-        let entries = match std::fs::read_dir(&block) {
+        let entries = match files.list(&block) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&block, e)),
         };
-        let mut arrays: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| n.starts_with("md"))
-            .collect();
-        arrays.sort();
-        for device in arrays {
-            let dir = block.join(&device).join("md");
-            if dir.is_dir() {
-                collect_sysfs_array(&device, &dir, out);
+        for device in entries.iter().filter(|n| n.starts_with("md")) {
+            let dir = block.join(device).join("md");
+            if files.is_dir(&dir) {
+                collect_sysfs_array(files, device, &dir, out);
             }
         }
         Ok(())

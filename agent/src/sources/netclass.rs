@@ -19,7 +19,8 @@ use std::path::Path;
 
 use crate::emit::{Emitter, MetricType};
 use crate::paths::HostPaths;
-use crate::source::{Source, SourceError, read_attr};
+use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Parses a decimal or `0x` hexadecimal sysfs number.
 pub fn parse_number(text: &str) -> Option<i64> {
@@ -91,12 +92,34 @@ const AER_FILES: &[(&str, &str)] = &[
     ("aer_dev_fatal", "fatal"),
 ];
 
-/// Reads `/sys/class/net`.
-#[derive(Debug, Default)]
-pub struct NetclassSource;
+/// Properties fixed while the interface exists (identity and naming): read
+/// at start and on [`Files`]' refresh; the rest are re-read every cycle.
+const STATIC_FILES: &[&str] = &[
+    "address",
+    "broadcast",
+    "addr_assign_type",
+    "dev_id",
+    "ifindex",
+    "iflink",
+    "name_assign_type",
+    "type",
+];
 
-fn collect_interface(device: &str, dir: &Path, out: &mut Emitter) {
-    let attr = |name: &str| read_attr(&dir.join(name));
+/// Reads `/sys/class/net`; listings and identity attributes come from the
+/// refreshed cache, link state through kept descriptors.
+#[derive(Debug, Default)]
+pub struct NetclassSource {
+    files: Files,
+}
+
+fn collect_interface(files: &mut Files, device: &str, dir: &Path, out: &mut Emitter) {
+    let mut attr = |name: &str| {
+        if STATIC_FILES.contains(&name) {
+            files.static_in(dir, name)
+        } else {
+            files.attr_in(dir, name)
+        }
+    };
     let operstate = attr("operstate").unwrap_or_default();
     out.gauge(
         "node_network_up",
@@ -134,8 +157,9 @@ fn collect_interface(device: &str, dir: &Path, out: &mut Emitter) {
             (value * scale) as f64,
         );
     }
+    let device_dir = dir.join("device");
     for (file, severity) in AER_FILES {
-        let Some(text) = read_attr(&dir.join("device").join(file)) else {
+        let Some(text) = files.attr_in(&device_dir, file) else {
             continue;
         };
         // A malformed file is skipped rather than failing every interface.
@@ -157,22 +181,19 @@ impl Source for NetclassSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let files = &mut self.files;
+        files.begin_cycle();
         let dir = paths.sys("class/net");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
+        let devices = match files.list(&dir) {
+            Ok(devices) => devices,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&dir, e)),
         };
-        let mut devices: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .collect();
-        devices.sort();
-        for device in devices {
-            let iface = dir.join(&device);
+        for device in devices.iter() {
+            let iface = dir.join(device);
             // `bonding_masters` and other plain files are not interfaces.
-            if iface.is_dir() {
-                collect_interface(&device, &iface, out);
+            if files.is_dir(&iface) {
+                collect_interface(files, device, &iface, out);
             }
         }
         Ok(())

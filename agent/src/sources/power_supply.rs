@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// How an attribute file becomes a series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,9 +162,12 @@ fn parse_go_int(s: &str) -> Option<i64> {
     i64::try_from(value).ok()
 }
 
-/// Reads `/sys/class/power_supply`.
+/// Reads `/sys/class/power_supply`; the supplies and their attribute
+/// listings come from the refreshed cache, values through kept descriptors.
 #[derive(Debug, Default)]
-pub struct PowerSupplySource;
+pub struct PowerSupplySource {
+    files: Files,
+}
 
 impl Source for PowerSupplySource {
     fn name(&self) -> &'static str {
@@ -171,25 +175,24 @@ impl Source for PowerSupplySource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let files = &mut self.files;
+        files.begin_cycle();
         let dir = paths.sys("class/power_supply");
-        let entries = match std::fs::read_dir(&dir) {
+        let supplies = match files.list(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&dir, e)),
         };
-        let mut supplies: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        supplies.sort();
-        for supply in supplies {
-            let supply_dir = dir.join(&supply);
+        for supply in supplies.iter() {
+            let supply_dir = dir.join(supply);
             let mut attrs = BTreeMap::new();
             for (file, _, _) in ATTRIBUTES {
-                let path = supply_dir.join(file);
                 // Absent attributes are normal, and some drivers fail reads
                 // (ENODATA, EINVAL) of attributes they list; skip those.
-                if let Ok(bytes) = std::fs::read(&path) {
+                if !files.has(&supply_dir, file) {
+                    continue;
+                }
+                if let Ok(bytes) = files.read_bytes(&supply_dir.join(file)) {
                     attrs.insert((*file).to_string(), String::from_utf8_lossy(&bytes).into_owned());
                 }
             }
@@ -198,11 +201,11 @@ impl Source for PowerSupplySource {
                 out.gauge(
                     &format!("node_power_supply_{suffix}"),
                     &format!("{suffix} value of /sys/class/power_supply/<power_supply>."),
-                    &[("power_supply", &supply)],
+                    &[("power_supply", supply)],
                     *value,
                 );
             }
-            let mut labels: Vec<(&str, &str)> = vec![("power_supply", &supply)];
+            let mut labels: Vec<(&str, &str)> = vec![("power_supply", supply)];
             labels.extend(series.info.iter().map(|(k, v)| (*k, v.as_str())));
             out.gauge(
                 "node_power_supply_info",

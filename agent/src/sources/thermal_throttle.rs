@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
-use crate::source::{Source, SourceError, read_attr};
+use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// What one logical CPU's sysfs directory says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,27 +57,28 @@ pub fn parse_count(text: &str) -> Option<u64> {
     text.trim().parse().ok()
 }
 
-/// Numbers of the `cpuN` directories under `dir`, sorted numerically.
-pub(crate) fn cpu_numbers(dir: &std::path::Path) -> Result<Option<Vec<u32>>, SourceError> {
-    let entries = match std::fs::read_dir(dir) {
+/// Numbers of the `cpuN` directories under `dir`, sorted numerically (the
+/// listing is cached until the next refresh of `files`).
+pub(crate) fn cpu_numbers(files: &mut Files, dir: &std::path::Path) -> Result<Option<Vec<u32>>, SourceError> {
+    let entries = match files.list(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(SourceError::io(dir, e)),
     };
     let mut cpus: Vec<u32> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name();
-            name.to_str()?.strip_prefix("cpu")?.parse::<u32>().ok()
-        })
+        .iter()
+        .filter_map(|name| name.strip_prefix("cpu")?.parse::<u32>().ok())
         .collect();
     cpus.sort_unstable();
     Ok(Some(cpus))
 }
 
-/// Reads the per-CPU `thermal_throttle` directories.
+/// Reads the per-CPU `thermal_throttle` directories; topology from the
+/// refreshed cache, counters through kept descriptors.
 #[derive(Debug, Default)]
-pub struct ThermalThrottleSource;
+pub struct ThermalThrottleSource {
+    files: Files,
+}
 
 impl Source for ThermalThrottleSource {
     fn name(&self) -> &'static str {
@@ -84,28 +86,35 @@ impl Source for ThermalThrottleSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let files = &mut self.files;
+        files.begin_cycle();
         let dir = paths.sys("devices/system/cpu");
-        let Some(numbers) = cpu_numbers(&dir)? else {
+        let Some(numbers) = cpu_numbers(files, &dir)? else {
             return Ok(());
         };
         let mut cpus = Vec::new();
         for n in numbers {
             let cpu = dir.join(format!("cpu{n}"));
             let throttle = cpu.join("thermal_throttle");
-            if !throttle.is_dir() {
+            if !files.is_dir(&throttle) {
                 continue;
             }
+            let topology = cpu.join("topology");
             let (Some(package), Some(core)) = (
-                read_attr(&cpu.join("topology/physical_package_id")),
-                read_attr(&cpu.join("topology/core_id")),
+                files.static_in(&topology, "physical_package_id"),
+                files.static_in(&topology, "core_id"),
             ) else {
                 continue;
             };
             cpus.push(CpuThrottle {
                 package,
                 core,
-                core_count: read_attr(&throttle.join("core_throttle_count")).and_then(|t| parse_count(&t)),
-                package_count: read_attr(&throttle.join("package_throttle_count")).and_then(|t| parse_count(&t)),
+                core_count: files
+                    .attr_in(&throttle, "core_throttle_count")
+                    .and_then(|t| parse_count(&t)),
+                package_count: files
+                    .attr_in(&throttle, "package_throttle_count")
+                    .and_then(|t| parse_count(&t)),
             });
         }
         let counts = throttle_counts(&cpus);

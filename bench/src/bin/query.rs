@@ -98,7 +98,11 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let started = Instant::now();
     let out = cmd.output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
-        bail!("{what} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     eprintln!("{what}: {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -232,17 +236,47 @@ async fn start_prometheus(dir: &Path, data: &Path, client: &reqwest::Client) -> 
     Ok(s)
 }
 
+/// `k=v&...` with every byte outside the unreserved set percent-encoded.
+fn encode_params(params: &[(&str, String)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    params
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// One timed range query; returns the wall time and the series count.
-async fn time_query(client: &reqwest::Client, s: &Server, q: &str, start: i64, end: i64, step: u32) -> Result<(Duration, usize)> {
+async fn time_query(
+    client: &reqwest::Client,
+    s: &Server,
+    q: &str,
+    start: i64,
+    end: i64,
+    step: u32,
+) -> Result<(Duration, usize)> {
     let started = Instant::now();
     let resp = client
-        .get(format!("{}/api/v1/query_range", s.base))
-        .query(&[
-            ("query", q.to_string()),
-            ("start", start.to_string()),
-            ("end", end.to_string()),
-            ("step", step.to_string()),
-        ])
+        .get(format!(
+            "{}/api/v1/query_range?{}",
+            s.base,
+            encode_params(&[
+                ("query", q.to_string()),
+                ("start", start.to_string()),
+                ("end", end.to_string()),
+                ("step", step.to_string()),
+            ])
+        ))
         .send()
         .await?;
     let body: serde_json::Value = resp.json().await?;
@@ -303,7 +337,10 @@ async fn main() -> Result<()> {
         "range queries over {} h at a {} s step, {} hosts; median of {} runs (ms)",
         args.hours, args.step, args.hosts, args.runs
     );
-    println!("{:<100} {:>10} {:>16} {:>11} {:>8} {:>8}", "query", "hostpulse", "VictoriaMetrics", "Prometheus", "hp/VM", "series");
+    println!(
+        "{:<100} {:>10} {:>16} {:>11} {:>8} {:>8}",
+        "query", "hostpulse", "VictoriaMetrics", "Prometheus", "hp/VM", "series"
+    );
     for q in queries {
         let mut medians = Vec::new();
         let mut series = Vec::new();

@@ -427,7 +427,13 @@ impl Server {
         if !status.success() {
             bail!("kill -TERM failed");
         }
-        self.0.wait()?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.0.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("the server did not stop within 120 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Ok(())
     }
 }
@@ -525,6 +531,8 @@ async fn stream_host(
         })),
     })
     .await?;
+    // Dropped when this function returns, however it returns.
+    let (_done, done_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let mut defs = Some(defs);
         for (i, (ts, refs, values)) in batches.into_iter().enumerate() {
@@ -544,8 +552,12 @@ async fn stream_host(
                 return;
             }
         }
-        // Keep the request side open until the collector has answered.
-        tx.closed().await;
+        // Keep the request side open until the last ack arrived (or the
+        // stream failed), then end it so the collector can stop cleanly.
+        tokio::select! {
+            _ = tx.closed() => {}
+            _ = done_rx => {}
+        }
     });
     let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
     if last_seq == 0 {

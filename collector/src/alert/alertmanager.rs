@@ -238,7 +238,11 @@ mod tests {
         let t0 = 1_700_000_000_000;
         am.sync(&board, true, t0, 10_000).await;
         am.sync(&board, false, t0 + 10_000, 10_000).await;
-        assert_eq!(hits.lock().unwrap().len(), 2, "sent once to each, not again within the interval");
+        assert_eq!(
+            hits.lock().unwrap().len(),
+            2,
+            "sent once to each, not again within the interval"
+        );
         am.sync(&board, false, t0 + RESEND_INTERVAL_MS, 10_000).await;
         assert_eq!(hits.lock().unwrap().len(), 4, "re-sent after the interval");
         am.sync(&board, true, t0 + RESEND_INTERVAL_MS + 1, 10_000).await;

@@ -245,7 +245,15 @@ async fn reload(State(rules): State<Arc<Rules>>) -> Response {
     let reloaded = tokio::task::spawn_blocking(move || rules.reload()).await;
     match reloaded {
         Ok(Ok(n)) => (StatusCode::OK, format!("reloaded {n} rules\n")).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed to reload rules: {e}\n")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed to reload rules: {e}\n")).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to reload rules: {e}\n"),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to reload rules: {e}\n"),
+        )
+            .into_response(),
     }
 }

@@ -162,7 +162,8 @@ impl AlertDb {
             summary: event.summary.clone(),
         };
         let id = self.db.generate_id()?;
-        self.history.insert(history_key(event.at_ms, id), serde_json::to_vec(&s)?)?;
+        self.history
+            .insert(history_key(event.at_ms, id), serde_json::to_vec(&s)?)?;
         Ok(())
     }
 

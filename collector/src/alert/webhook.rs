@@ -433,7 +433,8 @@ mod tests {
 
     #[tokio::test]
     async fn signed_bodies_verify() {
-        let seen: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::new(Mutex::new(Vec::new()));
+        type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+        let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let app = axum::Router::new().route(
             "/hook",
@@ -453,8 +454,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         let telemetry = Arc::new(Telemetry::default());
-        let notifier = Notifier::new(vec![format!("http://{addr}/hook")], telemetry.clone())
-            .with_secret(Some(b"s3cret".to_vec()));
+        let notifier =
+            Notifier::new(vec![format!("http://{addr}/hook")], telemetry.clone()).with_secret(Some(b"s3cret".to_vec()));
         notifier.notify(&[alert("temp1", AlertState::Firing)]).await;
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1);

@@ -53,9 +53,9 @@ impl Evaluator for StoreEvaluator {
         match value {
             Value::Vector(samples) => Ok(samples.into_iter().map(|s| (s.labels, s.v)).collect()),
             Value::Scalar { v, .. } => Ok(vec![(Labels::default(), v)]),
-            Value::Matrix(_) | Value::String { .. } => {
-                Err(EvalError("rule expression must yield an instant vector or a scalar".into()))
-            }
+            Value::Matrix(_) | Value::String { .. } => Err(EvalError(
+                "rule expression must yield an instant vector or a scalar".into(),
+            )),
         }
     }
 }

@@ -148,7 +148,11 @@ pub fn parse_rule_file(file: &str, text: &str) -> Result<Vec<RuleGroup>, Vec<Rul
     let mut names = HashSet::new();
     for (gi, g) in parsed.groups.into_iter().enumerate() {
         let gname = if g.name.is_empty() {
-            errors.push(err(None, None, format!("group #{}: group name must not be empty", gi + 1)));
+            errors.push(err(
+                None,
+                None,
+                format!("group #{}: group name must not be empty", gi + 1),
+            ));
             format!("#{}", gi + 1)
         } else {
             g.name.clone()
@@ -314,9 +318,7 @@ pub fn check_expr(expr: &str) -> Result<(), String> {
         .unwrap_or_else(|_| Err("the expression could not be parsed".to_string()))?;
     match parsed.value_type() {
         ValueType::Vector | ValueType::Scalar => Ok(()),
-        other => Err(format!(
-            "must evaluate to an instant vector or a scalar, not a {other}"
-        )),
+        other => Err(format!("must evaluate to an instant vector or a scalar, not a {other}")),
     }
 }
 
@@ -381,7 +383,9 @@ fn is_label_name(s: &str) -> bool {
 
 fn is_metric_name(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
@@ -416,7 +420,11 @@ pub fn load_rule_files(paths: &[std::path::PathBuf]) -> Result<Vec<RuleGroup>, L
             Err(e) => errors.extend(e),
         }
     }
-    if errors.is_empty() { Ok(groups) } else { Err(LoadError::Invalid(errors)) }
+    if errors.is_empty() {
+        Ok(groups)
+    } else {
+        Err(LoadError::Invalid(errors))
+    }
 }
 
 fn display(path: &Path) -> String {

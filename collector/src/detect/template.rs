@@ -135,7 +135,9 @@ impl Template {
             if !literal.is_empty() {
                 parts.push(Part::Text(literal.to_string()));
             }
-            let close = after.find("}}").ok_or_else(|| err("unclosed action: missing }}".into()))?;
+            let close = after
+                .find("}}")
+                .ok_or_else(|| err("unclosed action: missing }}".into()))?;
             let mut inner = &after[..close];
             trim_next = false;
             if let Some(i) = inner.strip_suffix(" -") {
@@ -188,7 +190,9 @@ fn parse_pipeline(inner: &str) -> Result<Vec<Command>, String> {
         } else if i == 0 && args.is_empty() {
             commands.push(Command::Operand(operand(first)?));
         } else if first.starts_with('$') || first.starts_with('.') || first.starts_with('"') {
-            return Err(format!("{first:?} is a value, not a function, so it cannot take arguments or be piped into"));
+            return Err(format!(
+                "{first:?} is a value, not a function, so it cannot take arguments or be piped into"
+            ));
         } else {
             return Err(format!("unsupported function or keyword {first:?}"));
         }
@@ -271,7 +275,9 @@ fn operand(word: &str) -> Result<Operand, String> {
     if let Ok(v) = word.parse::<f64>() {
         return Ok(Operand::Num(v));
     }
-    Err(format!("unsupported operand {word:?} (supported: $labels.NAME, $value, literals)"))
+    Err(format!(
+        "unsupported operand {word:?} (supported: $labels.NAME, $value, literals)"
+    ))
 }
 
 fn is_label_name(s: &str) -> bool {
@@ -369,7 +375,11 @@ pub fn format_value(v: f64) -> String {
     } else if v.is_infinite() {
         if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
     } else if v != 0.0 && (v.abs() >= 1e21 || v.abs() < 1e-4) {
-        format_g(v, 17)
+        // Shortest digits that round-trip, in Go's exponent spelling.
+        let s = format!("{v:e}");
+        let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
+        let exp: i64 = exp.parse().unwrap_or(0);
+        format!("{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
     } else {
         format!("{v}")
     }
@@ -575,12 +585,20 @@ mod tests {
             ("{{ $value | humanizeDuration }}", 93_784.0, "1d 2h 3m 4s"),
             ("{{ $value | humanizeDuration }}", 42.5, "42.5s"),
             ("{{ $value | humanizeDuration }}", 0.25, "250ms"),
-            ("{{ printf \"%d errors on %s\" $value $labels.device }}", 7.0, "7 errors on sda"),
+            (
+                "{{ printf \"%d errors on %s\" $value $labels.device }}",
+                7.0,
+                "7 errors on sda",
+            ),
             ("{{ $labels.device | toUpper }}", 0.0, "SDA"),
             ("a  {{- $labels.device -}}  b", 0.0, "asdab"),
             ("{{ $externalLabels.cluster }}", 0.0, ""),
             ("{{ $labels }}", 0.0, "map[device=sda instance=db1]"),
-            ("{{ \"text\" | humanize }}", 0.0, "<error expanding template: \"text\" is not a number>"),
+            (
+                "{{ \"text\" | humanize }}",
+                0.0,
+                "<error expanding template: \"text\" is not a number>",
+            ),
             ("{{ $value }}", f64::NAN, "NaN"),
         ];
         for (template, value, expected) in cases {
@@ -614,5 +632,6 @@ mod tests {
         assert_eq!(format_g(-2.5, 4), "-2.5");
         assert_eq!(format_value(1e-7), "1e-07");
         assert_eq!(format_value(f64::INFINITY), "+Inf");
+        assert_eq!(format_value(2.5e22), "2.5e+22");
     }
 }

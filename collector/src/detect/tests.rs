@@ -15,9 +15,11 @@ const T0: i64 = 1_700_000_000_000;
 
 /// Answers each expression from a table; unknown expressions yield nothing,
 /// expressions mapped to `Err` fail.
+type Answer = Result<Vec<(Labels, f64)>, String>;
+
 #[derive(Default)]
 struct FakeEvaluator {
-    answers: Mutex<HashMap<String, Result<Vec<(Labels, f64)>, String>>>,
+    answers: Mutex<HashMap<String, Answer>>,
 }
 
 impl FakeEvaluator {
@@ -161,7 +163,13 @@ async fn pending_then_firing_then_resolved_with_templates() {
     assert!(rulefile::parse_rule_file("t.yml", RULES).is_err());
     let rules = RULES.replace("\"{{ if_hot }}\"", "warning");
     let h = harness(dir.path(), &rules).await;
-    h.eval.set("disk_hot", &[(&[("__name__", "disk_hot"), ("instance", "db1"), ("device", "sda")], 61.0)]);
+    h.eval.set(
+        "disk_hot",
+        &[(
+            &[("__name__", "disk_hot"), ("instance", "db1"), ("device", "sda")],
+            61.0,
+        )],
+    );
 
     let t = evaluate_once(&h.ctx, T0).await;
     assert!(t.fired.is_empty(), "pending for 1m first");
@@ -198,7 +206,10 @@ async fn pending_then_firing_then_resolved_with_templates() {
     );
     assert_eq!(history[1].summary, "sda on db1 at 61");
     assert!(h.ctx.board.history(T0 + 70_000, T0 + 79_999, 100).unwrap().is_empty());
-    assert_eq!(h.ctx.rules.health("t.yml/disks/DiskHot").last_evaluation_ms, T0 + 80_000);
+    assert_eq!(
+        h.ctx.rules.health("t.yml/disks/DiskHot").last_evaluation_ms,
+        T0 + 80_000
+    );
 }
 
 #[tokio::test]
@@ -239,7 +250,6 @@ async fn restart_neither_pages_twice_nor_forgets() {
             ],
         );
         evaluate_once(&h.ctx, T0 + 70_000).await;
-        h.ctx.store.close().await.unwrap();
     }
     let h = harness(dir.path(), &rules).await;
     assert_eq!(h.ctx.board.firing().len(), 2, "firing alerts survive the restart");
@@ -288,7 +298,11 @@ async fn silent_host_inhibits_its_symptoms() {
 
     // db1 goes silent: its data stops, so the rule no longer holds; db2
     // (also silent) starts matching a rule. Neither resolves nor fires.
-    h.silent.0.lock().unwrap().extend(["db1".to_string(), "db2".to_string()]);
+    h.silent
+        .0
+        .lock()
+        .unwrap()
+        .extend(["db1".to_string(), "db2".to_string()]);
     h.eval.set("link_flap", &[(&[("instance", "db2")], 5.0)]);
     let t = evaluate_once(&h.ctx, T0 + 600_000).await;
     assert_eq!(t.fired.len(), 2, "only the two HostSilent alerts: {t:?}");
@@ -315,7 +329,8 @@ async fn silent_host_inhibits_its_symptoms() {
 async fn recording_rules_write_series() {
     let dir = tempfile::tempdir().unwrap();
     let h = harness(dir.path(), &RULES.replace("\"{{ if_hot }}\"", "warning")).await;
-    h.eval.set("disk_hot", &[(&[("__name__", "disk_hot"), ("instance", "db1")], 42.0)]);
+    h.eval
+        .set("disk_hot", &[(&[("__name__", "disk_hot"), ("instance", "db1")], 42.0)]);
     evaluate_once(&h.ctx, T0).await;
     let store = h.ctx.store.clone();
     let got = store
@@ -342,12 +357,24 @@ async fn reload_swaps_rules_and_retires_removed_ones() {
     h.eval.set("link_flap", &[(&[("instance", "db1")], 5.0)]);
     assert_eq!(evaluate_once(&h.ctx, T0).await.fired.len(), 1);
 
-    std::fs::write(&file, "groups:\n  - name: g\n    rules:\n      - alert: X\n        expr: up ==\n").unwrap();
+    std::fs::write(
+        &file,
+        "groups:\n  - name: g\n    rules:\n      - alert: X\n        expr: up ==\n",
+    )
+    .unwrap();
     let e = h.ctx.rules.reload().unwrap_err().to_string();
     assert!(e.contains("r.yml: group \"g\": rule \"X\": expr: "), "{e}");
-    assert_eq!(h.ctx.rules.groups()[0].rules.len(), 3, "a bad reload keeps the running rules");
+    assert_eq!(
+        h.ctx.rules.groups()[0].rules.len(),
+        3,
+        "a bad reload keeps the running rules"
+    );
 
-    std::fs::write(&file, "groups:\n  - name: g\n    rules:\n      - alert: X\n        expr: x\n").unwrap();
+    std::fs::write(
+        &file,
+        "groups:\n  - name: g\n    rules:\n      - alert: X\n        expr: x\n",
+    )
+    .unwrap();
     assert_eq!(h.ctx.rules.reload().unwrap(), 1);
     let t = evaluate_once(&h.ctx, T0 + 10_000).await;
     assert_eq!(t.resolved.len(), 1, "LinkFlap's rule is gone, so its alert resolves");
@@ -374,7 +401,11 @@ fn builtin_pack_loads_and_every_alert_explains_itself() {
                     "{name} lacks a real {key}"
                 );
             }
-            let severity = r.labels.iter().find(|(k, _, _)| k == "severity").map(|(_, v, _)| v.as_str());
+            let severity = r
+                .labels
+                .iter()
+                .find(|(k, _, _)| k == "severity")
+                .map(|(_, v, _)| v.as_str());
             assert!(matches!(severity, Some("critical" | "warning")), "{name}: {severity:?}");
         }
     }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use hostpulse_proto::{Batch, ErrorCode, SeriesDefinition};
+use hostpulse_proto::{Batch, CollectorMessage, ErrorCode, SeriesDefinition};
 
 use super::IngestLimits;
 use super::validate::{check_label_name, check_metric_name};
@@ -69,6 +69,10 @@ impl DroppedSamples {
 pub struct Session {
     host: String,
     refs: HashMap<u32, Labels>,
+    /// Highest seq acknowledged on this stream, so acks never go backwards
+    /// (a replayed batch below the host's stored seq is acked with the
+    /// higher figure, which is just as true).
+    acked: u64,
 }
 
 impl Session {
@@ -77,7 +81,14 @@ impl Session {
         Session {
             host,
             refs: HashMap::new(),
+            acked: 0,
         }
+    }
+
+    /// The ack to send for a durable `seq`: never below an earlier ack.
+    pub fn ack(&mut self, seq: u64) -> CollectorMessage {
+        self.acked = self.acked.max(seq);
+        CollectorMessage::ack(self.acked)
     }
 
     /// The host this stream writes for.

@@ -228,6 +228,31 @@ async fn replayed_batch_is_acked_but_stored_once() {
 }
 
 #[tokio::test]
+async fn a_returning_agent_is_told_what_is_durable_and_acks_never_go_back() {
+    let h = start(IngestLimits::default()).await;
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(7, t0, temps(), &[(1, 41.0)])).await;
+    agent.expect_ack(7).await;
+    drop(agent);
+
+    // On the next stream the collector speaks first: seq 7 is durable.
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.expect_ack(7).await;
+    // A replay of an older batch is acknowledged with the higher figure.
+    agent.batch(batch(3, t0 - 1000, temps(), &[(1, 40.0)])).await;
+    agent.expect_ack(7).await;
+
+    // A host that never stored anything hears nothing before its first batch.
+    let mut fresh = Agent::connect(&h).await;
+    fresh.hello("web-2").await;
+    fresh.batch(batch(1, t0, temps(), &[(1, 39.0)])).await;
+    fresh.expect_ack(1).await;
+}
+
+#[tokio::test]
 async fn protocol_violations_end_the_stream() {
     let h = start(IngestLimits::default()).await;
     let mut agent = Agent::connect(&h).await;

@@ -102,9 +102,10 @@ impl From<QueryError> for ApiError {
             QueryError::Eval(
                 e @ (EvalError::Execution(_) | EvalError::TooManySamples | EvalError::TooManySeries { .. }),
             ) => (ErrorKind::Execution, e.to_string()),
-            QueryError::Timeout | QueryError::Eval(EvalError::Timeout) => {
-                (ErrorKind::Timeout, "query timed out in expression evaluation".to_string())
-            }
+            QueryError::Timeout | QueryError::Eval(EvalError::Timeout) => (
+                ErrorKind::Timeout,
+                "query timed out in expression evaluation".to_string(),
+            ),
             QueryError::Store(StoreError::Closed) | QueryError::Eval(EvalError::Storage(StoreError::Closed)) => {
                 (ErrorKind::Unavailable, "collector is shutting down".to_string())
             }
@@ -394,7 +395,7 @@ pub async fn query(State(ctx): State<ApiContext>, req: Request) -> Response {
         Ok(super::instant_query(ctx.store.clone(), expr, t, deadline).await?)
     }
     .await;
-    respond_value(result)
+    respond_counted(&ctx.telemetry, result)
 }
 
 /// `/api/v1/query_range`.
@@ -427,6 +428,18 @@ pub async fn query_range(State(ctx): State<ApiContext>, req: Request) -> Respons
         Ok(super::range_query(ctx.store.clone(), expr, start, end, step_ms, deadline).await?)
     }
     .await;
+    respond_counted(&ctx.telemetry, result)
+}
+
+/// Counts an evaluated query by outcome, then answers it.
+fn respond_counted(telemetry: &crate::telemetry::Telemetry, result: Result<Value, ApiError>) -> Response {
+    use crate::telemetry::Counter;
+    telemetry.inc(Counter::PromqlQueries);
+    match &result {
+        Err(e) if e.kind == ErrorKind::Timeout => telemetry.inc(Counter::PromqlTimeouts),
+        Err(e) if e.kind == ErrorKind::Execution => telemetry.inc(Counter::PromqlExecutionErrors),
+        _ => {}
+    }
     respond_value(result)
 }
 
@@ -561,7 +574,10 @@ pub async fn metadata(State(ctx): State<ApiContext>, req: Request) -> Response {
         };
         let metric = p.get("metric").map(str::to_string);
         let store = ctx.store.clone();
-        let names = blocking(MAX_QUERY_TIME, move || Ok(store.label_values(crate::model::METRIC_NAME)?)).await?;
+        let names = blocking(MAX_QUERY_TIME, move || {
+            Ok(store.label_values(crate::model::METRIC_NAME)?)
+        })
+        .await?;
         let mut out = serde_json::Map::new();
         for name in names
             .into_iter()
@@ -727,7 +743,11 @@ mod tests {
         let cases = [
             (QueryError::Eval(EvalError::BadQuery("x".into())), 400, "bad_data"),
             (QueryError::Eval(EvalError::Execution("x".into())), 422, "execution"),
-            (QueryError::Eval(EvalError::TooManySeries { limit: 1 }), 422, "execution"),
+            (
+                QueryError::Eval(EvalError::TooManySeries { limit: 1 }),
+                422,
+                "execution",
+            ),
             (QueryError::Eval(EvalError::Timeout), 503, "timeout"),
             (QueryError::Eval(EvalError::TooManySamples), 422, "execution"),
             (QueryError::Timeout, 503, "timeout"),

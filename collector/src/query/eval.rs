@@ -208,7 +208,9 @@ pub fn parse(text: &str) -> Result<Expr, String> {
 /// `__name__` matcher).
 pub fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, EvalError> {
     if !vs.matchers.or_matchers.is_empty() {
-        return Err(bad("`or` between label matchers is not supported (Prometheus 2.42 has no such syntax)"));
+        return Err(bad(
+            "`or` between label matchers is not supported (Prometheus 2.42 has no such syntax)",
+        ));
     }
     let mut matchers = Vec::with_capacity(vs.matchers.matchers.len() + 1);
     if let Some(name) = &vs.name {
@@ -317,7 +319,11 @@ pub fn eval_instant(
     deadline: Option<Instant>,
 ) -> Result<Value, EvalError> {
     let mut ev = Evaluator::new(src, t, t, limits, deadline);
-    let grid = Grid { start: t, end: t, step: 1 };
+    let grid = Grid {
+        start: t,
+        end: t,
+        step: 1,
+    };
     let inner = unwrap_parens(expr);
     match inner {
         Expr::MatrixSelector(ms) => {
@@ -392,8 +398,7 @@ pub fn eval_range(
             let mut out: Vec<Series> = series
                 .into_iter()
                 .filter_map(|s| {
-                    let points: Vec<(i64, f64)> =
-                        grid.times().zip(s.vals).filter_map(|(t, v)| Some((t, v?))).collect();
+                    let points: Vec<(i64, f64)> = grid.times().zip(s.vals).filter_map(|(t, v)| Some((t, v?))).collect();
                     (!points.is_empty()).then_some(Series {
                         labels: s.labels,
                         points,
@@ -419,11 +424,7 @@ fn raw_range(arg: RangeArg, t: i64) -> Vec<Series> {
         .series
         .into_iter()
         .filter_map(|s| {
-            let points: Vec<(i64, f64)> = s
-                .samples
-                .into_iter()
-                .filter(|(ts, _)| (lo..=hi).contains(ts))
-                .collect();
+            let points: Vec<(i64, f64)> = s.samples.into_iter().filter(|(ts, _)| (lo..=hi).contains(ts)).collect();
             (!points.is_empty()).then_some(Series {
                 labels: s.labels,
                 points,
@@ -560,7 +561,12 @@ impl<'a> Evaluator<'a> {
 
     /// An instant vector selector over `grid`; with `timestamps`, each
     /// value is the chosen sample's own time in seconds (`timestamp()`).
-    fn vector_selector(&mut self, vs: &VectorSelector, grid: Grid, timestamps: bool) -> Result<Vec<VSeries>, EvalError> {
+    fn vector_selector(
+        &mut self,
+        vs: &VectorSelector,
+        grid: Grid,
+        timestamps: bool,
+    ) -> Result<Vec<VSeries>, EvalError> {
         let matchers = selector_matchers(vs)?;
         let offset = offset_ms(&vs.offset);
         let at = self.at_ms(&vs.at);
@@ -576,7 +582,8 @@ impl<'a> Evaluator<'a> {
         for s in data {
             let vals: Vec<Option<f64>> = match at {
                 Some(_) => {
-                    let v = instant_sample(&s.samples, first).map(|(ts, v)| if timestamps { ts as f64 / 1000.0 } else { v });
+                    let v = instant_sample(&s.samples, first)
+                        .map(|(ts, v)| if timestamps { ts as f64 / 1000.0 } else { v });
                     vec![v; n]
                 }
                 None => {
@@ -634,11 +641,7 @@ impl<'a> Evaluator<'a> {
         let range = duration_ms(&sq.range);
         let offset = offset_ms(&sq.offset);
         let at = self.at_ms(&sq.at);
-        let step = sq
-            .step
-            .as_ref()
-            .map_or(DEFAULT_SUBQUERY_STEP_MS, duration_ms)
-            .max(1);
+        let step = sq.step.as_ref().map_or(DEFAULT_SUBQUERY_STEP_MS, duration_ms).max(1);
         let mut arg = RangeArg {
             series: Vec::new(),
             range,
@@ -855,7 +858,10 @@ mod tests {
     #[test]
     fn selectors_offset_and_at() {
         let d = data();
-        assert_eq!(vector("m", &d, MIN), vec![("m{i=\"a\"}".into(), 5.0), ("m{i=\"b\"}".into(), 3.0)]);
+        assert_eq!(
+            vector("m", &d, MIN),
+            vec![("m{i=\"a\"}".into(), 5.0), ("m{i=\"b\"}".into(), 3.0)]
+        );
         assert_eq!(one("m{i=\"a\"} offset 1m", &d, 2 * MIN), 5.0);
         assert_eq!(one("m{i=\"a\"} offset -1m", &d, MIN), 7.0);
         assert_eq!(one("m{i=\"a\"} @ 0", &d, 2 * MIN), 1.0);
@@ -869,18 +875,30 @@ mod tests {
     #[test]
     fn at_start_and_end_in_range_queries() {
         let d = data();
-        let Value::Matrix(m) = range("m{i=\"a\"} @ end()", &d, 0, 2 * MIN, MIN).unwrap() else { panic!() };
+        let Value::Matrix(m) = range("m{i=\"a\"} @ end()", &d, 0, 2 * MIN, MIN).unwrap() else {
+            panic!()
+        };
         assert_eq!(m[0].points, vec![(0, 7.0), (MIN, 7.0), (2 * MIN, 7.0)]);
-        let Value::Matrix(m) = range("m{i=\"a\"} @ start()", &d, MIN, 2 * MIN, MIN).unwrap() else { panic!() };
+        let Value::Matrix(m) = range("m{i=\"a\"} @ start()", &d, MIN, 2 * MIN, MIN).unwrap() else {
+            panic!()
+        };
         assert_eq!(m[0].points, vec![(MIN, 5.0), (2 * MIN, 5.0)]);
     }
 
     #[test]
     fn instant_matrix_and_subquery_results() {
         let d = data();
-        let Value::Matrix(m) = instant("m{i=\"a\"}[1m]", &d, 2 * MIN).unwrap() else { panic!() };
-        assert_eq!(m[0].points, vec![(MIN, 5.0), (2 * MIN, 7.0)], "window closed at both ends");
-        let Value::Matrix(m) = instant("m{i=\"a\"}[2m:1m]", &d, 2 * MIN + 1).unwrap() else { panic!() };
+        let Value::Matrix(m) = instant("m{i=\"a\"}[1m]", &d, 2 * MIN).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            m[0].points,
+            vec![(MIN, 5.0), (2 * MIN, 7.0)],
+            "window closed at both ends"
+        );
+        let Value::Matrix(m) = instant("m{i=\"a\"}[2m:1m]", &d, 2 * MIN + 1).unwrap() else {
+            panic!()
+        };
         assert_eq!(m[0].points, vec![(MIN, 5.0), (2 * MIN, 7.0)], "aligned to the step");
         let err = range("m[1m]", &d, 0, MIN, MIN).unwrap_err();
         assert!(err.to_string().contains("\"range vector\" for range query"));
@@ -896,7 +914,9 @@ mod tests {
             instant("\"hi\"", &d, 7).unwrap(),
             Value::String { t: 7, v: "hi".into() }
         );
-        let Value::Matrix(m) = range("4", &d, 0, 30_000, 15_000).unwrap() else { panic!() };
+        let Value::Matrix(m) = range("4", &d, 0, 30_000, 15_000).unwrap() else {
+            panic!()
+        };
         assert_eq!(m[0].points, vec![(0, 4.0), (15_000, 4.0), (30_000, 4.0)]);
     }
 
@@ -916,7 +936,9 @@ mod tests {
             series("m{i=\"a\"}", &[(30 * MIN, 3.0)]),
             series("m{i=\"c\"}", &[(0, 9.0), (MIN, stale)]),
         ];
-        let Value::Matrix(m) = range("m", &d, 0, 2 * MIN + 1, MIN).unwrap() else { panic!() };
+        let Value::Matrix(m) = range("m", &d, 0, 2 * MIN + 1, MIN).unwrap() else {
+            panic!()
+        };
         assert_eq!(m.len(), 2, "series a has no point in range and is dropped");
         assert_eq!(m[0].labels.get("i"), "b");
         assert_eq!(m[0].points, vec![(0, 1.0), (MIN, 2.0), (2 * MIN, 2.0)]);

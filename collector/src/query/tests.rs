@@ -256,13 +256,24 @@ async fn bad_requests_get_prometheus_errors() {
     assert_error(&s.get(q, &[]).await, 400, "bad_data", "invalid parameter \"query\"");
     // Evaluation errors are 422 `execution` with Prometheus's wording.
     assert_error(
-        &s.get(q, &[("query", "node_load1 * on() node_load1"), ("time", &secs(T0))]).await,
+        &s.get(q, &[("query", "node_load1 * on() node_load1"), ("time", &secs(T0))])
+            .await,
         422,
         "execution",
         "found duplicate series for the match group {} on the right hand-side of the operation",
     );
     assert_error(
-        &s.get(q, &[("query", "label_replace(node_load1, \"instance\", \"\", \"instance\", \".*\")"), ("time", &secs(T0))]).await,
+        &s.get(
+            q,
+            &[
+                (
+                    "query",
+                    "label_replace(node_load1, \"instance\", \"\", \"instance\", \".*\")",
+                ),
+                ("time", &secs(T0)),
+            ],
+        )
+        .await,
         422,
         "execution",
         "vector cannot contain metrics with the same labelset",
@@ -339,6 +350,9 @@ async fn bad_requests_get_prometheus_errors() {
     let resp = s.client.put(format!("{}{q}", s.base)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 405);
     assert!(s.telemetry.get(Counter::HttpErrors) >= 15);
+    assert_eq!(s.telemetry.get(Counter::PromqlTimeouts), 1);
+    assert_eq!(s.telemetry.get(Counter::PromqlExecutionErrors), 2);
+    assert!(s.telemetry.get(Counter::PromqlQueries) >= 6);
 }
 
 #[tokio::test]
@@ -411,21 +425,31 @@ async fn promql_evaluates_functions_aggregations_and_operators() {
         body["data"]["result"][0]["values"],
         json!([[1_700_000_015, "1.5"], [1_700_000_030, "1e+21"]])
     );
-    assert_eq!(body["data"]["result"][0]["metric"], json!({"instance": "db1", "job": "hostpulse"}));
+    assert_eq!(
+        body["data"]["result"][0]["metric"],
+        json!({"instance": "db1", "job": "hostpulse"})
+    );
 }
 
 #[tokio::test]
 async fn format_query_and_metadata() {
     let s = Server::start().await;
-    let (status, body) = s.get("/api/v1/format_query", &[("query", "sum  by(job)(rate(x[5m]))")]).await;
+    let (status, body) = s
+        .get("/api/v1/format_query", &[("query", "sum  by(job)(rate(x[5m]))")])
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"], "sum by (job) (rate(x[5m]))");
     let (status, body) = s.post("/api/v1/format_query", &[("query", "x{")]).await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = s.get("/api/v1/metadata", &[]).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["node_load1"], json!([{"type": "gauge", "help": "", "unit": ""}]));
-    let (_, body) = s.get("/api/v1/metadata", &[("metric", "node_hwmon_temp_celsius")]).await;
+    assert_eq!(
+        body["data"]["node_load1"],
+        json!([{"type": "gauge", "help": "", "unit": ""}])
+    );
+    let (_, body) = s
+        .get("/api/v1/metadata", &[("metric", "node_hwmon_temp_celsius")])
+        .await;
     assert_eq!(body["data"].as_object().unwrap().len(), 1);
     let (_, body) = s.get("/api/v1/metadata", &[("limit", "1")]).await;
     assert_eq!(body["data"].as_object().unwrap().len(), 1);

@@ -44,10 +44,30 @@ fn fixture() -> Vec<SeriesSamples> {
             add("node_hwmon_temp_celsius", &l, 55.0, 0.01);
             add("node_hwmon_temp_crit_celsius", &l, 100.0, 0.0);
         }
-        add("node_hwmon_fan_rpm", &[("chip", "platform_nct6775_656"), ("sensor", "fan1")], 1200.0, 0.0);
-        add("node_hwmon_in_volts", &[("chip", "platform_nct6775_656"), ("sensor", "in0")], 1.2, 0.0);
-        add("node_hwmon_power_watt", &[("chip", "acpi_power_meter"), ("sensor", "power1")], 180.0, 0.0);
-        add("node_thermal_zone_temp", &[("type", "x86_pkg_temp"), ("zone", "0")], 52.0, 0.0);
+        add(
+            "node_hwmon_fan_rpm",
+            &[("chip", "platform_nct6775_656"), ("sensor", "fan1")],
+            1200.0,
+            0.0,
+        );
+        add(
+            "node_hwmon_in_volts",
+            &[("chip", "platform_nct6775_656"), ("sensor", "in0")],
+            1.2,
+            0.0,
+        );
+        add(
+            "node_hwmon_power_watt",
+            &[("chip", "acpi_power_meter"), ("sensor", "power1")],
+            180.0,
+            0.0,
+        );
+        add(
+            "node_thermal_zone_temp",
+            &[("type", "x86_pkg_temp"), ("zone", "0")],
+            52.0,
+            0.0,
+        );
         add(
             "node_rapl_package_joules_total",
             &[("index", "0"), ("path", "/sys/class/powercap/intel-rapl:0")],
@@ -55,7 +75,12 @@ fn fixture() -> Vec<SeriesSamples> {
             1500.0,
         );
         add("node_cpu_package_throttles_total", &[("package", "0")], 3.0, 0.1);
-        add("node_cpu_core_throttles_total", &[("core", "0"), ("package", "0")], 2.0, 0.1);
+        add(
+            "node_cpu_core_throttles_total",
+            &[("core", "0"), ("package", "0")],
+            2.0,
+            0.1,
+        );
         for cpu in ["0", "1"] {
             add("node_cpu_seconds_total", &[("cpu", cpu), ("mode", "idle")], 1e5, 12.0);
             add("node_cpu_seconds_total", &[("cpu", cpu), ("mode", "user")], 1e4, 2.5);
@@ -74,18 +99,33 @@ fn fixture() -> Vec<SeriesSamples> {
         add("node_disk_written_bytes_total", &[("device", "sda")], 2e9, 3e6);
         add("node_disk_io_time_seconds_total", &[("device", "sda")], 100.0, 1.5);
         add("smartctl_device_smart_status", &[("device", "sda")], 1.0, 0.0);
-        add("smartctl_device_temperature", &[("device", "sda"), ("temperature_type", "current")], 38.0, 0.0);
+        add(
+            "smartctl_device_temperature",
+            &[("device", "sda"), ("temperature_type", "current")],
+            38.0,
+            0.0,
+        );
         add("smartctl_device_percentage_used", &[("device", "nvme0")], 3.0, 0.0);
         add("smartctl_device_media_errors", &[("device", "nvme0")], 0.0, 0.0);
         for state in ["active", "failed", "spare"] {
-            add("node_md_disks", &[("device", "md0"), ("state", state)], if state == "active" { 2.0 } else { 0.0 }, 0.0);
+            add(
+                "node_md_disks",
+                &[("device", "md0"), ("state", state)],
+                if state == "active" { 2.0 } else { 0.0 },
+                0.0,
+            );
         }
         add("node_md_disks_required", &[("device", "md0")], 2.0, 0.0);
         add("node_network_up", &[("device", "eth0")], 1.0, 0.0);
         add("node_network_carrier_changes_total", &[("device", "eth0")], 2.0, 0.01);
         add("node_network_receive_bytes_total", &[("device", "eth0")], 1e10, 2e6);
         add("node_network_transmit_bytes_total", &[("device", "eth0")], 5e9, 1e6);
-        add("hostpulse_kernel_events_total", &[("device", "cpu0"), ("kind", "mce")], 1.0, 0.02);
+        add(
+            "hostpulse_kernel_events_total",
+            &[("device", "cpu0"), ("kind", "mce")],
+            1.0,
+            0.02,
+        );
     }
     out
 }
@@ -127,7 +167,10 @@ async fn every_dashboard_panel_runs_and_shows_data() {
     let mut problems = Vec::new();
     for (dash, title, expr) in &queries {
         let text = substitute(expr);
-        assert!(!text.contains('$'), "{dash} / {title}: unsubstituted variable in {text}");
+        assert!(
+            !text.contains('$'),
+            "{dash} / {title}: unsubstituted variable in {text}"
+        );
         let parsed = match super::eval::parse(&text) {
             Ok(e) => e,
             Err(e) => {
@@ -136,7 +179,15 @@ async fn every_dashboard_panel_runs_and_shows_data() {
             }
         };
         let end = T0 + (SAMPLES - 1) * STEP;
-        let result = super::range_query(store.clone(), parsed, end - 20 * 60_000, end, 60_000, Duration::from_secs(30)).await;
+        let result = super::range_query(
+            store.clone(),
+            parsed,
+            end - 20 * 60_000,
+            end,
+            60_000,
+            Duration::from_secs(30),
+        )
+        .await;
         let may_be_empty = ABSENT_FAMILIES.iter().any(|f| text.contains(f));
         match result {
             Err(e) => problems.push(format!("{dash} / {title}: {text}: {e}")),
@@ -163,7 +214,10 @@ fn provisioning_points_grafana_at_the_collector() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let dash: Json = serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
         let vars = dash["templating"]["list"].as_array().unwrap();
-        assert!(vars.iter().any(|v| v["name"] == "datasource" && v["query"] == "prometheus"));
+        assert!(
+            vars.iter()
+                .any(|v| v["name"] == "datasource" && v["query"] == "prometheus")
+        );
         for panel in dash["panels"].as_array().unwrap() {
             assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
         }

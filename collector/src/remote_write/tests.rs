@@ -153,10 +153,16 @@ async fn bad_samples_are_dropped_the_rest_stored_and_reported() {
 
 #[tokio::test]
 async fn size_limits_answer_413() {
-    let mut limits = RemoteWriteLimits::default();
-    limits.max_body_bytes = 1024;
-    limits.decode.max_decompressed_bytes = 4096;
-    let r = start(limits).await;
+    let defaults = RemoteWriteLimits::default();
+    let r = start(RemoteWriteLimits {
+        max_body_bytes: 1024,
+        decode: DecodeLimits {
+            max_decompressed_bytes: 4096,
+            ..defaults.decode
+        },
+        ..defaults
+    })
+    .await;
     let (status, _, _) = r.post(vec![0u8; 2048]).await;
     assert_eq!(status, 413, "body over max_body_bytes");
     let bomb = snap::raw::Encoder::new().compress_vec(&[0u8; 8192]).unwrap();
@@ -171,9 +177,11 @@ async fn size_limits_answer_413() {
 
 #[tokio::test]
 async fn an_exhausted_budget_answers_503_with_retry_after() {
-    let mut limits = RemoteWriteLimits::default();
-    limits.max_in_flight_bytes = 16;
-    let r = start(limits).await;
+    let r = start(RemoteWriteLimits {
+        max_in_flight_bytes: 16,
+        ..RemoteWriteLimits::default()
+    })
+    .await;
     let t = now();
     let (status, retry, text) = r
         .post(body(vec![series(&[("__name__", "m"), ("host", "a")], &[(t, 1.0)])]))

@@ -56,8 +56,8 @@ pub(crate) struct Heads {
     pub samples: usize,
     /// Highest timestamp accepted for any series.
     pub global_max: i64,
-    /// WAL records holding the samples above.
-    pub wal_lsns: Vec<u64>,
+    /// Keys of the WAL record parts holding the samples above.
+    pub wal_keys: Vec<super::keys::WalKey>,
 }
 
 /// Approximate heap bytes of one head besides its samples (map slot, Vec

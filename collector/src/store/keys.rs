@@ -8,7 +8,7 @@
 //! |---------------------------------------------------|-----------------------------------------|
 //! | `s` + series id (u64 BE)                          | label pairs, JSON `[[k, v]..]`          |
 //! | `h` + host name (UTF-8)                           | [`HostEntry`] as JSON                   |
-//! | `w` + log sequence number (u64 BE)                | checksummed WAL record (`encode_wal`)   |
+//! | `w` + log sequence number (u64 BE) + part (u32 BE) | checksummed WAL record part (`encode_wal`) |
 //! | `b` + group (u64 BE) + window (i64*) + lsn (u64 BE) | checksummed block (`block.rs`)        |
 //! | `c` + same as `b`                                 | catalog entry: the block's byte length  |
 //! | `r` + resolution byte + same as `b` after its prefix | checksummed rollups of that block    |
@@ -68,20 +68,63 @@ pub(crate) fn parse_series_key(key: &[u8]) -> Result<u64, StoreError> {
     }
 }
 
-/// Key of a WAL record.
-pub(crate) fn wal_key(lsn: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
+/// Key of one part of a WAL record.
+pub(crate) type WalKey = [u8; 13];
+
+/// Key of part `part` of the WAL record `lsn`.
+pub(crate) fn wal_key(lsn: u64, part: u32) -> WalKey {
+    let mut k = [0u8; 13];
     k[0] = WAL;
-    k[1..].copy_from_slice(&lsn.to_be_bytes());
+    k[1..9].copy_from_slice(&lsn.to_be_bytes());
+    k[9..].copy_from_slice(&part.to_be_bytes());
     k
 }
 
-/// Log sequence number from a WAL key.
-pub(crate) fn parse_wal_key(key: &[u8]) -> Result<u64, StoreError> {
+/// Log sequence number and part from a WAL key.
+pub(crate) fn parse_wal_key(key: &[u8]) -> Result<(u64, WalKey), StoreError> {
     match key {
-        [WAL, rest @ ..] if rest.len() == 8 => Ok(u64_from(rest)),
+        [WAL, rest @ ..] if rest.len() == 12 => {
+            let mut k = [0u8; 13];
+            k.copy_from_slice(key);
+            Ok((u64_from(rest), k))
+        }
         _ => Err(corrupt(format!("WAL key of {} bytes", key.len()))),
     }
+}
+
+/// Samples per series per WAL part, and the encoded size after which a part
+/// is closed: parts stay well under sled's blob threshold (a quarter of its
+/// 512 KiB segments), because sled removes blob files of deleted values only
+/// lazily, so big WAL values would linger on disk after their seal.
+const WAL_PART_SAMPLES: usize = 16_384;
+const WAL_PART_BYTES: usize = 48 * 1024;
+
+/// One group commit's samples as checksummed WAL parts, all to be written
+/// in the same atomic batch.
+pub(crate) fn wal_parts(lsn: u64, entries: &[(u64, Vec<(i64, f64)>)]) -> Vec<(WalKey, Vec<u8>)> {
+    let mut parts = Vec::new();
+    let mut current: Vec<(u64, Vec<(i64, f64)>)> = Vec::new();
+    let mut size = 0usize;
+    let close = |current: &mut Vec<(u64, Vec<(i64, f64)>)>, parts: &mut Vec<(WalKey, Vec<u8>)>| {
+        if !current.is_empty() {
+            let part = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+            parts.push((wal_key(lsn, part), checksummed(&encode_wal(current))));
+            current.clear();
+        }
+    };
+    for (id, samples) in entries {
+        for chunk in samples.chunks(WAL_PART_SAMPLES) {
+            // An estimate (two bytes per sample) keeps encoding to once.
+            size += 16 + chunk.len() * 2;
+            current.push((*id, chunk.to_vec()));
+            if size >= WAL_PART_BYTES {
+                close(&mut current, &mut parts);
+                size = 0;
+            }
+        }
+    }
+    close(&mut current, &mut parts);
+    parts
 }
 
 /// Where a block sits: its series group, its window start and the log
@@ -370,6 +413,23 @@ mod tests {
     }
 
     #[test]
+    fn big_commits_split_into_parts_that_hold_everything() {
+        let big: Vec<(i64, f64)> = (0..100_000).map(|i| (i, (i % 977) as f64 * 1.5)).collect();
+        let entries = vec![(1u64, big.clone()), (2, vec![(5, 1.0)])];
+        let parts = wal_parts(9, &entries);
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        let mut got: Vec<(u64, Vec<(i64, f64)>)> = Vec::new();
+        for (i, (key, value)) in parts.iter().enumerate() {
+            assert_eq!(key, &wal_key(9, i as u32));
+            assert!(value.len() < 128 * 1024);
+            got.extend(decode_wal(verify_checksum(value).unwrap()).unwrap());
+        }
+        let ones: Vec<(i64, f64)> = got.iter().filter(|e| e.0 == 1).flat_map(|e| e.1.clone()).collect();
+        assert_eq!(ones, big);
+        assert!(wal_parts(1, &[]).is_empty());
+    }
+
+    #[test]
     fn checksums_catch_flips() {
         let framed = checksummed(b"hello");
         assert_eq!(verify_checksum(&framed), Some(&b"hello"[..]));
@@ -384,6 +444,7 @@ mod tests {
         assert!(matches!(parse_series_key(b"s12"), Err(StoreError::Corrupt { .. })));
         assert!(matches!(parse_block_key(b"b1"), Err(StoreError::Corrupt { .. })));
         assert!(matches!(parse_wal_key(b"w"), Err(StoreError::Corrupt { .. })));
+        assert_eq!(parse_wal_key(&wal_key(7, 2)).unwrap(), (7, wal_key(7, 2)));
         assert!(matches!(decode_labels(b"{"), Err(StoreError::Corrupt { .. })));
         assert!(matches!(
             decode_labels(br#"[["b","1"],["a","2"]]"#),

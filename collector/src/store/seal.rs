@@ -76,11 +76,11 @@ pub(crate) fn seal(shared: &Shared, state: &mut WriterState, all: bool) -> Resul
             .filter_map(|s| s.samples.last().map(|l| (s.series, l.0)))
             .collect();
         let checkpoint = heads.checkpoint(&through);
-        (sealable, heads.wal_lsns.clone(), checkpoint, through)
+        (sealable, heads.wal_keys.clone(), checkpoint, through)
     };
     let lsn = state.next_lsn;
     state.next_lsn += 1;
-    let mut blocks: BTreeMap<(u64, i64), Vec<(u64, Vec<(i64, f64)>)>> = BTreeMap::new();
+    let mut blocks: BTreeMap<(u64, i64), keys::WalEntries> = BTreeMap::new();
     let mut samples = 0;
     for s in &sealable {
         samples += s.samples.len();
@@ -103,15 +103,18 @@ pub(crate) fn seal(shared: &Shared, state: &mut WriterState, all: bool) -> Resul
         };
         entries.push((id, write_block(&mut batch, id, series)));
     }
-    for l in old_wal {
-        batch.remove(&keys::wal_key(l));
+    for key in old_wal {
+        batch.remove(&key);
     }
-    let checkpoint_lsn = (!checkpoint.is_empty()).then(|| {
+    let mut checkpoint_keys = Vec::new();
+    if !checkpoint.is_empty() {
         let l = state.next_lsn;
         state.next_lsn += 1;
-        batch.insert(&keys::wal_key(l), keys::checksummed(&keys::encode_wal(&checkpoint)));
-        l
-    });
+        for (key, value) in keys::wal_parts(l, &checkpoint) {
+            batch.insert(&key, value);
+            checkpoint_keys.push(key);
+        }
+    }
     batch.insert(keys::META_LSN, &(state.next_lsn - 1).to_be_bytes());
     shared.tree.apply_batch(batch)?;
     {
@@ -122,7 +125,7 @@ pub(crate) fn seal(shared: &Shared, state: &mut WriterState, all: bool) -> Resul
     for (series, t) in through {
         heads.remove_through(series, t);
     }
-    heads.wal_lsns = checkpoint_lsn.into_iter().collect();
+    heads.wal_keys = checkpoint_keys;
     drop(heads);
     shared.counters.seals.fetch_add(1, Ordering::Relaxed);
     Ok(samples)

@@ -793,3 +793,26 @@ async fn backup_while_open_restores_everything() {
     assert_same(&copy.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
     assert_eq!(copy.last_seq("h0").unwrap(), Some(9));
 }
+
+/// Prints the statistics of the store in `HOSTPULSE_STORE_STATS_DIR` (a
+/// measurement aid, e.g. after `hostpulse-collector import`).
+#[test]
+#[ignore = "measurement; needs HOSTPULSE_STORE_STATS_DIR"]
+fn print_store_stats() {
+    let Some(dir) = std::env::var_os("HOSTPULSE_STORE_STATS_DIR") else {
+        return;
+    };
+    let store = open(Path::new(&dir));
+    let stats = store.stats();
+    let mut by_kind: BTreeMap<u8, (usize, usize)> = BTreeMap::new();
+    for item in store.shared.tree.iter() {
+        let (k, v) = item.unwrap();
+        let e = by_kind.entry(k[0]).or_default();
+        e.0 += 1;
+        e.1 += v.len();
+    }
+    for (kind, (n, bytes)) in by_kind {
+        println!("{}: {n} records, {bytes} bytes", kind as char);
+    }
+    println!("{stats:?}");
+}

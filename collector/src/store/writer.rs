@@ -171,18 +171,21 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
         }
     }
     wal.retain(|(_, samples)| !samples.is_empty());
-    let lsn = (!wal.is_empty()).then(|| {
+    let mut wal_keys = Vec::new();
+    if !wal.is_empty() {
         let lsn = state.next_lsn;
         state.next_lsn += 1;
-        batch.insert(&keys::wal_key(lsn), keys::checksummed(&keys::encode_wal(&wal)));
-        lsn
-    });
+        for (key, value) in keys::wal_parts(lsn, &wal) {
+            batch.insert(&key, value);
+            wal_keys.push(key);
+        }
+    }
     shared
         .counters
         .rejected_out_of_order
         .fetch_add(rejected_total, Ordering::Relaxed);
 
-    let wrote = lsn.is_some() || !new_series.is_empty() || !staged_hosts.is_empty();
+    let wrote = !wal_keys.is_empty() || !new_series.is_empty() || !staged_hosts.is_empty();
     if wrote {
         if let Err(e) = shared.tree.apply_batch(batch) {
             return group.iter().map(|_| Err(StoreError::Sled(e.clone()))).collect();
@@ -196,7 +199,7 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
         for (host, entry) in staged_hosts {
             hosts.insert(host.to_owned(), entry);
         }
-        if let Some(lsn) = lsn {
+        if !wal_keys.is_empty() {
             let mut heads = shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
             for (id, samples) in &wal {
                 let g = groups.get(id).copied().unwrap_or(0);
@@ -204,7 +207,7 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
                     heads.insert(*id, g, ts, v);
                 }
             }
-            heads.wal_lsns.push(lsn);
+            heads.wal_keys.extend(wal_keys);
         }
     }
     drop(hosts);

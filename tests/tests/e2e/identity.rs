@@ -423,19 +423,24 @@ async fn write_and_admin_endpoints_need_the_admin_token() {
         ("/api/v1/write", Some("Bearer wrong-token-0123456789")),
         ("/api/v1/write", Some("Basic admin-token-0123456789abcdef")),
         ("/api/v1/admin/anything", None),
+        ("/-/reload", Some("Bearer wrong-token-0123456789")),
     ] {
         let resp = post(path, auth).await.unwrap();
         assert_eq!(resp.status().as_u16(), 401, "{path} with {auth:?}");
         assert_eq!(resp.headers()["www-authenticate"], "Bearer realm=\"hostpulse\"");
     }
-    assert_eq!(collector.telemetry.get(Counter::HttpUnauthorized), 4);
+    assert_eq!(collector.telemetry.get(Counter::HttpUnauthorized), 5);
     // With the token the request reaches the receiver, which judges the
     // (empty) body on its own.
     let resp = post("/api/v1/write", Some("Bearer admin-token-0123456789abcdef"))
         .await
         .unwrap();
     assert_ne!(resp.status().as_u16(), 401);
-    assert_eq!(collector.telemetry.get(Counter::HttpUnauthorized), 4);
+    let resp = post("/-/reload", Some("Bearer admin-token-0123456789abcdef"))
+        .await
+        .unwrap();
+    assert_ne!(resp.status().as_u16(), 401);
+    assert_eq!(collector.telemetry.get(Counter::HttpUnauthorized), 5);
     // Reads need no token.
     let resp = http.get(format!("{base}/api/v1/query?query=up")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod alerting;
 mod deploy;
 mod durability;
 mod identity;

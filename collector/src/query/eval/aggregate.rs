@@ -133,7 +133,11 @@ fn reduce(
                         mean += delta / count;
                         acc += delta * (x - mean);
                     }
-                    if op == "stddev" { (acc / count).sqrt() } else { acc / count }
+                    if op == "stddev" {
+                        (acc / count).sqrt()
+                    } else {
+                        acc / count
+                    }
                 }
                 "quantile" => {
                     scratch.clear();
@@ -172,10 +176,12 @@ fn top_k(
     };
     let mut chosen: Vec<(usize, f64)> = Vec::new();
     for (_, members) in groups(&input, modifier) {
-        for i in 0..n {
-            let k = param.get(i).copied().unwrap_or(f64::NAN);
+        for (i, &k) in param.iter().enumerate().take(n) {
             if k.is_nan() || k.abs() >= 9.2e18 {
-                return Err(super::exec_err(format!("Scalar value {} overflows int64", format_go_fixed(k))));
+                return Err(super::exec_err(format!(
+                    "Scalar value {} overflows int64",
+                    format_go_fixed(k)
+                )));
             }
             let k = k as i64;
             if k < 1 {
@@ -282,10 +288,17 @@ mod tests {
         assert_eq!(vector("sum(t)", &d, 0), vec![("{}".into(), 240.0)]);
         assert_eq!(
             vector("avg by (i) (t)", &d, 0),
-            vec![("{i=\"a\"}".into(), 45.0), ("{i=\"b\"}".into(), 70.0), ("{i=\"c\"}".into(), 10.0)]
+            vec![
+                ("{i=\"a\"}".into(), 45.0),
+                ("{i=\"b\"}".into(), 70.0),
+                ("{i=\"c\"}".into(), 10.0)
+            ]
         );
         assert_eq!(vector("max without (s) (t)", &d, 0)[0], ("{i=\"a\"}".into(), 50.0));
-        assert_eq!(vector("min by (s) (t)", &d, 0), vec![("{s=\"1\"}".into(), 10.0), ("{s=\"2\"}".into(), 50.0)]);
+        assert_eq!(
+            vector("min by (s) (t)", &d, 0),
+            vec![("{s=\"1\"}".into(), 10.0), ("{s=\"2\"}".into(), 50.0)]
+        );
         assert_eq!(one("count(t)", &d, 0), 5.0);
         assert_eq!(one("group(t)", &d, 0), 1.0);
         assert_eq!(one("stdvar by (i) (t{i=\"a\"})", &d, 0), 25.0);
@@ -301,9 +314,15 @@ mod tests {
         let d = data();
         let mut top = vector("topk(2, t)", &d, 0);
         top.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(top, vec![("t{i=\"b\",s=\"1\"}".into(), 70.0), ("t{i=\"b\",s=\"2\"}".into(), 70.0)]);
+        assert_eq!(
+            top,
+            vec![("t{i=\"b\",s=\"1\"}".into(), 70.0), ("t{i=\"b\",s=\"2\"}".into(), 70.0)]
+        );
         let bottom = vector("bottomk by (s) (1, t)", &d, 0);
-        assert_eq!(bottom, vec![("t{i=\"a\",s=\"2\"}".into(), 50.0), ("t{i=\"c\",s=\"1\"}".into(), 10.0)]);
+        assert_eq!(
+            bottom,
+            vec![("t{i=\"a\",s=\"2\"}".into(), 50.0), ("t{i=\"c\",s=\"1\"}".into(), 10.0)]
+        );
         assert!(vector("topk(0, t)", &d, 0).is_empty());
     }
 
@@ -319,6 +338,9 @@ mod tests {
                 ("{v=\"70\"}".into(), 2.0)
             ]
         );
-        assert_eq!(vector("count_values by (i) (\"v\", t{i=\"b\"})", &d, 0), vec![("{i=\"b\",v=\"70\"}".into(), 2.0)]);
+        assert_eq!(
+            vector("count_values by (i) (\"v\", t{i=\"b\"})", &d, 0),
+            vec![("{i=\"b\",v=\"70\"}".into(), 2.0)]
+        );
     }
 }

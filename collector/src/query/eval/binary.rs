@@ -1,10 +1,10 @@
-//! Binary operators: arithmetic (`+ - * / % ^ atan2`), comparison (`== !=
-//! > < >= <=`, filtering or with `bool`) and set operators (`and or
-//! unless`), between scalars and vectors, with `on`/`ignoring` and
+//! Binary operators: arithmetic (`+ - * / % ^ atan2`), comparison
+//! (`==`, `!=`, `>`, `<`, `>=`, `<=`, filtering or with `bool`) and set
+//! operators (`and or unless`), between scalars and vectors, with `on`/`ignoring` and
 //! `group_left`/`group_right` vector matching, as Prometheus 2.42's
 //! `VectorBinop`, `VectorAnd/Or/Unless` and `VectorscalarBinop`.
 //!
-//! Metric names: arithmetic drops `__name__`, a comparison without `bool`
+//! Metric names: arithmetic drops `__name__` (except `atan2`), a comparison without `bool`
 //! keeps it, a comparison with `bool` drops it, set operators keep the
 //! operand's labels untouched. Matching signatures are computed once per
 //! series; cardinality errors are raised for the first step where they
@@ -66,6 +66,12 @@ impl Op {
         matches!(self, Op::Eq | Op::Ne | Op::Gt | Op::Lt | Op::Ge | Op::Le)
     }
 
+    /// Whether the result loses `__name__` (Prometheus's
+    /// `shouldDropMetricName`: arithmetic except `atan2`).
+    fn drops_name(self) -> bool {
+        matches!(self, Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Mod | Op::Pow)
+    }
+
     fn is_set(self) -> bool {
         matches!(self, Op::And | Op::Or | Op::Unless)
     }
@@ -107,7 +113,11 @@ pub(super) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr, grid: Grid) ->
                     .zip(r)
                     .map(|(l, r)| {
                         let (v, keep) = op.apply(l, r);
-                        if op.is_comparison() { f64::from(u8::from(keep)) } else { v }
+                        if op.is_comparison() {
+                            f64::from(u8::from(keep))
+                        } else {
+                            v
+                        }
                     })
                     .collect(),
             ))
@@ -124,7 +134,9 @@ pub(super) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr, grid: Grid) ->
                 (v, ev.eval_scalar(scalar_expr, grid)?)
             };
             if op.is_set() {
-                return Err(bad(format!("set operator {op_text} not allowed in binary scalar expression")));
+                return Err(bad(format!(
+                    "set operator {op_text} not allowed in binary scalar expression"
+                )));
             }
             vector_scalar(op, v, &s, swap, return_bool)
         }
@@ -140,14 +152,24 @@ pub(super) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr, grid: Grid) ->
             if op.is_set() {
                 return Ok(Val::Vector(set_op(op, l, r, matching.as_ref(), n)?));
             }
-            Ok(Val::Vector(vector_vector(op, l, r, matching.as_ref(), &card, return_bool, n)?))
+            Ok(Val::Vector(vector_vector(
+                op,
+                l,
+                r,
+                matching.as_ref(),
+                &card,
+                return_bool,
+                n,
+            )?))
         }
-        _ => Err(bad(format!("binary operator {op_text} needs scalar or instant vector operands"))),
+        _ => Err(bad(format!(
+            "binary operator {op_text} needs scalar or instant vector operands"
+        ))),
     }
 }
 
 fn vector_scalar(op: Op, v: Vec<VSeries>, s: &[f64], swap: bool, return_bool: bool) -> Result<Val, super::EvalError> {
-    let drop = !op.is_comparison() || return_bool;
+    let drop = op.drops_name() || return_bool;
     let out: Vec<VSeries> = v
         .into_iter()
         .map(|series| {
@@ -215,7 +237,9 @@ fn set_op(
     let presence = |side: &[VSeries]| {
         let mut m: HashMap<Labels, Vec<bool>> = HashMap::new();
         for s in side {
-            let p = m.entry(signature(&s.labels, matching)).or_insert_with(|| vec![false; n]);
+            let p = m
+                .entry(signature(&s.labels, matching))
+                .or_insert_with(|| vec![false; n]);
             for (slot, v) in p.iter_mut().zip(&s.vals) {
                 *slot |= v.is_some();
             }
@@ -271,7 +295,7 @@ fn result_labels(
     card: &VectorMatchCardinality,
 ) -> Labels {
     let mut pairs: Vec<(String, String)> = many.pairs().to_vec();
-    if !op.is_comparison() {
+    if op.drops_name() {
         pairs.retain(|(k, _)| k != METRIC_NAME);
     }
     let include = match card {
@@ -340,7 +364,9 @@ fn vector_vector(
     let mut out_index: HashMap<Labels, usize> = HashMap::new();
     for (mi, ms) in many.iter().enumerate() {
         let sig = &many_sigs[mi];
-        let Some(candidates) = one_by_sig.get(sig) else { continue };
+        let Some(candidates) = one_by_sig.get(sig) else {
+            continue;
+        };
         for i in 0..n {
             let Some(mv) = ms.vals[i] else { continue };
             let Some(oi) = candidates.iter().copied().find(|&c| one[c].vals[i].is_some()) else {
@@ -428,10 +454,17 @@ mod tests {
                 ("{i=\"b\",s=\"1\"}".into(), 0.5)
             ]
         );
-        assert_eq!(vector("temp{i=\"b\"} - 10", &d, 0), vec![("{i=\"b\",s=\"1\"}".into(), 40.0)]);
+        assert_eq!(
+            vector("temp{i=\"b\"} - 10", &d, 0),
+            vec![("{i=\"b\",s=\"1\"}".into(), 40.0)]
+        );
         assert_eq!(vector("2 ^ up", &d, 0), vec![("{i=\"a\"}".into(), 2.0)]);
         assert_eq!(one("temp{i=\"b\"} % 7", &d, 0), 1.0);
-        assert_eq!(one("up atan2 up", &d, 0), 1_f64.atan2(1.0));
+        assert_eq!(
+            vector("up atan2 up", &d, 0),
+            vec![("up{i=\"a\"}".into(), 1_f64.atan2(1.0))],
+            "keeps the name"
+        );
         assert_eq!(vector("temp * on(i) group_left up", &d, 0).len(), 2);
         assert_eq!(
             vector("temp * on(i) group_left(model) info", &d, 0)[0].0,
@@ -441,18 +474,37 @@ mod tests {
             vector("info * on(i) group_right(model) temp", &d, 0)[1].0,
             "{i=\"a\",model=\"X\",s=\"2\"}"
         );
-        assert_eq!(vector("temp{s=\"1\"} + ignoring(s) up", &d, 0), vec![("{i=\"a\"}".into(), 61.0)]);
-        assert_eq!(vector("temp{s=\"1\"} + on(i) up", &d, 0), vec![("{i=\"a\"}".into(), 61.0)]);
+        assert_eq!(
+            vector("temp{s=\"1\"} + ignoring(s) up", &d, 0),
+            vec![("{i=\"a\"}".into(), 61.0)]
+        );
+        assert_eq!(
+            vector("temp{s=\"1\"} + on(i) up", &d, 0),
+            vec![("{i=\"a\"}".into(), 61.0)]
+        );
     }
 
     #[test]
     fn comparisons_filter_or_return_bool() {
         let d = data();
-        assert_eq!(vector("temp > crit", &d, 0), vec![("temp{i=\"a\",s=\"2\"}".into(), 90.0)]);
-        assert_eq!(vector("temp > bool crit", &d, 0).iter().map(|s| s.1).collect::<Vec<_>>(), vec![0.0, 1.0, 0.0]);
+        assert_eq!(
+            vector("temp > crit", &d, 0),
+            vec![("temp{i=\"a\",s=\"2\"}".into(), 90.0)]
+        );
+        assert_eq!(
+            vector("temp > bool crit", &d, 0)
+                .iter()
+                .map(|s| s.1)
+                .collect::<Vec<_>>(),
+            vec![0.0, 1.0, 0.0]
+        );
         assert_eq!(vector("temp > bool crit", &d, 0)[0].0, "{i=\"a\",s=\"1\"}");
         assert_eq!(vector("temp > 55", &d, 0).len(), 2);
-        assert_eq!(vector("55 < temp", &d, 0)[0], ("temp{i=\"a\",s=\"1\"}".into(), 60.0), "vector value kept");
+        assert_eq!(
+            vector("55 < temp", &d, 0)[0],
+            ("temp{i=\"a\",s=\"1\"}".into(), 60.0),
+            "vector value kept"
+        );
         assert_eq!(vector("temp == bool 50", &d, 0)[2], ("{i=\"b\",s=\"1\"}".into(), 1.0));
         assert_eq!(scalar("1 < bool 2", &d, 0), 1.0);
     }
@@ -461,7 +513,10 @@ mod tests {
     fn set_operators() {
         let d = data();
         assert_eq!(vector("temp and on(i) up", &d, 0).len(), 2);
-        assert_eq!(vector("temp unless on(i) up", &d, 0), vec![("temp{i=\"b\",s=\"1\"}".into(), 50.0)]);
+        assert_eq!(
+            vector("temp unless on(i) up", &d, 0),
+            vec![("temp{i=\"b\",s=\"1\"}".into(), 50.0)]
+        );
         let or = vector("up or temp", &d, 0);
         assert_eq!(or.len(), 4);
         assert_eq!(vector("up or on(i) temp", &d, 0).len(), 2, "i=b only from the right");
@@ -472,16 +527,27 @@ mod tests {
     fn cardinality_errors_use_prometheus_messages() {
         let d = data();
         let err = instant("up * on(i) temp", &d, 0).unwrap_err().to_string();
-        assert!(err.starts_with("found duplicate series for the match group {i=\"a\"} on the right hand-side"), "{err}");
+        assert!(
+            err.starts_with("found duplicate series for the match group {i=\"a\"} on the right hand-side"),
+            "{err}"
+        );
         assert!(err.ends_with("many-to-many matching not allowed: matching labels must be unique on one side"));
         let err = instant("temp * on(i) up", &d, 0).unwrap_err().to_string();
-        assert_eq!(err, "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)");
-        let err = instant("temp * on(i) group_left(s) crit", &d, 0).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
+        );
+        let err = instant("temp * on(i) group_left(s) crit", &d, 0)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("found duplicate series"), "{err}");
         // `s` comes from the "one" side, which lacks it: both a-series
         // would become {i="a"}.
         let err = instant("temp + on(i) group_left(s) up", &d, 0).unwrap_err().to_string();
-        assert_eq!(err, "multiple matches for matching labels: grouping labels must ensure unique combinations");
+        assert_eq!(
+            err,
+            "multiple matches for matching labels: grouping labels must ensure unique combinations"
+        );
         let err = instant("{__name__=~\"temp|crit\"} + 1", &d, 0).unwrap_err().to_string();
         assert_eq!(err, "vector cannot contain metrics with the same labelset");
     }

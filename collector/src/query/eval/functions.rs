@@ -97,13 +97,21 @@ pub(super) fn eval_call(ev: &mut Evaluator<'_>, call: &Call, grid: Grid) -> Resu
             let lo = ev.eval_scalar(arg(&args, 1, name)?, grid)?;
             let hi = ev.eval_scalar(arg(&args, 2, name)?, grid)?;
             // An empty range (max < min) yields nothing at that step.
-            map_dropping_name(v, |x, i| (hi[i] >= lo[i] || lo[i].is_nan() || hi[i].is_nan()).then(|| go_max(lo[i], go_min(hi[i], x))))
+            map_dropping_name(v, |x, i| {
+                (hi[i] >= lo[i] || lo[i].is_nan() || hi[i].is_nan()).then(|| go_max(lo[i], go_min(hi[i], x)))
+            })
         }
         "clamp_min" | "clamp_max" => {
             let v = ev.eval_vector(arg(&args, 0, name)?, grid)?;
             let bound = ev.eval_scalar(arg(&args, 1, name)?, grid)?;
             let is_min = name == "clamp_min";
-            map_dropping_name(v, |x, i| Some(if is_min { go_max(bound[i], x) } else { go_min(bound[i], x) }))
+            map_dropping_name(v, |x, i| {
+                Some(if is_min {
+                    go_max(bound[i], x)
+                } else {
+                    go_min(bound[i], x)
+                })
+            })
         }
         "round" => {
             let v = ev.eval_vector(arg(&args, 0, name)?, grid)?;
@@ -146,10 +154,7 @@ fn arg<'e>(args: &[&'e Expr], i: usize, name: &str) -> Result<&'e Expr, super::E
 
 /// Applies `f(value, step)` to every value, dropping `__name__`, then
 /// checks for duplicate label sets at each step.
-fn map_dropping_name(
-    series: Vec<VSeries>,
-    f: impl Fn(f64, usize) -> Option<f64>,
-) -> Result<Val, super::EvalError> {
+fn map_dropping_name(series: Vec<VSeries>, f: impl Fn(f64, usize) -> Option<f64>) -> Result<Val, super::EvalError> {
     let out: Vec<VSeries> = series
         .into_iter()
         .map(|s| VSeries {
@@ -261,7 +266,11 @@ fn date_function(name: &str) -> Option<fn(f64) -> f64> {
         "year" => |v| civil(v).year as f64,
         "days_in_month" => |v| {
             let c = civil(v);
-            let (ny, nm) = if c.month == 12 { (c.year + 1, 1) } else { (c.year, c.month + 1) };
+            let (ny, nm) = if c.month == 12 {
+                (c.year + 1, 1)
+            } else {
+                (c.year, c.month + 1)
+            };
             (days_from_civil(ny, nm, 1) - days_from_civil(c.year, c.month, 1)) as f64
         },
         _ => return None,
@@ -425,7 +434,9 @@ fn histogram_quantile(q: &[f64], input: Vec<VSeries>, n: usize) -> Result<Val, s
     if out.is_empty() {
         return Ok(Val::Vector(out));
     }
-    merge_by_labels(out, DUPLICATE_LABELSET).map(Val::Vector).map_err(|_| exec_err(DUPLICATE_LABELSET))
+    merge_by_labels(out, DUPLICATE_LABELSET)
+        .map(Val::Vector)
+        .map_err(|_| exec_err(DUPLICATE_LABELSET))
 }
 
 fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
@@ -488,8 +499,8 @@ fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::test_support::*;
     use super::super::Value;
+    use super::super::test_support::*;
     use super::*;
 
     fn data() -> Vec<crate::model::SeriesSamples> {
@@ -503,7 +514,10 @@ mod tests {
     fn math_functions_drop_the_name() {
         let d = data();
         let t = 60_000;
-        assert_eq!(vector("abs(temp{chip=\"c0\"})", &d, 0), vec![("{chip=\"c0\",sensor=\"temp1\"}".into(), 2.5)]);
+        assert_eq!(
+            vector("abs(temp{chip=\"c0\"})", &d, 0),
+            vec![("{chip=\"c0\",sensor=\"temp1\"}".into(), 2.5)]
+        );
         assert_eq!(one("ceil(temp{chip=\"c0\"})", &d, t), 42.0);
         assert_eq!(one("floor(temp{chip=\"c0\"})", &d, t), 41.0);
         assert_eq!(one("round(temp{chip=\"c0\"})", &d, t), 41.0);
@@ -518,7 +532,10 @@ mod tests {
         assert!(one("sqrt(temp{chip=\"c0\"})", &d, 0).is_nan());
         assert_eq!(one("clamp(temp{chip=\"c1\"}, 10, 50)", &d, t), 50.0);
         assert_eq!(one("clamp(temp{chip=\"c1\"}, 10, 50)", &d, 0), 10.0);
-        assert!(vector("clamp(temp, 50, 10)", &d, t).is_empty(), "max < min yields nothing");
+        assert!(
+            vector("clamp(temp, 50, 10)", &d, t).is_empty(),
+            "max < min yields nothing"
+        );
         assert_eq!(one("clamp_min(temp{chip=\"c0\"}, 0)", &d, 0), 0.0);
         assert_eq!(one("clamp_max(temp{chip=\"c1\"}, 60)", &d, t), 60.0);
         assert!(one("clamp_max(temp{chip=\"c1\"}, NaN)", &d, t).is_nan());
@@ -557,8 +574,15 @@ mod tests {
     #[test]
     fn label_replace_and_join() {
         let d = data();
-        let got = vector(r#"label_replace(temp{chip="c0"}, "n", "chip-$1", "chip", "c(.*)")"#, &d, 0);
-        assert_eq!(got[0].0, "temp{chip=\"c0\",n=\"chip-0\",sensor=\"temp1\"}", "keeps the name");
+        let got = vector(
+            r#"label_replace(temp{chip="c0"}, "n", "chip-$1", "chip", "c(.*)")"#,
+            &d,
+            0,
+        );
+        assert_eq!(
+            got[0].0, "temp{chip=\"c0\",n=\"chip-0\",sensor=\"temp1\"}",
+            "keeps the name"
+        );
         let got = vector(r#"label_replace(temp{chip="c0"}, "n", "$1", "chip", "x(.*)")"#, &d, 0);
         assert_eq!(got[0].0, "temp{chip=\"c0\",sensor=\"temp1\"}", "no match: unchanged");
         let got = vector(r#"label_replace(temp{chip="c0"}, "chip", "", "chip", ".*")"#, &d, 0);
@@ -566,7 +590,11 @@ mod tests {
         let err = instant(r#"label_replace(temp, "chip", "", "chip", ".*")"#, &d, 0).unwrap_err();
         assert_eq!(err.to_string(), DUPLICATE_LABELSET);
         assert!(instant(r#"label_replace(temp, "1x", "", "chip", ".*")"#, &d, 0).is_err());
-        let got = vector(r#"label_join(temp{chip="c1"}, "id", "/", "chip", "sensor", "none")"#, &d, 0);
+        let got = vector(
+            r#"label_join(temp{chip="c1"}, "id", "/", "chip", "sensor", "none")"#,
+            &d,
+            0,
+        );
         assert_eq!(got[0].0, "temp{chip=\"c1\",id=\"c1/temp1/\",sensor=\"temp1\"}");
     }
 
@@ -589,10 +617,23 @@ mod tests {
     #[test]
     fn histogram_quantile_interpolates_within_buckets() {
         let b = |le: &str, v: f64| series(&format!("lat_bucket{{i=\"a\",le=\"{le}\"}}"), &[(0, v)]);
-        let d = vec![b("0.1", 10.0), b("0.5", 60.0), b("1", 90.0), b("+Inf", 100.0), b("x", 5.0)];
-        assert!(close(one("histogram_quantile(0.5, lat_bucket)", &d, 0), 0.1 + 0.4 * (40.0 / 50.0)));
+        let d = vec![
+            b("0.1", 10.0),
+            b("0.5", 60.0),
+            b("1", 90.0),
+            b("+Inf", 100.0),
+            b("x", 5.0),
+        ];
+        assert!(close(
+            one("histogram_quantile(0.5, lat_bucket)", &d, 0),
+            0.1 + 0.4 * (40.0 / 50.0)
+        ));
         assert!(close(one("histogram_quantile(0.05, lat_bucket)", &d, 0), 0.05));
-        assert_eq!(one("histogram_quantile(0.99, lat_bucket)", &d, 0), 1.0, "in +Inf bucket: highest bound");
+        assert_eq!(
+            one("histogram_quantile(0.99, lat_bucket)", &d, 0),
+            1.0,
+            "in +Inf bucket: highest bound"
+        );
         assert_eq!(vector("histogram_quantile(0.5, lat_bucket)", &d, 0)[0].0, "{i=\"a\"}");
         assert_eq!(one("histogram_quantile(2, lat_bucket)", &d, 0), f64::INFINITY);
         let no_inf = vec![b("0.1", 10.0), b("1", 20.0)];

@@ -110,7 +110,11 @@ pub(super) fn eval_range_function(ev: &mut Evaluator<'_>, call: &Call, grid: Gri
             vals.push(v);
         }
         if any {
-            let labels = if keep_name { s.labels.clone() } else { drop_name(&s.labels) };
+            let labels = if keep_name {
+                s.labels.clone()
+            } else {
+                drop_name(&s.labels)
+            };
             out.push(VSeries { labels, vals });
         }
     }
@@ -152,10 +156,18 @@ fn function(name: &str) -> Option<RangeFn> {
         },
         "avg_over_time" => |s, _| Some(avg_over_time(s)),
         "min_over_time" => |s, _| {
-            Some(s.iter().skip(1).fold(s[0].1, |m, (_, v)| if *v < m || m.is_nan() { *v } else { m }))
+            Some(
+                s.iter()
+                    .skip(1)
+                    .fold(s[0].1, |m, (_, v)| if *v < m || m.is_nan() { *v } else { m }),
+            )
         },
         "max_over_time" => |s, _| {
-            Some(s.iter().skip(1).fold(s[0].1, |m, (_, v)| if *v > m || m.is_nan() { *v } else { m }))
+            Some(
+                s.iter()
+                    .skip(1)
+                    .fold(s[0].1, |m, (_, v)| if *v > m || m.is_nan() { *v } else { m }),
+            )
         },
         "sum_over_time" => |s, _| Some(kahan_sum(s.iter().map(|(_, v)| *v))),
         "count_over_time" => |s, _| Some(s.len() as f64),
@@ -383,7 +395,6 @@ pub(super) fn quantile(q: f64, values: &mut [f64]) -> f64 {
 mod tests {
     use super::super::Value;
     use super::super::test_support::*;
-    use super::*;
     use crate::model::{STALE_NAN_BITS, SeriesSamples};
 
     /// A counter scraped every 15 s: 0, 10, 20, ... with a reset to 5 at
@@ -406,7 +417,10 @@ mod tests {
         // Window [7s, 67s]: samples 15..60 s (10..40): start gap 8 s <
         // 16.5 s threshold, end gap 7 s: extrapolated 30 * 60/45 = 40; the
         // zero point (15 s before the first sample) is further than 8 s.
-        assert!(close(one("increase(c_total[1m])", &d, 67_000), 30.0 * (45.0 + 8.0 + 7.0) / 45.0));
+        assert!(close(
+            one("increase(c_total[1m])", &d, 67_000),
+            30.0 * (45.0 + 8.0 + 7.0) / 45.0
+        ));
         // Across the reset at 120 s: [90s, 150s] holds 60,70,5,15,25: the
         // reset adds back 70, increase = 25 - 60 + 70 = 35.
         assert!(close(one("increase(c_total[1m])", &d, 150_000), 35.0));
@@ -414,7 +428,10 @@ mod tests {
         assert!(close(one("changes(c_total[1m])", &d, 150_000), 4.0));
         // irate across the reset: last value 25 minus 15 over 15 s.
         assert!(close(one("irate(c_total[1m])", &d, 150_000), 10.0 / 15.0));
-        assert!(close(one("irate(c_total[1m])", &d, 120_000), 5.0 / 15.0), "reset: last value / interval");
+        assert!(
+            close(one("irate(c_total[1m])", &d, 120_000), 5.0 / 15.0),
+            "reset: last value / interval"
+        );
         assert!(close(one("idelta(c_total[1m])", &d, 120_000), -65.0));
         // One sample is not enough for a rate.
         assert!(vector("rate(c_total[10s])", &d, 60_000).is_empty());
@@ -449,7 +466,10 @@ mod tests {
 
     #[test]
     fn over_time_aggregations() {
-        let d = vec![series("g{i=\"a\"}", &[(0, 1.0), (10_000, 4.0), (20_000, 2.0), (30_000, 8.0)])];
+        let d = vec![series(
+            "g{i=\"a\"}",
+            &[(0, 1.0), (10_000, 4.0), (20_000, 2.0), (30_000, 8.0)],
+        )];
         let at = 30_000;
         let check = |q: &str, want: f64| {
             let got = one(q, &d, at);
@@ -490,7 +510,9 @@ mod tests {
             vector("absent_over_time(nope{i=\"x\",j=~\"y\"}[1m])", &d, 30_000),
             vec![("{i=\"x\"}".into(), 1.0)]
         );
-        let Value::Matrix(m) = range("absent_over_time(g[1m])", &d, 0, 120_000, 30_000).unwrap() else { panic!() };
+        let Value::Matrix(m) = range("absent_over_time(g[1m])", &d, 0, 120_000, 30_000).unwrap() else {
+            panic!()
+        };
         assert_eq!(m[0].points, vec![(90_000, 1.0), (120_000, 1.0)]);
     }
 

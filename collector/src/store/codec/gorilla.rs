@@ -80,7 +80,7 @@ impl BitWriter {
     /// Writes the low `n` (0..=64) bits of `v`.
     fn put(&mut self, v: u64, n: u32) {
         for i in (0..n).rev() {
-            if self.used % 8 == 0 {
+            if self.used.is_multiple_of(8) {
                 self.out.push(0);
             }
             if (v >> i) & 1 == 1

@@ -22,7 +22,7 @@ const PROB_MARGIN: i32 = 8;
 /// After this many observations a probability stops averaging and starts
 /// forgetting: each bit then moves it 1/(RATE_LIMIT+2) of the way, so it
 /// follows a series whose behaviour drifts within a block.
-const RATE_LIMIT: u8 = 24;
+const RATE_LIMIT: u8 = 40;
 const TOP: u32 = 1 << 24;
 
 /// An adaptive probability that the next bit is 0. While young it is the
@@ -230,7 +230,7 @@ impl IntModel {
     pub(crate) fn encode(&mut self, enc: &mut Encoder, v: i64) {
         let u = v.unsigned_abs();
         let len = 64 - u.leading_zeros() as usize;
-        let tree = &mut self.length[self.prev_len.min(CONTEXTS - 1)];
+        let tree = &mut self.length[(self.prev_len / 8).min(CONTEXTS - 1)];
         let leaf = len.min(63);
         let mut node = 1usize;
         for i in (0..6).rev() {
@@ -253,7 +253,7 @@ impl IntModel {
 
     /// Decodes one integer.
     pub(crate) fn decode(&mut self, dec: &mut Decoder<'_>) -> i64 {
-        let tree = &mut self.length[self.prev_len.min(CONTEXTS - 1)];
+        let tree = &mut self.length[(self.prev_len / 8).min(CONTEXTS - 1)];
         let mut node = 1usize;
         for _ in 0..6 {
             let bit = dec.bit(&mut tree[node]);

@@ -35,7 +35,8 @@ const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0;
 /// `v` as an integer at `e` decimal places, if that is exact.
 fn scaled(v: f64, e: usize) -> Option<i64> {
     let s = (v * POW10[e]).round();
-    if !(s.abs() < EXACT_LIMIT) {
+    // Written so that NaN (from NaN or ±Inf inputs) also fails the test.
+    if s.is_nan() || s.abs() >= EXACT_LIMIT {
         return None;
     }
     let i = s as i64;
