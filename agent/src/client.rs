@@ -98,43 +98,43 @@ impl ClientStatus {
 /// The client's own series, added to every cycle's batch. The one place
 /// that names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SelfMetric {
-    SpoolDroppedSamples,
-    SpoolDroppedBatches,
-    SpoolCorruptBytes,
-    SpoolBytes,
-    SpoolBatches,
+enum SpoolMetric {
+    DroppedSamples,
+    DroppedBatches,
+    CorruptBytes,
+    Bytes,
+    Batches,
 }
 
-impl SelfMetric {
-    const ALL: [SelfMetric; 5] = [
-        SelfMetric::SpoolDroppedSamples,
-        SelfMetric::SpoolDroppedBatches,
-        SelfMetric::SpoolCorruptBytes,
-        SelfMetric::SpoolBytes,
-        SelfMetric::SpoolBatches,
+impl SpoolMetric {
+    const ALL: [SpoolMetric; 5] = [
+        SpoolMetric::DroppedSamples,
+        SpoolMetric::DroppedBatches,
+        SpoolMetric::CorruptBytes,
+        SpoolMetric::Bytes,
+        SpoolMetric::Batches,
     ];
 
     fn name(self) -> &'static str {
         match self {
-            SelfMetric::SpoolDroppedSamples => "hostpulse_agent_spool_dropped_samples_total",
-            SelfMetric::SpoolDroppedBatches => "hostpulse_agent_spool_dropped_batches_total",
-            SelfMetric::SpoolCorruptBytes => "hostpulse_agent_spool_corrupt_bytes_total",
-            SelfMetric::SpoolBytes => "hostpulse_agent_spool_bytes",
-            SelfMetric::SpoolBatches => "hostpulse_agent_spool_batches",
+            SpoolMetric::DroppedSamples => "hostpulse_agent_spool_dropped_samples_total",
+            SpoolMetric::DroppedBatches => "hostpulse_agent_spool_dropped_batches_total",
+            SpoolMetric::CorruptBytes => "hostpulse_agent_spool_corrupt_bytes_total",
+            SpoolMetric::Bytes => "hostpulse_agent_spool_bytes",
+            SpoolMetric::Batches => "hostpulse_agent_spool_batches",
         }
     }
 
     fn meta(self) -> MetricMeta {
         let (kind, help) = match self {
-            SelfMetric::SpoolDroppedSamples => (
+            SpoolMetric::DroppedSamples => (
                 MetricType::Counter,
                 "Unacknowledged samples dropped because the spool was full or could not be written.",
             ),
-            SelfMetric::SpoolDroppedBatches => (MetricType::Counter, "Unacknowledged batches dropped from the spool."),
-            SelfMetric::SpoolCorruptBytes => (MetricType::Counter, "Bytes cut from the spool as torn or corrupt."),
-            SelfMetric::SpoolBytes => (MetricType::Gauge, "Bytes the spool takes."),
-            SelfMetric::SpoolBatches => (MetricType::Gauge, "Batches in the spool waiting for acknowledgement."),
+            SpoolMetric::DroppedBatches => (MetricType::Counter, "Unacknowledged batches dropped from the spool."),
+            SpoolMetric::CorruptBytes => (MetricType::Counter, "Bytes cut from the spool as torn or corrupt."),
+            SpoolMetric::Bytes => (MetricType::Gauge, "Bytes the spool takes."),
+            SpoolMetric::Batches => (MetricType::Gauge, "Batches in the spool waiting for acknowledgement."),
         };
         MetricMeta {
             kind,
@@ -144,18 +144,18 @@ impl SelfMetric {
 
     fn value(self, stats: &SpoolStats) -> f64 {
         (match self {
-            SelfMetric::SpoolDroppedSamples => stats.dropped_samples,
-            SelfMetric::SpoolDroppedBatches => stats.dropped_batches,
-            SelfMetric::SpoolCorruptBytes => stats.corrupt_bytes,
-            SelfMetric::SpoolBytes => stats.bytes,
-            SelfMetric::SpoolBatches => stats.batches,
+            SpoolMetric::DroppedSamples => stats.dropped_samples,
+            SpoolMetric::DroppedBatches => stats.dropped_batches,
+            SpoolMetric::CorruptBytes => stats.corrupt_bytes,
+            SpoolMetric::Bytes => stats.bytes,
+            SpoolMetric::Batches => stats.batches,
         }) as f64
     }
 }
 
 /// Adds the spool's figures to a cycle.
-fn add_self_metrics(cycle: &mut Cycle, stats: &SpoolStats) {
-    for m in SelfMetric::ALL {
+fn add_spool_metrics(cycle: &mut Cycle, stats: &SpoolStats) {
+    for m in SpoolMetric::ALL {
         cycle.samples.push(Sample {
             name: m.name().to_string(),
             labels: Vec::new(),
@@ -362,7 +362,10 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        settings.reconnect_max_delay.max(Duration::from_millis(200)),
+    );
     let mut current = 0usize;
     let mut failures = 0u32;
     let mut unreachable_for = 0u32;
@@ -457,7 +460,7 @@ async fn sample_loop(
 fn spool_cycle(shared: &Shared, seqs: &mut SeqSource, mut cycle: Cycle) {
     let mut spool = lock(&shared.spool);
     let before = spool.stats();
-    add_self_metrics(&mut cycle, &before);
+    add_spool_metrics(&mut cycle, &before);
     // Numbered under the spool lock, so an acknowledgement from a
     // collector that knows higher numbers can never slip in between.
     let seq = seqs.take(spool.last_seq());

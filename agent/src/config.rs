@@ -24,8 +24,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_PENDING_BATCHES: usize = 100_000;
 /// Default spool directory of the `run` command.
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/hostpulse-agent";
-/// Default bound on the spool's size (64 MiB: about two days of a
-/// node_exporter-sized host at 10 s).
+/// Default bound on the spool's size (64 MiB: about 2.5 days of a
+/// 300-series host at 10 s; a spooled sample takes ~10 bytes).
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
 /// Smallest accepted spool bound.
 pub const MIN_SPOOL_MAX_BYTES: u64 = 64 << 10;
@@ -35,6 +35,8 @@ pub const DEFAULT_FAILOVER_AFTER: u32 = 3;
 /// How often an agent streaming to a fallback collector checks whether its
 /// preferred one is back.
 pub const DEFAULT_FAILBACK_INTERVAL: Duration = Duration::from_secs(300);
+/// Cap of the reconnect backoff step.
+pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// The agent's TOML config file. Every field is optional; absent means the
 /// flag or the default decides.
@@ -213,6 +215,9 @@ pub struct Settings {
     /// How often a fallback stream checks whether the preferred collector
     /// is reachable again.
     pub failback_interval: Duration,
+    /// Cap of the reconnect backoff (each wait is uniform in [0, step], the
+    /// step doubling from 200 ms up to this).
+    pub reconnect_max_delay: Duration,
 }
 
 impl Default for Settings {
@@ -234,6 +239,7 @@ impl Default for Settings {
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             failover_after: DEFAULT_FAILOVER_AFTER,
             failback_interval: DEFAULT_FAILBACK_INTERVAL,
+            reconnect_max_delay: DEFAULT_RECONNECT_MAX_DELAY,
         }
     }
 }
@@ -368,6 +374,7 @@ impl Settings {
             spool_max_bytes,
             failover_after: d.failover_after,
             failback_interval: d.failback_interval,
+            reconnect_max_delay: d.reconnect_max_delay,
             host,
             interval,
             disable: flags.disable.or(file.disable).unwrap_or_default(),

@@ -17,8 +17,8 @@ pub mod sampler;
 pub mod serve;
 pub mod signal;
 pub mod source;
-pub mod spool;
 pub mod sources;
+pub mod spool;
 pub mod tls;
 
 pub use emit::{Emitter, KernelEvent, MetricType, Sample};

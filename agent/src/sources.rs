@@ -115,7 +115,7 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "thermal_zone",
         about: "Thermal zone temperatures and cooling device (fan, throttle) states from /sys/class/thermal.",
         default_on: true,
-        make: |_| Box::new(thermal_zone::ThermalZoneSource),
+        make: |_| Box::new(thermal_zone::ThermalZoneSource::default()),
     },
     SourceEntry {
         name: "thermal_throttle",
@@ -151,7 +151,7 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "nvme",
         about: "NVMe controller state, model, serial, firmware and namespace sizes from /sys/class/nvme.",
         default_on: true,
-        make: |_| Box::new(nvme::NvmeSource),
+        make: |_| Box::new(nvme::NvmeSource::default()),
     },
     SourceEntry {
         name: "netclass",

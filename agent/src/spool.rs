@@ -607,11 +607,11 @@ impl Spool {
         let ids: Vec<u32> = samples.iter().map(|s| self.table.intern(&s.name, &s.labels)).collect();
         while self.live >= self.limits.max_batches as u64 && self.drop_oldest_batch() {}
         let (frame, assigned) = loop {
-            if self.writer.is_none() || self.active_is_full() {
-                if let Err(e) = self.start_segment() {
-                    self.count_dropped(1, count);
-                    return Err(e);
-                }
+            if (self.writer.is_none() || self.active_is_full())
+                && let Err(e) = self.start_segment()
+            {
+                self.count_dropped(1, count);
+                return Err(e);
             }
             let (frame, assigned) = self.build_record(seq, timestamp_ms, &ids, samples, events);
             if self.total_bytes + frame.len() as u64 <= self.limits.max_bytes {

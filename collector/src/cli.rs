@@ -267,11 +267,9 @@ fn check_rules(files: &[PathBuf]) -> anyhow::Result<()> {
     let mut failed = 0;
     for (name, text) in texts {
         println!("Checking {name}");
-        let outcome = text
-            .map_err(|e| vec![format!("{name}: {e}")])
-            .and_then(|t| {
-                rulefile::parse_rule_file(&name, &t).map_err(|es| es.iter().map(ToString::to_string).collect())
-            });
+        let outcome = text.map_err(|e| vec![format!("{name}: {e}")]).and_then(|t| {
+            rulefile::parse_rule_file(&name, &t).map_err(|es| es.iter().map(ToString::to_string).collect())
+        });
         match outcome {
             Ok(groups) => {
                 let n: usize = groups.iter().map(|g| g.rules.len()).sum();

@@ -473,6 +473,55 @@ mod tests {
     }
 
     #[test]
+    fn store_keys_resolve_and_name_bad_values() {
+        let text =
+            "retention = \"720h\"\nrollup_retention_1h = \"17520h\"\nout_of_order_window = \"10m\"\nhead_max_mb = 64\n";
+        let file = FileConfig::parse(Path::new("c.toml"), text).unwrap();
+        let s = Settings::resolve(file, FileConfig::default()).unwrap();
+        assert_eq!(s.retention, Some(Duration::from_secs(720 * 3600)));
+        assert_eq!(s.rollup_retention, [None, Some(Duration::from_secs(17520 * 3600))]);
+        assert_eq!(s.out_of_order_window, Duration::from_secs(600));
+        assert_eq!(s.head_max_bytes, 64 << 20);
+        let d = resolve(FileConfig::default()).unwrap();
+        assert_eq!(
+            (d.retention, d.out_of_order_window),
+            (None, DEFAULT_OUT_OF_ORDER_WINDOW)
+        );
+        let e = resolve(FileConfig {
+            retention: Some("30d".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.starts_with("retention: "), "{e}");
+    }
+
+    #[test]
+    fn alerting_keys() {
+        let s = resolve(FileConfig::default()).unwrap();
+        assert!(s.builtin_rules, "the hardware pack is on by default");
+        assert_eq!(s.host_silent_after, DEFAULT_HOST_SILENT_AFTER);
+        let text = "rule_file = [\"a.yml\"]\nalertmanager_url = [\"http://am1:9093\"]\nbuiltin_rules = false\nhost_silent_after = \"5m\"\nwebhook_secret_file = \"/s\"\n";
+        let file = FileConfig::parse(Path::new("c.toml"), text).unwrap();
+        let flags = FileConfig {
+            rule_file: Some(vec!["b.yml".into()]),
+            alertmanager_url: Some(vec!["http://am2:9093".into()]),
+            ..Default::default()
+        };
+        let s = Settings::resolve(file, flags).unwrap();
+        assert_eq!(s.rule_files, vec![PathBuf::from("a.yml"), PathBuf::from("b.yml")]);
+        assert_eq!(s.alertmanager_urls, vec!["http://am1:9093", "http://am2:9093"]);
+        assert!(!s.builtin_rules);
+        assert_eq!(s.host_silent_after, Duration::from_secs(300));
+        assert_eq!(s.webhook_secret_file, Some(PathBuf::from("/s")));
+        let e = resolve(FileConfig {
+            alertmanager_url: Some(vec!["am:9093".into()]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e, "alertmanager_url: \"am:9093\" is not an http:// or https:// URL");
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let e = resolve(FileConfig {
             grpc_addr: Some("localhost".into()),

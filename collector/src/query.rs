@@ -2,11 +2,13 @@
 //! (`/metrics`, health, the status page from `web`), as one axum router.
 //!
 //! Layout: `query/params.rs` parses request parameters, `query/eval.rs`
-//! plans and evaluates PromQL as pure functions over selected series, and
-//! `query/api.rs` is the only place that knows HTTP and JSON (handlers,
-//! response shapes, the error-to-status mapping). This file holds the
-//! shared context, the routes, and the glue that reads the store for an
-//! evaluation on the blocking pool with a deadline.
+//! (with one file per function family under `query/eval/`) evaluates
+//! PromQL as pure functions over a `Source` of series, and `query/api.rs`
+//! is the only place that knows HTTP and JSON (handlers, response shapes,
+//! the error-to-status mapping). This file holds the shared context, the
+//! routes, the store as an evaluation `Source` (long ranges read in
+//! parallel time slices), and the glue that runs an evaluation on the
+//! blocking pool with a deadline.
 
 mod api;
 pub mod eval;
@@ -140,7 +142,7 @@ impl eval::Source for Store {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(StoreError::Closed)))
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
                 .collect::<Result<Vec<_>, _>>()
         })?;
         Ok(stitch(parts))

@@ -16,6 +16,12 @@
 //! batch. Several blocks of one window are compacted into one; retention
 //! drops raw blocks and each rollup resolution separately.
 //!
+//! The out-of-order reference of a series is its newest sample seen since
+//! open (sealed or not); after a restart a series whose samples were all
+//! sealed has none, so one late sample may be accepted into an already
+//! sealed window — readers merge it (newest write wins), so this costs
+//! strictness, not correctness.
+//!
 //! Reads copy the matching series' head samples, then decode only the
 //! sections of the blocks overlapping the range that belong to those series.
 //! A block that fails its checksum is reported once and skipped; the rest
@@ -403,14 +409,25 @@ impl Store {
             None => 0,
         };
         let mut catalog = BTreeMap::new();
+        let mut bad_catalog = 0u64;
         for item in tree.scan_prefix([keys::CATALOG]) {
             let (key, value) = item?;
-            let id = keys::parse_block_key(&key)?;
-            max_lsn = max_lsn.max(id.lsn);
-            catalog.insert(id, keys::decode_catalog(&value)?);
+            // A damaged entry hides its block (reported) rather than
+            // keeping the whole store from opening.
+            match keys::parse_block_key(&key).and_then(|id| Ok((id, keys::decode_catalog(&value)?))) {
+                Ok((id, entry)) => {
+                    max_lsn = max_lsn.max(id.lsn);
+                    catalog.insert(id, entry);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "damaged block catalog entry skipped");
+                    bad_catalog += 1;
+                }
+            }
         }
 
         let counters = Counters::default();
+        counters.corrupt_blocks.store(bad_catalog, Ordering::Relaxed);
         let heads = replay_wal(&tree, &index, &counters, &mut max_lsn)?;
 
         let shared = Arc::new(Shared {
@@ -570,11 +587,79 @@ impl Store {
 
     /// Label sets of series matching all `matchers` that have samples in
     /// `[start_ms, end_ms]`.
+    ///
+    /// Answered mostly from block directories: a section lying wholly inside
+    /// the range proves the series without decoding anything.
     pub fn series(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<Labels>, StoreError> {
-        Ok(self
-            .select(matchers, start_ms, end_ms)?
+        if start_ms > end_ms {
+            return Ok(Vec::new());
+        }
+        let w = self.shared.opts.window_ms;
+        let matched = self.matching(matchers);
+        let mut found: HashSet<u64> = {
+            let heads = self.shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
+            matched
+                .iter()
+                .filter(|(id, _)| heads.has_sample_in(*id, start_ms, end_ms))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let mut groups: HashMap<u64, HashSet<u64>> = HashMap::new();
+        for (id, labels) in &matched {
+            if !found.contains(id) {
+                groups
+                    .entry(keys::group_hash(labels.get("instance")))
+                    .or_default()
+                    .insert(*id);
+            }
+        }
+        let catalog = self.shared.catalog.read().unwrap_or_else(PoisonError::into_inner);
+        for (group, ids) in &groups {
+            let range = BlockId {
+                group: *group,
+                window: window_start(start_ms, w),
+                lsn: 0,
+            }..=BlockId {
+                group: *group,
+                window: window_start(end_ms, w),
+                lsn: u64::MAX,
+            };
+            for (id, _) in catalog.range(range).filter(|(_, e)| e.raw) {
+                let Some(bytes) = self.shared.tree.get(keys::block_key(keys::BLOCK, *id))? else {
+                    self.shared.report_corrupt(*id, "listed in the catalog but missing");
+                    continue;
+                };
+                let view = match block::parse(&bytes) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.shared.report_corrupt(*id, &e.to_string());
+                        continue;
+                    }
+                };
+                for s in &view.sections {
+                    if !ids.contains(&s.series) || found.contains(&s.series) || s.max_ts < start_ms || s.min_ts > end_ms
+                    {
+                        continue;
+                    }
+                    let inside = start_ms <= s.min_ts || s.max_ts <= end_ms;
+                    let hit = inside
+                        || match view.decode(s) {
+                            Ok(samples) => samples.iter().any(|x| (start_ms..=end_ms).contains(&x.0)),
+                            Err(e) => {
+                                self.shared.report_corrupt(*id, &e.to_string());
+                                false
+                            }
+                        };
+                    if hit {
+                        found.insert(s.series);
+                    }
+                }
+            }
+        }
+        Ok(matched
             .into_iter()
-            .map(|s| s.labels)
+            .filter(|(id, _)| found.contains(id))
+            .map(|(_, l)| l)
             .collect())
     }
 

@@ -4,7 +4,7 @@
 //! hundred sensor, link and RAID attributes pays milliseconds per cycle for
 //! names and limits that never change. [`Files`] splits the work:
 //!
-//! - **changing values** ([`Files::read_attr`], [`Files::read_string`]) keep
+//! - **changing values** ([`Files::read_bytes`], [`Files::read_attr`]) keep
 //!   their descriptor open across cycles and are re-read from offset 0 with
 //!   `pread` into a reused buffer; sysfs attributes and seq_file procfs files
 //!   regenerate their content on a read at offset 0, so this sees fresh
@@ -18,16 +18,17 @@
 //! A descriptor whose read fails is closed and the file opened afresh once
 //! in the same call (a device that went away and came back has a new
 //! inode); a descriptor not used during a whole refresh period is closed, so
-//! a vanished device neither errors forever nor leaks descriptors.
+//! a vanished device neither errors forever nor leaks descriptors. All
+//! caches of the process together keep at most [`MAX_KEPT`] descriptors.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use crate::source::SourceError;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Cycles between refreshes of the static caches (listings, names, limits):
 /// 10 minutes at the default 10 s interval.
@@ -36,6 +37,34 @@ pub const REFRESH_CYCLES: u64 = 60;
 /// Largest file read through a kept descriptor; procfs tables past this are
 /// cut (none of the files the sources read comes near it).
 const MAX_LEN: usize = 16 << 20;
+
+/// FNV-1a: the caches are keyed by paths the agent builds itself (no
+/// untrusted keys), and hashing long sysfs paths with SipHash for every
+/// attribute of every cycle showed up in profiles.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A path-keyed map with the [`Fnv`] hasher.
+type PathMap<V> = HashMap<PathBuf, V, BuildHasherDefault<Fnv>>;
 
 /// One kept descriptor and the cycle it was last used in.
 #[derive(Debug)]
@@ -49,25 +78,47 @@ struct Kept {
 #[derive(Debug, Default)]
 pub struct Files {
     cycle: u64,
-    kept: HashMap<PathBuf, Kept>,
-    statics: HashMap<PathBuf, Option<Arc<str>>>,
-    listings: HashMap<PathBuf, Result<Arc<[String]>, io::ErrorKind>>,
-    links: HashMap<PathBuf, Option<PathBuf>>,
-    dirs: HashMap<PathBuf, bool>,
+    kept: PathMap<Kept>,
+    statics: PathMap<Option<Arc<str>>>,
+    listings: PathMap<Result<Arc<[String]>, io::ErrorKind>>,
+    links: PathMap<Option<PathBuf>>,
+    dirs: PathMap<bool>,
     buf: Vec<u8>,
 }
 
-impl Files {
-    /// An empty cache; the first cycle reads everything.
-    pub fn new() -> Self {
-        Self::default()
+impl Drop for Files {
+    fn drop(&mut self) {
+        release_slots(self.kept.len());
     }
+}
 
+/// Descriptors all [`Files`] of the process keep open together. A host with
+/// thousands of interfaces or sensors would otherwise hold more descriptors
+/// than a service's usual 1024 soft limit and starve the agent's sockets;
+/// past the budget, files are opened per read as before.
+pub const MAX_KEPT: usize = 512;
+
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes one slot of the [`MAX_KEPT`] budget, if one is free.
+fn reserve_slot() -> bool {
+    KEPT.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_KEPT).then_some(n + 1))
+        .is_ok()
+}
+
+/// Returns `n` slots to the budget.
+fn release_slots(n: usize) {
+    if n > 0 {
+        KEPT.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+impl Files {
     /// Starts a cycle: every [`REFRESH_CYCLES`] cycles the static caches are
     /// dropped and descriptors unused since the last refresh are closed.
     pub fn begin_cycle(&mut self) {
         self.cycle += 1;
-        if self.cycle % REFRESH_CYCLES == 0 {
+        if self.cycle.is_multiple_of(REFRESH_CYCLES) {
             self.refresh();
         }
     }
@@ -80,40 +131,32 @@ impl Files {
         self.links.clear();
         self.dirs.clear();
         let horizon = self.cycle.saturating_sub(REFRESH_CYCLES);
+        let before = self.kept.len();
         self.kept.retain(|_, k| k.used > horizon);
+        release_slots(before - self.kept.len());
     }
 
     /// Reads a changing file's content from offset 0 through a kept
-    /// descriptor, as raw bytes.
+    /// descriptor, as raw bytes. Past the process-wide [`MAX_KEPT`] budget
+    /// the file is opened, read and closed as usual.
     pub fn read_bytes(&mut self, path: &Path) -> io::Result<&[u8]> {
         let cycle = self.cycle;
-        let reused = self.kept.contains_key(path);
-        if !reused {
-            let file = File::open(path)?;
+        if let Some(kept) = self.kept.get_mut(path) {
+            kept.used = cycle;
+            if read_at_zero(&kept.file, &mut self.buf).is_ok() {
+                return Ok(&self.buf);
+            }
+            // The file may have been replaced (device re-added): forget the
+            // descriptor and open afresh once before giving up.
+            self.kept.remove(path);
+            release_slots(1);
+        }
+        let file = File::open(path)?;
+        read_at_zero(&file, &mut self.buf)?;
+        if reserve_slot() {
             self.kept.insert(path.to_path_buf(), Kept { file, used: cycle });
         }
-        let first = match self.kept.get_mut(path) {
-            Some(kept) => {
-                kept.used = cycle;
-                read_at_zero(&kept.file, &mut self.buf)
-            }
-            None => return Err(io::Error::from(io::ErrorKind::NotFound)),
-        };
-        match first {
-            Ok(()) => Ok(&self.buf),
-            Err(e) => {
-                self.kept.remove(path);
-                if !reused {
-                    return Err(e);
-                }
-                // The file may have been replaced (device re-added): one
-                // fresh open before giving up.
-                let file = File::open(path)?;
-                read_at_zero(&file, &mut self.buf)?;
-                self.kept.insert(path.to_path_buf(), Kept { file, used: cycle });
-                Ok(&self.buf)
-            }
-        }
+        Ok(&self.buf)
     }
 
     /// A changing sysfs attribute with trailing whitespace removed; `None`
@@ -121,15 +164,6 @@ impl Files {
     pub fn read_attr(&mut self, path: &Path) -> Option<String> {
         let bytes = self.read_bytes(path).ok()?;
         std::str::from_utf8(bytes).ok().map(|s| s.trim_end().to_string())
-    }
-
-    /// A changing file's whole content as UTF-8 (as
-    /// [`crate::source::read_to_string`], errors mapped the same way).
-    pub fn read_string(&mut self, path: &Path) -> Result<String, SourceError> {
-        let bytes = self.read_bytes(path).map_err(|e| SourceError::io(path, e))?;
-        std::str::from_utf8(bytes)
-            .map(str::to_string)
-            .map_err(|_| SourceError::io(path, io::Error::new(io::ErrorKind::InvalidData, "not UTF-8")))
     }
 
     /// The raw content of a file that does not change between refreshes
@@ -215,18 +249,6 @@ impl Files {
         self.dirs.insert(path.to_path_buf(), value);
         value
     }
-
-    /// Whether `path` exists (follows links), cached until the next refresh.
-    pub fn exists(&mut self, path: &Path) -> bool {
-        if self.dirs.get(path) == Some(&true) {
-            return true;
-        }
-        if let Some(Some(_)) = self.links.get(path) {
-            return true;
-        }
-        let value = self.canonicalize(path);
-        value.is_some()
-    }
 }
 
 /// Reads a whole file from offset 0 into `buf` (cleared first), with as few
@@ -274,14 +296,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("temp1_input");
         std::fs::write(&path, "42000\n").unwrap();
-        let mut files = Files::new();
+        let mut files = Files::default();
         files.begin_cycle();
         assert_eq!(files.read_attr(&path).as_deref(), Some("42000"));
         // Same inode, new (shorter) content: pread from 0 sees it whole.
         std::fs::write(&path, "7\n").unwrap();
         files.begin_cycle();
         assert_eq!(files.read_attr(&path).as_deref(), Some("7"));
-        assert_eq!(files.kept.len(), 1);
+        // One descriptor at most (none if a parallel test holds the whole
+        // budget): the path was not opened twice.
+        assert!(files.kept.len() <= 1);
     }
 
     #[test]
@@ -290,20 +314,17 @@ mod tests {
         let path = dir.path().join("big");
         let text: String = (0..5000).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&path, &text).unwrap();
-        let mut files = Files::new();
-        assert_eq!(files.read_string(&path).unwrap(), text);
-        assert_eq!(files.read_string(&path).unwrap(), text);
+        let mut files = Files::default();
+        assert_eq!(files.read_bytes(&path).unwrap(), text.as_bytes());
+        assert_eq!(files.read_bytes(&path).unwrap(), text.as_bytes());
     }
 
     #[test]
     fn missing_file_is_an_error_and_not_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut files = Files::new();
+        let mut files = Files::default();
         assert!(files.read_attr(&dir.path().join("nope")).is_none());
-        assert!(matches!(
-            files.read_string(&dir.path().join("nope")),
-            Err(SourceError::Io { .. })
-        ));
+        assert!(files.read_bytes(&dir.path().join("nope")).is_err());
         assert!(files.kept.is_empty());
         // A directory opens but does not read: not kept either.
         assert!(files.read_attr(dir.path()).is_none());
@@ -314,7 +335,7 @@ mod tests {
     fn static_caches_refresh_after_the_refresh_period() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("label"), "Core 0\n").unwrap();
-        let mut files = Files::new();
+        let mut files = Files::default();
         files.begin_cycle();
         assert_eq!(files.list(dir.path()).unwrap().len(), 1);
         assert_eq!(files.static_attr(&dir.path().join("label")).as_deref(), Some("Core 0"));
@@ -324,7 +345,7 @@ mod tests {
         // Cached until the refresh ...
         assert_eq!(files.list(dir.path()).unwrap().len(), 1);
         assert_eq!(files.static_attr(&dir.path().join("label")).as_deref(), Some("Core 0"));
-        while files.cycle % REFRESH_CYCLES != 0 {
+        while !files.cycle.is_multiple_of(REFRESH_CYCLES) {
             files.begin_cycle();
         }
         // ... and seen after it.
@@ -333,11 +354,28 @@ mod tests {
     }
 
     #[test]
+    fn descriptors_beyond_the_budget_are_not_kept_but_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Files::default();
+        files.begin_cycle();
+        for i in 0..MAX_KEPT + 10 {
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, format!("{i}\n")).unwrap();
+            assert_eq!(files.read_attr(&path), Some(i.to_string()));
+        }
+        assert!(files.kept.len() <= MAX_KEPT);
+        // Reads past the budget still see new content.
+        let last = dir.path().join(format!("f{}", MAX_KEPT + 9));
+        std::fs::write(&last, "new\n").unwrap();
+        assert_eq!(files.read_attr(&last).as_deref(), Some("new"));
+    }
+
+    #[test]
     fn unused_descriptors_are_closed_at_a_refresh() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("carrier");
         std::fs::write(&path, "1\n").unwrap();
-        let mut files = Files::new();
+        let mut files = Files::default();
         files.begin_cycle();
         assert!(files.read_attr(&path).is_some());
         for _ in 0..2 * REFRESH_CYCLES {

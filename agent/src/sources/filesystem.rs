@@ -13,22 +13,23 @@
 //! [`HostPaths::root`] before `statvfs`.
 //!
 //! `statvfs` on a hung network mount (NFS, CIFS with an unreachable server)
-//! can block in the kernel indefinitely and cannot be cancelled. Each call
-//! therefore runs on its own thread, and the cycle waits at most
-//! [`STATVFS_TIMEOUT`] for all of them together. A mount that did not answer
-//! is reported with `node_filesystem_device_error` = 1 and is not asked again
-//! until its stuck call returns, so one dead server costs one parked thread,
-//! not one per cycle. The parked thread itself cannot be reclaimed: that is
-//! the remaining limitation.
+//! can block in the kernel indefinitely and cannot be cancelled. The calls
+//! therefore run on a worker thread kept across cycles, and the cycle waits
+//! at most [`STATVFS_TIMEOUT`] for all of them together. A mount that did not
+//! answer is reported with `node_filesystem_device_error` = 1 and is not
+//! asked again until its stuck call returns; the worker stuck in it is
+//! abandoned and a fresh one takes the next cycle, so one dead server costs
+//! one parked thread, not one per cycle. The parked thread itself cannot be
+//! reclaimed: that is the remaining limitation.
 //!
 //! [`parse_mounts`] and [`is_excluded`] are pure; [`FilesystemSource`] does
 //! the I/O.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::emit::Emitter;
@@ -169,15 +170,69 @@ fn statvfs(_path: &Path) -> std::io::Result<FsUsage> {
 pub struct FilesystemSource {
     /// Resolved mount point → set when its stuck `statvfs` finally returns.
     stuck: HashMap<PathBuf, Arc<AtomicBool>>,
+    /// The thread that runs the calls, kept across cycles (spawning one
+    /// thread per mount per cycle cost more than the calls themselves).
+    worker: Option<StatWorker>,
+}
+
+/// One `statvfs` job: a batch of (index, path).
+type StatJob = Vec<(usize, PathBuf)>;
+
+/// The mount a worker is inside `statvfs` for, with the flag it sets when
+/// that call returns.
+type InFlight = Arc<Mutex<Option<(PathBuf, Arc<AtomicBool>)>>>;
+
+/// A long-lived thread running `statvfs` calls one after another.
+#[derive(Debug)]
+struct StatWorker {
+    jobs: mpsc::Sender<StatJob>,
+    results: mpsc::Receiver<(usize, Option<FsUsage>)>,
+    in_flight: InFlight,
+}
+
+impl StatWorker {
+    fn spawn() -> Option<StatWorker> {
+        let (jobs, job_rx) = mpsc::channel::<StatJob>();
+        let (result_tx, results) = mpsc::channel();
+        let in_flight: InFlight = Arc::default();
+        let current = Arc::clone(&in_flight);
+        std::thread::Builder::new()
+            .name("hostpulse-statvfs".to_string())
+            .spawn(move || {
+                while let Ok(batch) = job_rx.recv() {
+                    for (i, path) in batch {
+                        let done = Arc::new(AtomicBool::new(false));
+                        *current.lock().unwrap_or_else(|p| p.into_inner()) = Some((path.clone(), Arc::clone(&done)));
+                        let result = statvfs(&path).ok();
+                        done.store(true, Ordering::Release);
+                        *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        // The receiver is gone when the source gave up on
+                        // this thread (a call past the deadline): stop.
+                        if result_tx.send((i, result)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .ok()?;
+        Some(StatWorker {
+            jobs,
+            results,
+            in_flight,
+        })
+    }
 }
 
 impl FilesystemSource {
-    /// Runs `statvfs` for every path concurrently, waiting at most
-    /// `timeout` overall. `None` marks a failure or a timeout.
+    /// Runs `statvfs` for every path on the worker thread, waiting at most
+    /// `timeout` overall. `None` marks a failure or a timeout. When the
+    /// deadline passes, the mount the worker is stuck on is remembered (not
+    /// asked again until its call returns), the worker is abandoned, and the
+    /// next cycle starts a fresh one; mounts queued behind the stuck one
+    /// report an error for this cycle only.
     fn stat_all(&mut self, targets: &[PathBuf], timeout: Duration) -> Vec<Option<FsUsage>> {
         let mut results = vec![None; targets.len()];
-        let (tx, rx) = mpsc::channel();
-        let mut pending = HashMap::new();
+        let mut batch = Vec::new();
         for (i, target) in targets.iter().enumerate() {
             if let Some(done) = self.stuck.get(target) {
                 if !done.load(Ordering::Acquire) {
@@ -185,36 +240,41 @@ impl FilesystemSource {
                 }
                 self.stuck.remove(target);
             }
-            let done = Arc::new(AtomicBool::new(false));
-            let thread_done = Arc::clone(&done);
-            let thread_tx = tx.clone();
-            let path = target.clone();
-            let spawned = std::thread::Builder::new()
-                .name("hostpulse-statvfs".to_string())
-                .spawn(move || {
-                    let result = statvfs(&path).ok();
-                    thread_done.store(true, Ordering::Release);
-                    // The receiver is gone when the cycle gave up on us.
-                    let _ = thread_tx.send((i, result));
-                });
-            if spawned.is_ok() {
-                pending.insert(i, done);
-            }
+            batch.push((i, target.clone()));
         }
-        drop(tx);
+        if batch.is_empty() {
+            return results;
+        }
+        if self.worker.is_none() {
+            self.worker = StatWorker::spawn();
+        }
+        let Some(worker) = self.worker.as_ref() else {
+            return results;
+        };
+        let mut pending = batch.len();
+        if worker.jobs.send(batch).is_err() {
+            self.worker = None;
+            return results;
+        }
         let deadline = Instant::now() + timeout;
-        while !pending.is_empty() {
+        while pending > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            match worker.results.recv_timeout(left) {
                 Ok((i, result)) => {
-                    pending.remove(&i);
-                    results[i] = result;
+                    pending -= 1;
+                    if let Some(slot) = results.get_mut(i) {
+                        *slot = result;
+                    }
                 }
                 Err(_) => break,
             }
         }
-        for (i, done) in pending {
-            self.stuck.insert(targets[i].clone(), done);
+        if pending > 0 {
+            let in_flight = worker.in_flight.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some((path, done)) = in_flight {
+                self.stuck.insert(path, done);
+            }
+            self.worker = None;
         }
         results
     }
@@ -380,6 +440,20 @@ server:/export /srv/nfs nfs4 rw,relatime,vers=4.2 0 0
         let usage = got[0].unwrap();
         assert!(usage.size > 0.0 && usage.size >= usage.free && usage.free >= usage.avail);
         assert!(got[1].is_none());
+        assert!(source.stuck.is_empty());
+    }
+
+    #[test]
+    fn the_worker_thread_is_kept_across_cycles() {
+        let mut source = FilesystemSource::default();
+        let dir = std::env::temp_dir();
+        assert!(source.stat_all(std::slice::from_ref(&dir), STATVFS_TIMEOUT)[0].is_some());
+        let first = Arc::clone(&source.worker.as_ref().unwrap().in_flight);
+        for _ in 0..3 {
+            let got = source.stat_all(&[PathBuf::from("/nonexistent/hostpulse"), dir.clone()], STATVFS_TIMEOUT);
+            assert!(got[0].is_none() && got[1].is_some());
+        }
+        assert!(Arc::ptr_eq(&first, &source.worker.as_ref().unwrap().in_flight));
         assert!(source.stuck.is_empty());
     }
 

@@ -721,4 +721,62 @@ mod tests {
         );
         assert!(sensor_series("freq2", &props(&[("input", "1")])).is_empty());
     }
+
+    /// Values of `node_hwmon_temp_celsius` by chip label, from one cycle.
+    fn temps(source: &mut HwmonSource, paths: &HostPaths) -> BTreeMap<String, f64> {
+        let mut out = Emitter::new();
+        source.collect(paths, &mut out).unwrap();
+        out.samples()
+            .iter()
+            .filter(|s| s.name == "node_hwmon_temp_celsius")
+            .map(|s| (s.labels[0].1.clone(), s.value))
+            .collect()
+    }
+
+    #[test]
+    fn values_change_every_cycle_and_chips_follow_the_refresh() {
+        use crate::sources::files::REFRESH_CYCLES;
+        let root = tempfile::tempdir().unwrap();
+        let paths = HostPaths {
+            sysfs: root.path().to_path_buf(),
+            ..HostPaths::default()
+        };
+        let chip = |n: &str, name: &str, millis: &str| {
+            let dir = root.path().join("class/hwmon").join(n);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("name"), format!("{name}\n")).unwrap();
+            std::fs::write(dir.join("temp1_input"), format!("{millis}\n")).unwrap();
+            std::fs::write(dir.join("temp1_crit"), "100000\n").unwrap();
+        };
+        chip("hwmon0", "acpitz", "40000");
+        let mut source = HwmonSource::default();
+        assert_eq!(
+            temps(&mut source, &paths),
+            BTreeMap::from([("acpitz".to_string(), 40.0)])
+        );
+        // A changed value is seen on the next cycle (kept descriptor, pread).
+        std::fs::write(root.path().join("class/hwmon/hwmon0/temp1_input"), "41500\n").unwrap();
+        assert_eq!(temps(&mut source, &paths)["acpitz"], 41.5);
+        // A new chip appears within one refresh period ...
+        chip("hwmon1", "nvme", "35000");
+        let mut seen_after = None;
+        for cycle in 0..=REFRESH_CYCLES {
+            if temps(&mut source, &paths).contains_key("nvme") {
+                seen_after = Some(cycle);
+                break;
+            }
+        }
+        assert!(seen_after.is_some_and(|c| c < REFRESH_CYCLES));
+        // ... and a vanished one goes away within one, without errors.
+        std::fs::remove_dir_all(root.path().join("class/hwmon/hwmon0")).unwrap();
+        let mut gone = false;
+        for _ in 0..=REFRESH_CYCLES {
+            if !temps(&mut source, &paths).contains_key("acpitz") {
+                gone = true;
+                break;
+            }
+        }
+        assert!(gone);
+        assert_eq!(temps(&mut source, &paths), BTreeMap::from([("nvme".to_string(), 35.0)]));
+    }
 }

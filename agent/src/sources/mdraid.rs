@@ -275,7 +275,10 @@ fn collect_sysfs_array(files: &mut Files, device: &str, dir: &Path, out: &mut Em
             action.trim(),
         );
     }
-    if let Some(ratio) = files.attr_in(dir, "sync_completed").and_then(|t| parse_sync_completed(&t)) {
+    if let Some(ratio) = files
+        .attr_in(dir, "sync_completed")
+        .and_then(|t| parse_sync_completed(&t))
+    {
         out.gauge(
             "hostpulse_md_sync_completed_ratio",
             "Progress of the running resync/recovery/check of the md array, 0 to 1; absent when none runs.",
@@ -299,7 +302,10 @@ fn collect_sysfs_array(files: &mut Files, device: &str, dir: &Path, out: &mut Em
                 );
             }
         }
-        if let Some(errors) = files.attr_in(&member_dir, "errors").and_then(|t| t.trim().parse::<u64>().ok()) {
+        if let Some(errors) = files
+            .attr_in(&member_dir, "errors")
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
             out.gauge(
                 "hostpulse_md_member_read_errors",
                 "Read errors on an md array member that were corrected and not (yet) ejected the member, from sysfs.",

@@ -97,6 +97,8 @@ const AER_FILES: &[(&str, &str)] = &[
 const STATIC_FILES: &[&str] = &[
     "address",
     "broadcast",
+    // Set by the administrator; reading it takes the RTNL lock (~40 µs).
+    "ifalias",
     "addr_assign_type",
     "dev_id",
     "ifindex",

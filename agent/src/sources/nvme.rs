@@ -11,7 +11,8 @@
 
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
-use crate::source::{Source, SourceError, read_attr};
+use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// The namespace id of a namespace directory name (`nvme0n1` → `1`,
 /// `nvme0c0n2` → `2`); `None` for other entries.
@@ -34,9 +35,17 @@ fn number(text: Option<String>) -> Option<f64> {
     text.and_then(|t| t.trim().parse::<u64>().ok()).map(|v| v as f64)
 }
 
-/// Reads `/sys/class/nvme`.
+/// Reads `/sys/class/nvme`. Identity (model, serial, firmware, controller
+/// id, block size) and listings come from the refreshed cache; controller
+/// state, ANA state, namespace size and use through kept descriptors.
 #[derive(Debug, Default)]
-pub struct NvmeSource;
+pub struct NvmeSource {
+    files: Files,
+}
+
+/// Controller attributes fixed while the controller exists (a firmware
+/// update shows at the next refresh).
+const STATIC_FILES: &[&str] = &["firmware_rev", "model", "serial", "cntlid"];
 
 impl Source for NvmeSource {
     fn name(&self) -> &'static str {
@@ -44,26 +53,28 @@ impl Source for NvmeSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let files = &mut self.files;
+        files.begin_cycle();
         let dir = paths.sys("class/nvme");
-        let entries = match std::fs::read_dir(&dir) {
+        let entries = match files.list(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&dir, e)),
         };
-        let mut controllers: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| n.starts_with("nvme"))
-            .collect();
-        controllers.sort();
-        for device in controllers {
-            let ctrl = dir.join(&device);
-            let attr = |name: &str| read_attr(&ctrl.join(name)).unwrap_or_default();
+        for device in entries.iter().filter(|n| n.starts_with("nvme")) {
+            let ctrl = dir.join(device);
+            let mut attr = |name: &str| {
+                if STATIC_FILES.contains(&name) {
+                    files.static_in(&ctrl, name).unwrap_or_default()
+                } else {
+                    files.attr_in(&ctrl, name).unwrap_or_default()
+                }
+            };
             out.gauge(
                 "node_nvme_info",
                 "Non-numeric data from /sys/class/nvme/<device>, value is always 1.",
                 &[
-                    ("device", &device),
+                    ("device", device),
                     ("firmware_revision", &attr("firmware_rev")),
                     ("model", &attr("model")),
                     ("serial", &attr("serial")),
@@ -72,29 +83,24 @@ impl Source for NvmeSource {
                 ],
                 1.0,
             );
-            let Ok(entries) = std::fs::read_dir(&ctrl) else {
+            let Ok(entries) = files.list(&ctrl) else {
                 continue;
             };
-            let mut namespaces: Vec<(String, String)> = entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().to_str()?.to_string();
-                    let nsid = namespace_id(&device, &name)?;
-                    Some((name, nsid))
-                })
+            let namespaces: Vec<(&String, String)> = entries
+                .iter()
+                .filter_map(|name| Some((name, namespace_id(device, name)?)))
                 .collect();
-            namespaces.sort();
             for (name, nsid) in namespaces {
-                let ns = ctrl.join(&name);
+                let ns = ctrl.join(name);
                 let labels = [("device", device.as_str()), ("nsid", nsid.as_str())];
-                let ana = read_attr(&ns.join("ana_state")).unwrap_or_else(|| "unknown".to_string());
+                let ana = files.attr_in(&ns, "ana_state").unwrap_or_else(|| "unknown".to_string());
                 out.gauge(
                     "node_nvme_namespace_info",
                     "Information about NVMe namespaces. Value is always 1",
-                    &[("device", &device), ("nsid", &nsid), ("ana_state", &ana)],
+                    &[("device", device), ("nsid", &nsid), ("ana_state", &ana)],
                     1.0,
                 );
-                let Some(block) = number(read_attr(&ns.join("queue/logical_block_size"))) else {
+                let Some(block) = number(files.static_in(&ns.join("queue"), "logical_block_size")) else {
                     continue;
                 };
                 out.gauge(
@@ -103,7 +109,7 @@ impl Source for NvmeSource {
                     &labels,
                     block,
                 );
-                if let Some(size) = number(read_attr(&ns.join("size"))) {
+                if let Some(size) = number(files.attr_in(&ns, "size")) {
                     out.gauge(
                         "node_nvme_namespace_size_bytes",
                         "Size of the NVMe namespace in bytes. Available in /sys/class/nvme/<device>/<namespace>/size",
@@ -117,7 +123,7 @@ impl Source for NvmeSource {
                         size * block,
                     );
                 }
-                if let Some(used) = number(read_attr(&ns.join("nuse"))) {
+                if let Some(used) = number(files.attr_in(&ns, "nuse")) {
                     out.gauge(
                         "node_nvme_namespace_used_bytes",
                         "Used space of the NVMe namespace in bytes. Available in /sys/class/nvme/<device>/<namespace>/nuse",

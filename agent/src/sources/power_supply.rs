@@ -193,7 +193,7 @@ impl Source for PowerSupplySource {
                     continue;
                 }
                 if let Ok(bytes) = files.read_bytes(&supply_dir.join(file)) {
-                    attrs.insert((*file).to_string(), String::from_utf8_lossy(&bytes).into_owned());
+                    attrs.insert((*file).to_string(), String::from_utf8_lossy(bytes).into_owned());
                 }
             }
             let series = supply_series(&attrs);

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Splits a zone name into node_exporter's `(index, name)`: `package-0` is
 /// `(0, "package")`; a name without a numeric suffix (`core`, `dram`) gets
@@ -84,10 +85,13 @@ struct ZoneTotal {
     max_range: Option<u64>,
 }
 
-/// Reads `/sys/class/powercap`, keeping the wrap-corrected total per zone.
+/// Reads `/sys/class/powercap`, keeping the wrap-corrected total per zone;
+/// zones and their names from the refreshed cache, energy through kept
+/// descriptors.
 #[derive(Debug, Default)]
 pub struct RaplSource {
     totals: HashMap<String, ZoneTotal>,
+    files: Files,
 }
 
 impl Source for RaplSource {
@@ -96,35 +100,32 @@ impl Source for RaplSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let files = &mut self.files;
+        files.begin_cycle();
         let dir = paths.sys("class/powercap");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
+        // node_exporter lists the directory sorted (as the cache does); the
+        // duplicate-name index depends on that order.
+        let names = match files.list(&dir) {
+            Ok(names) => names,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&dir, e)),
         };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        // node_exporter lists the directory sorted; the duplicate-name index
-        // depends on that order.
-        names.sort();
         let mut seen = HashMap::new();
-        for entry in names {
-            let zone_dir = dir.join(&entry);
+        for entry in names.iter() {
+            let zone_dir = dir.join(entry);
             // Only zones have a `name` file (the `intel-rapl` control type does not).
-            let Ok(raw_name) = std::fs::read_to_string(zone_dir.join("name")) else {
+            let Some(raw_name) = files.read_static(&zone_dir.join("name")) else {
                 continue;
             };
             let (index, zone) = zone_index_and_name(&raw_name, &mut seen);
             let energy_path = zone_dir.join("energy_uj");
-            let text = match std::fs::read_to_string(&energy_path) {
-                Ok(text) => text,
+            let text = match files.read_bytes(&energy_path) {
+                Ok(bytes) => String::from_utf8_lossy(bytes).into_owned(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(SourceError::io(&energy_path, e)),
             };
             let micro = parse_energy_uj(&text).map_err(|m| SourceError::parse(&energy_path, m))?;
-            let total = match self.totals.get_mut(&entry) {
+            let total = match self.totals.get_mut(entry) {
                 Some(zone) => {
                     zone.total_uj += u128::from(wrapped_delta(zone.last_uj, micro, zone.max_range));
                     zone.last_uj = micro;
@@ -147,7 +148,7 @@ impl Source for RaplSource {
             out.counter(
                 "hostpulse_rapl_energy_joules_total",
                 "Energy used by a RAPL zone in joules, corrected for wraps of energy_uj at max_energy_range_uj.",
-                &[("zone", &entry)],
+                &[("zone", entry)],
                 total as f64 / 1_000_000.0,
             );
             out.counter(

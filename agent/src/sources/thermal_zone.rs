@@ -9,10 +9,12 @@
 //! ([`parse_millicelsius`], [`parse_state`], [`entry_number`]) are pure.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
-use crate::source::{Source, SourceError, read_attr};
+use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Parses a zone `temp` file (millidegrees Celsius, may be negative) into
 /// degrees Celsius.
@@ -40,21 +42,19 @@ pub fn entry_number<'a>(entry: &'a str, prefix: &str) -> Option<&'a str> {
         .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Reads `/sys/class/thermal`.
+/// Reads `/sys/class/thermal`: zones, types and maximum states from the
+/// refreshed cache, temperatures and current states through kept
+/// descriptors.
 #[derive(Debug, Default)]
-pub struct ThermalZoneSource;
+pub struct ThermalZoneSource {
+    files: Files,
+}
 
-/// Sorted entry names of `dir`, or `None` when it does not exist.
-fn list(dir: &Path) -> Result<Option<Vec<String>>, SourceError> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            let mut names: Vec<String> = entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            Ok(Some(names))
-        }
+/// Sorted entry names of `dir` (cached until the next refresh), or `None`
+/// when it does not exist.
+fn list(files: &mut Files, dir: &Path) -> Result<Option<Arc<[String]>>, SourceError> {
+    match files.list(dir) {
+        Ok(names) => Ok(Some(names)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(SourceError::io(dir, e)),
     }
@@ -66,15 +66,17 @@ impl Source for ThermalZoneSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        let files = &mut self.files;
+        files.begin_cycle();
         let dir = paths.sys("class/thermal");
-        let Some(names) = list(&dir)? else { return Ok(()) };
-        for name in &names {
+        let Some(names) = list(files, &dir)? else { return Ok(()) };
+        for name in names.iter() {
             let entry = dir.join(name);
             if let Some(zone) = entry_number(name, "thermal_zone") {
-                let Some(kind) = read_attr(&entry.join("type")) else {
+                let Some(kind) = files.static_in(&entry, "type") else {
                     continue;
                 };
-                let Some(Ok(temp)) = read_attr(&entry.join("temp")).map(|t| parse_millicelsius(&t)) else {
+                let Some(Ok(temp)) = files.attr_in(&entry, "temp").map(|t| parse_millicelsius(&t)) else {
                     continue;
                 };
                 out.gauge(
@@ -84,11 +86,11 @@ impl Source for ThermalZoneSource {
                     temp,
                 );
             } else if let Some(number) = entry_number(name, "cooling_device") {
-                let Some(kind) = read_attr(&entry.join("type")) else {
+                let Some(kind) = files.static_in(&entry, "type") else {
                     continue;
                 };
-                let cur = read_attr(&entry.join("cur_state")).map(|t| parse_state(&t));
-                let max = read_attr(&entry.join("max_state")).map(|t| parse_state(&t));
+                let cur = files.attr_in(&entry, "cur_state").map(|t| parse_state(&t));
+                let max = files.static_in(&entry, "max_state").map(|t| parse_state(&t));
                 let (Some(Ok(cur)), Some(Ok(max))) = (cur, max) else {
                     continue;
                 };

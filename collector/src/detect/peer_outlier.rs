@@ -5,16 +5,18 @@
 //! threshold sees, because it is still within the chip's limits.
 //!
 //! For each host: its hottest CPU sensor (`coretemp`, `k10temp`, `zenpower`,
-//! `cpu` chips; any chip if none matches) and `node_load1`. Peers are hosts
-//! of the same model whose load is within [`PeerOutlier::load_tolerance`]
-//! (relative) or one unit (absolute). The score is robust: distance from
-//! the peers' median in units of their MAD (floored at
+//! `cpu` chips; any chip if none matches) and `node_load1`. Within a model
+//! group, temperature is fitted against load with a robust line
+//! (Theil–Sen, slope clamped to [0, [`PeerOutlier::max_slope`]]), which is
+//! what "at similar load" means without needing peers at exactly the same
+//! load; each host's residual is then compared with its peers' residuals:
+//! distance from their median in units of their MAD (floored at
 //! [`PeerOutlier::min_spread_celsius`]), so one other odd host cannot hide
 //! or fake an outlier.
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::robust::{mad, median};
+use super::robust::{mad, median, theil_sen};
 use super::{Detector, Inputs};
 use crate::alert::{ALERT_NAME, ActiveAlert};
 use crate::model::Labels;
@@ -35,8 +37,8 @@ pub struct PeerOutlier {
     /// Floor of the peers' spread, °C, so a very uniform fleet does not
     /// turn a 2 °C difference into a huge score.
     pub min_spread_celsius: f64,
-    /// Relative load difference still counted as "similar load".
-    pub load_tolerance: f64,
+    /// Largest temperature rise per unit of load the fit may use, °C.
+    pub max_slope: f64,
     /// How long a host must stay an outlier.
     pub hold_ms: i64,
 }
@@ -48,7 +50,7 @@ impl Default for PeerOutlier {
             min_score: 4.0,
             min_excess_celsius: 8.0,
             min_spread_celsius: 1.5,
-            load_tolerance: 0.25,
+            max_slope: 5.0,
             hold_ms: 15 * 60_000,
         }
     }
@@ -126,25 +128,46 @@ impl PeerOutlier {
     /// The alerts for readings of one moment (pure, for tests).
     pub fn outliers(&self, readings: &[HostReading]) -> Vec<ActiveAlert> {
         let mut out = Vec::new();
-        for h in readings {
-            let band = (h.load * self.load_tolerance).max(1.0);
-            let peers: Vec<f64> = readings
-                .iter()
-                .filter(|p| p.instance != h.instance && p.model == h.model && (p.load - h.load).abs() <= band)
-                .map(|p| p.celsius)
-                .collect();
-            if peers.len() < self.min_peers {
+        let mut groups: BTreeMap<&str, Vec<&HostReading>> = BTreeMap::new();
+        for r in readings {
+            groups.entry(r.model.as_str()).or_default().push(r);
+        }
+        for group in groups.values() {
+            if group.len() <= self.min_peers {
                 continue;
             }
-            let (Some(med), Some(spread)) = (median(&peers), mad(&peers)) else {
-                continue;
-            };
-            let excess = h.celsius - med;
-            let score = excess / spread.max(self.min_spread_celsius);
-            if score < self.min_score || excess < self.min_excess_celsius {
-                continue;
+            let points: Vec<(f64, f64)> = group.iter().map(|r| (r.load, r.celsius)).collect();
+            // All at one load (or too few distinct loads): a flat line.
+            let slope = theil_sen(&points, 1.0)
+                .map_or(0.0, |f| f.slope)
+                .clamp(0.0, self.max_slope);
+            let residuals: Vec<f64> = group.iter().map(|r| r.celsius - slope * r.load).collect();
+            for (i, h) in group.iter().enumerate() {
+                let peers: Vec<f64> = residuals
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, r)| *r)
+                    .collect();
+                self.judge(h, residuals[i], &peers, &mut out);
             }
-            out.push(ActiveAlert {
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
+    /// Adds the alert for host `h` (load-adjusted temperature `own`) if it
+    /// stands out from its peers' load-adjusted temperatures.
+    fn judge(&self, h: &HostReading, own: f64, peers: &[f64], out: &mut Vec<ActiveAlert>) {
+        let (Some(med), Some(spread)) = (median(peers), mad(peers)) else {
+            return;
+        };
+        let excess = own - med;
+        let score = excess / spread.max(self.min_spread_celsius);
+        if score < self.min_score || excess < self.min_excess_celsius {
+            return;
+        }
+        out.push(ActiveAlert {
                 labels: Labels::from_pairs(&[
                     (ALERT_NAME, NAME),
                     ("instance", &h.instance),
@@ -159,7 +182,7 @@ impl PeerOutlier {
                     (
                         "description".to_string(),
                         format!(
-                            "{} reads {:.1} °C at load {:.2}; {} hosts with the same CPU ({}) at similar load read a median of {med:.1} °C (robust score {score:.1}). Check its fans, filters, airflow and thermal paste.",
+                            "{} reads {:.1} °C at load {:.2}, {excess:.1} °C above what {} hosts with the same CPU ({}) read at that load (robust score {score:.1}). Check its fans, filters, airflow and thermal paste.",
                             h.instance,
                             h.celsius,
                             h.load,
@@ -174,8 +197,6 @@ impl PeerOutlier {
                 ]),
                 value: excess,
             });
-        }
-        out
     }
 }
 
@@ -223,7 +244,7 @@ mod tests {
 
     #[test]
     fn load_and_model_define_peers() {
-        // Hot because it works hard: no similar-load peers, so no verdict.
+        // Hot because it works hard: the load fit explains it.
         assert!(flagged(&fleet(vec![reading("busy", "EPYC 7313", 75.0, 32.0)])).is_empty());
         // A different model runs hotter by design: no peers.
         assert!(flagged(&fleet(vec![reading("xeon", "Xeon 8380", 80.0, 8.0)])).is_empty());

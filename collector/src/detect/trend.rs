@@ -1,8 +1,9 @@
 //! Time-to-failure trend: fits a robust line (Theil–Sen) through each
 //! series of a failure-bound quantity — filesystem free space falling to
-//! zero, SSD wear (`percentage_used`) rising to 100 — and alerts when even
-//! the slow end of the slope's 90 % confidence interval crosses the
-//! threshold within the horizon.
+//! zero, SSD wear (`percentage_used`) rising to 100, a voltage rail
+//! drifting toward its sensor's min or max — and alerts when even the slow
+//! end of the slope's 90 % confidence interval crosses the threshold within
+//! the horizon.
 //!
 //! Rationale: a fixed threshold fires either too late (a fast fill) or on
 //! full-but-static volumes; a trend predicts. Theil–Sen ignores the odd
@@ -10,12 +11,13 @@
 //! bound means noise around a flat line never predicts a failure, which
 //! keeps a healthy fleet silent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::robust::theil_sen;
 use super::{Detector, Inputs};
 use crate::alert::{ALERT_NAME, ActiveAlert};
 use crate::model::{Labels, SeriesSamples, is_stale_marker};
+use crate::query::eval::instant_value;
 
 /// One quantity whose trend predicts a failure.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +26,9 @@ pub struct TrendTarget {
     pub metric: &'static str,
     /// The value at which the part fails.
     pub threshold: f64,
+    /// A series holding the threshold per part instead (a sensor's own
+    /// limit), matched on the `keep` labels; parts without one are skipped.
+    pub threshold_metric: Option<&'static str>,
     /// Whether failure is the value rising to the threshold (else falling).
     pub rising: bool,
     /// How far ahead a predicted crossing raises the alert.
@@ -34,6 +39,10 @@ pub struct TrendTarget {
     pub skip_fstypes: &'static [&'static str],
     /// What the part is, for the text.
     pub what: &'static str,
+    /// The history each fit uses.
+    pub window_ms: i64,
+    /// Least history (span of samples) before a series is judged.
+    pub min_span_ms: i64,
 }
 
 /// The targets of [`TimeToFailure::default`].
@@ -43,20 +52,53 @@ pub const TARGETS: &[TrendTarget] = &[
         threshold: 0.0,
         rising: false,
         horizon_ms: 4 * 86_400_000,
+        threshold_metric: None,
         keep: &["instance", "device", "mountpoint", "fstype"],
         skip_fstypes: &["tmpfs", "ramfs", "squashfs", "overlay", "devtmpfs", "iso9660"],
         what: "filesystem",
+        window_ms: 12 * HOUR,
+        min_span_ms: 3 * HOUR,
     },
     TrendTarget {
         metric: "smartctl_device_percentage_used",
         threshold: 100.0,
         rising: true,
         horizon_ms: 30 * 86_400_000,
+        threshold_metric: None,
         keep: &["instance", "device"],
         skip_fstypes: &[],
         what: "SSD endurance",
+        // Wear moves in whole percent, hours apart: a fit needs days.
+        window_ms: 7 * 24 * HOUR,
+        min_span_ms: 24 * HOUR,
+    },
+    TrendTarget {
+        metric: "node_hwmon_in_volts",
+        threshold: 0.0,
+        threshold_metric: Some("node_hwmon_in_min_volts"),
+        rising: false,
+        horizon_ms: 2 * 86_400_000,
+        keep: &["instance", "chip", "sensor"],
+        skip_fstypes: &[],
+        what: "voltage rail (toward min)",
+        window_ms: 12 * HOUR,
+        min_span_ms: 6 * HOUR,
+    },
+    TrendTarget {
+        metric: "node_hwmon_in_volts",
+        threshold: 0.0,
+        threshold_metric: Some("node_hwmon_in_max_volts"),
+        rising: true,
+        horizon_ms: 2 * 86_400_000,
+        keep: &["instance", "chip", "sensor"],
+        skip_fstypes: &[],
+        what: "voltage rail (toward max)",
+        window_ms: 12 * HOUR,
+        min_span_ms: 6 * HOUR,
     },
 ];
+
+const HOUR: i64 = 3_600_000;
 
 /// Normal quantile of the two-sided 90 % interval.
 const Z90: f64 = 1.645;
@@ -66,19 +108,11 @@ const Z90: f64 = 1.645;
 pub struct TimeToFailure {
     /// What it watches.
     pub targets: &'static [TrendTarget],
-    /// The history each fit uses.
-    pub window_ms: i64,
-    /// Least history (span of samples) before a series is judged.
-    pub min_span_ms: i64,
 }
 
 impl Default for TimeToFailure {
     fn default() -> Self {
-        TimeToFailure {
-            targets: TARGETS,
-            window_ms: 12 * 3_600_000,
-            min_span_ms: 3 * 3_600_000,
-        }
+        TimeToFailure { targets: TARGETS }
     }
 }
 
@@ -91,23 +125,46 @@ impl Detector for TimeToFailure {
     }
 
     fn inputs(&self) -> &'static [&'static str] {
-        &["node_filesystem_avail_bytes", "smartctl_device_percentage_used"]
+        &[
+            "node_filesystem_avail_bytes",
+            "smartctl_device_percentage_used",
+            "node_hwmon_in_volts",
+            "node_hwmon_in_min_volts",
+            "node_hwmon_in_max_volts",
+        ]
     }
 
     fn evaluate(&self, inputs: &Inputs, now_ms: i64) -> Vec<ActiveAlert> {
-        self.targets
-            .iter()
-            .flat_map(|t| {
-                inputs
-                    .series(t.metric)
+        let mut out = Vec::new();
+        for t in self.targets {
+            let limits: HashMap<Vec<String>, f64> = match t.threshold_metric {
+                None => HashMap::new(),
+                Some(m) => inputs
+                    .series(m)
                     .iter()
-                    .filter_map(move |s| self.judge(t, s, now_ms))
-            })
-            .collect()
+                    .filter_map(|s| {
+                        let v = instant_value(&s.samples, now_ms)?;
+                        Some((key(t, &s.labels), v))
+                    })
+                    .collect(),
+            };
+            for s in inputs.series(t.metric) {
+                let threshold = match t.threshold_metric {
+                    None => t.threshold,
+                    // No limit, or a zero limit (unset in the chip): nothing to reach.
+                    Some(_) => match limits.get(&key(t, &s.labels)) {
+                        Some(v) if *v != 0.0 && v.is_finite() => *v,
+                        _ => continue,
+                    },
+                };
+                out.extend(judge_against(t, threshold, s, now_ms));
+            }
+        }
+        out
     }
 
     fn window_ms(&self) -> i64 {
-        self.window_ms
+        self.targets.iter().map(|t| t.window_ms).max().unwrap_or(0)
     }
 
     fn every_ms(&self) -> i64 {
@@ -115,58 +172,68 @@ impl Detector for TimeToFailure {
     }
 }
 
+fn key(t: &TrendTarget, l: &Labels) -> Vec<String> {
+    t.keep.iter().map(|k| l.get(k).to_string()).collect()
+}
+
 impl TimeToFailure {
-    /// The alert for one series, if its conservative trend crosses the
-    /// threshold within the horizon.
+    /// The alert for one series against the target's fixed threshold.
     pub fn judge(&self, target: &TrendTarget, series: &SeriesSamples, now_ms: i64) -> Option<ActiveAlert> {
-        if target.skip_fstypes.contains(&series.labels.get("fstype")) {
-            return None;
-        }
-        let samples: Vec<&(i64, f64)> = series
-            .samples
-            .iter()
-            .filter(|(t, v)| *t <= now_ms && now_ms - t <= self.window_ms && !is_stale_marker(*v))
-            .collect();
-        let (first, last) = (samples.first()?, samples.last()?);
-        if last.0 - first.0 < self.min_span_ms || now_ms - last.0 > 15 * 60_000 {
-            return None;
-        }
-        // Seconds relative to now keep the numbers small and exact.
-        let points: Vec<(f64, f64)> = samples
-            .iter()
-            .map(|(t, v)| ((t - now_ms) as f64 / 1000.0, *v))
-            .collect();
-        let fit = theil_sen(&points, Z90)?;
-        let current = fit.intercept;
-        // The failure-ward rate at the slow end of the interval.
-        let (rate, distance) = if target.rising {
-            (fit.slope_low, target.threshold - current)
-        } else {
-            (-fit.slope_high, current - target.threshold)
-        };
-        if rate <= 0.0 || distance <= 0.0 {
-            return None;
-        }
-        let eta_s = distance / rate;
-        if eta_s * 1000.0 > target.horizon_ms as f64 {
-            return None;
-        }
-        let mut pairs: Vec<(String, String)> = target
-            .keep
-            .iter()
-            .map(|k| ((*k).to_string(), series.labels.get(k).to_string()))
-            .collect();
-        pairs.push((ALERT_NAME.to_string(), NAME.to_string()));
-        pairs.push(("severity".to_string(), "warning".to_string()));
-        pairs.push(("part".to_string(), target.what.to_string()));
-        let labels = Labels::new(pairs);
-        let place = [series.labels.get("mountpoint"), series.labels.get("device")]
-            .into_iter()
-            .find(|s| !s.is_empty())
-            .unwrap_or("?")
-            .to_string();
-        let hours = eta_s / 3600.0;
-        Some(ActiveAlert {
+        judge_against(target, target.threshold, series, now_ms)
+    }
+}
+
+/// The alert for one series, if its conservative trend crosses `threshold`
+/// within the target's horizon.
+fn judge_against(target: &TrendTarget, threshold: f64, series: &SeriesSamples, now_ms: i64) -> Option<ActiveAlert> {
+    if target.skip_fstypes.contains(&series.labels.get("fstype")) {
+        return None;
+    }
+    let samples: Vec<&(i64, f64)> = series
+        .samples
+        .iter()
+        .filter(|(t, v)| *t <= now_ms && now_ms - t <= target.window_ms && !is_stale_marker(*v))
+        .collect();
+    let (first, last) = (samples.first()?, samples.last()?);
+    if last.0 - first.0 < target.min_span_ms || now_ms - last.0 > 15 * 60_000 {
+        return None;
+    }
+    // Seconds relative to now keep the numbers small and exact.
+    let points: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|(t, v)| ((t - now_ms) as f64 / 1000.0, *v))
+        .collect();
+    let fit = theil_sen(&points, Z90)?;
+    let current = fit.intercept;
+    // The failure-ward rate at the slow end of the interval.
+    let (rate, distance) = if target.rising {
+        (fit.slope_low, threshold - current)
+    } else {
+        (-fit.slope_high, current - threshold)
+    };
+    if rate <= 0.0 || distance <= 0.0 {
+        return None;
+    }
+    let eta_s = distance / rate;
+    if eta_s * 1000.0 > target.horizon_ms as f64 {
+        return None;
+    }
+    let mut pairs: Vec<(String, String)> = target
+        .keep
+        .iter()
+        .map(|k| ((*k).to_string(), series.labels.get(k).to_string()))
+        .collect();
+    pairs.push((ALERT_NAME.to_string(), NAME.to_string()));
+    pairs.push(("severity".to_string(), "warning".to_string()));
+    pairs.push(("part".to_string(), target.what.to_string()));
+    let labels = Labels::new(pairs);
+    let place = [series.labels.get("mountpoint"), series.labels.get("device")]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or("?")
+        .to_string();
+    let hours = eta_s / 3600.0;
+    Some(ActiveAlert {
             annotations: BTreeMap::from([
                 (
                     "summary".to_string(),
@@ -180,7 +247,7 @@ impl TimeToFailure {
                     "description".to_string(),
                     format!(
                         "{} of {place} is {current:.4} and moving toward {} at {:.3e}/s (90% interval {:.3e} to {:.3e}); at the slow end of that interval it gets there in {hours:.1} hours.",
-                        target.metric, target.threshold, fit.slope, fit.slope_low, fit.slope_high
+                        target.metric, threshold, fit.slope, fit.slope_low, fit.slope_high
                     ),
                 ),
                 (
@@ -191,7 +258,6 @@ impl TimeToFailure {
             labels,
             value: eta_s,
         })
-    }
 }
 
 #[cfg(test)]
@@ -276,11 +342,47 @@ mod tests {
     }
 
     #[test]
+    fn voltage_drifting_toward_its_own_min() {
+        let rail = |name: &str, samples: Vec<(i64, f64)>| SeriesSamples {
+            labels: Labels::from_pairs(&[
+                ("__name__", name),
+                ("instance", "db3"),
+                ("chip", "nct"),
+                ("sensor", "in1"),
+            ]),
+            samples,
+        };
+        let limit = |v: f64| rail("node_hwmon_in_min_volts", vec![(NOW - 60_000, v)]);
+        let detect = |volts: Vec<(i64, f64)>, min: f64| {
+            let inputs = Inputs::new(
+                HashMap::from([
+                    ("node_hwmon_in_volts", vec![rail("node_hwmon_in_volts", volts)]),
+                    ("node_hwmon_in_min_volts", vec![limit(min)]),
+                ]),
+                Vec::new(),
+            );
+            TimeToFailure::default().evaluate(&inputs, NOW)
+        };
+        // 12.05 V falling 0.02 V/h with ±0.02 V noise: 11.4 V in ~30 h.
+        let drifting = history(|h| 12.05 - 0.02 * (12.0 - h) + 0.02 * (h * 5.3).sin());
+        let alerts = detect(drifting.clone(), 11.4);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].labels.get("sensor"), "in1");
+        assert!(alerts[0].value < 2.0 * 86_400.0);
+        // The same rail with no min set (0) is not judged; a steady rail is quiet.
+        assert!(detect(drifting, 0.0).is_empty());
+        assert!(detect(history(|h| 12.05 + 0.02 * (h * 5.3).sin()), 11.4).is_empty());
+    }
+
+    #[test]
     fn ssd_wear_rising_toward_100() {
         let s = SeriesSamples {
             labels: Labels::from_pairs(&[("instance", "db2"), ("device", "nvme0")]),
-            // 97 % used, +1 % every 2 hours: ~6 h left.
-            samples: history(|h| (97.0 - h / 2.0).round()),
+            // 97 % used, +1 % every 2 hours: ~6 h left (a day of history).
+            samples: (0..=288)
+                .rev()
+                .map(|i| (NOW - i64::from(i) * 300_000, (97.0 - f64::from(i) / 24.0).round()))
+                .collect(),
         };
         let a = TimeToFailure::default().judge(&TARGETS[1], &s, NOW).unwrap();
         assert_eq!(a.labels.get("part"), "SSD endurance");

@@ -43,6 +43,11 @@ pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
 /// `global.evaluation_interval`.
 pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
 
+/// Most steps one (sub)query grid may have; far beyond the API's 11,000
+/// points per series, it only stops `x[10y:1ms]`-style subqueries from
+/// allocating without bound.
+const MAX_GRID_STEPS: usize = 1_000_000;
+
 /// Message of Prometheus's duplicate-series error.
 const DUPLICATE_LABELSET: &str = "vector cannot contain metrics with the same labelset";
 
@@ -265,11 +270,14 @@ impl Grid {
         if self.end < self.start {
             return 0;
         }
-        usize::try_from((self.end - self.start) / self.step.max(1) + 1).unwrap_or(usize::MAX)
+        // In i128: the extreme times the API accepts would overflow i64.
+        let n = (i128::from(self.end) - i128::from(self.start)) / i128::from(self.step.max(1)) + 1;
+        usize::try_from(n).unwrap_or(usize::MAX)
     }
 
     fn time(&self, i: usize) -> i64 {
-        self.start + i as i64 * self.step.max(1)
+        self.start
+            .saturating_add(i64::try_from(i).unwrap_or(i64::MAX).saturating_mul(self.step.max(1)))
     }
 
     fn times(&self) -> impl Iterator<Item = i64> + '_ {
@@ -653,21 +661,29 @@ impl<'a> Evaluator<'a> {
             return Ok(arg);
         }
         let (first_hi, last_hi) = match at {
-            Some(a) => (a - offset, a - offset),
-            None => (grid.start - offset, grid.time(n - 1) - offset),
+            Some(a) => (a.saturating_sub(offset), a.saturating_sub(offset)),
+            None => (
+                grid.start.saturating_sub(offset),
+                grid.time(n - 1).saturating_sub(offset),
+            ),
         };
-        let lo = first_hi - range;
+        let lo = first_hi.saturating_sub(range);
         // First multiple of the step at or after the earliest window start
         // (Go's truncating division, as Prometheus computes it).
         let mut start = step * (lo / step);
         if start < lo {
-            start += step;
+            start = start.saturating_add(step);
         }
         let inner = Grid {
             start,
             end: last_hi,
             step,
         };
+        // Each step of the inner grid costs memory per series; a grid this
+        // long could never fit the sample limit anyway.
+        if inner.len() > MAX_GRID_STEPS {
+            return Err(EvalError::TooManySamples);
+        }
         let series = self.eval_vector(&sq.expr, inner)?;
         arg.series = series
             .into_iter()
@@ -965,6 +981,8 @@ mod tests {
             eval_instant(&expr, &Literal(&d), MIN, limits, None),
             Err(EvalError::TooManySamples)
         ));
+        let err = instant("max_over_time(m[10y:1ms])", &d, MIN).unwrap_err();
+        assert!(matches!(err, EvalError::TooManySamples), "{err}");
         let past = Instant::now();
         assert!(matches!(
             eval_instant(&expr, &Literal(&d), MIN, Limits::default(), Some(past)),

@@ -534,3 +534,36 @@ async fn promtool_queries_work() {
     .unwrap();
     assert!(ok && text.contains("{} => 3.5 @[1700000020]"), "{text}");
 }
+
+/// Long ranges are read in parallel time slices; the stitched answer must
+/// equal one sequential read.
+#[tokio::test]
+async fn parallel_slices_read_the_same_as_one_select() {
+    use crate::model::Matcher;
+    use crate::query::eval::Source;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let hour = 3_600_000;
+    let data: Vec<SeriesSamples> = (0..3)
+        .map(|i| {
+            let instance = format!("h{i}");
+            // Series 2 only has samples late in the range.
+            let from = if i == 2 { 3 * hour } else { 0 };
+            series(
+                &[("__name__", "m"), ("instance", &instance)],
+                &(from / 10_000..(4 * hour) / 10_000)
+                    .map(|k| (T0 + k * 10_000, k as f64))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    store.append_unsequenced(data).await.unwrap();
+    let matchers = [Matcher::equal("__name__", "m")];
+    let (from, to) = (T0 + 1, T0 + 4 * hour - 5_000);
+    let mut sequential = store.select(&matchers, from, to).unwrap();
+    let mut parallel = Source::select(&store, &matchers, from, to).unwrap();
+    sequential.sort_by(|a, b| a.labels.cmp(&b.labels));
+    parallel.sort_by(|a, b| a.labels.cmp(&b.labels));
+    assert_eq!(parallel.len(), 3);
+    assert_eq!(parallel, sequential);
+}

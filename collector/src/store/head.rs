@@ -95,6 +95,14 @@ impl Heads {
         h.samples.get(from..to).map(<[_]>::to_vec).unwrap_or_default()
     }
 
+    /// Whether `id` has a sample in `[start, end]`.
+    pub(crate) fn has_sample_in(&self, id: u64, start: i64, end: i64) -> bool {
+        self.series.get(&id).is_some_and(|h| {
+            let from = h.samples.partition_point(|s| s.0 < start);
+            h.samples.get(from).is_some_and(|s| s.0 <= end)
+        })
+    }
+
     /// Estimated heap bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.samples * SAMPLE_BYTES + self.series.len() * HEAD_OVERHEAD_BYTES

@@ -543,6 +543,25 @@ async fn sealed_blocks_heads_and_reopen_serve_the_same_samples() {
     assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
     store.seal_all().unwrap();
     assert_eq!(count_prefix(&store, keys::WAL), 0, "seal_all empties the WAL");
+    // `series` answers from block directories; it must agree with `select`,
+    // including ranges that fall between two samples of a section.
+    let sparse = host_series("h9", "sparse", vec![(1_000_100, 1.0), (1_000_900, 2.0)]);
+    store.append_unsequenced(vec![sparse]).await.unwrap();
+    store.seal_all().unwrap();
+    for (a, b) in [
+        (0, i64::MAX),
+        (1_000_200, 1_000_800),
+        (1_000_050, 1_000_100),
+        (1_003_000, 1_003_001),
+        (5_000_000, 6_000_000),
+    ] {
+        let want: Vec<Labels> = store.select(&[], a, b).unwrap().into_iter().map(|s| s.labels).collect();
+        assert_eq!(store.series(&[], a, b).unwrap(), want, "[{a}, {b}]");
+    }
+    let data: Vec<SeriesSamples> = data
+        .into_iter()
+        .chain([host_series("h9", "sparse", vec![(1_000_100, 1.0), (1_000_900, 2.0)])])
+        .collect();
     assert_eq!(store.stats().head_samples, 0);
     assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
     // One block per host and window after compaction.

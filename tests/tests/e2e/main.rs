@@ -10,4 +10,5 @@ mod identity;
 mod pipeline;
 mod promql_diff;
 mod remote_write;
+mod spool;
 mod support;

@@ -3,6 +3,10 @@
 //! are stored exactly once when it returns; with two collectors an agent
 //! whose preferred collector is down streams to the other, and moves back
 //! once the preferred one answers.
+//!
+//! A collector's graceful shutdown waits for its open streams, so "the
+//! collector goes down" is staged as a [`Proxy`] in front of it cutting
+//! every connection first; the agent only ever knows the proxy's address.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,6 +21,7 @@ use hostpulse_agent::{HostPaths, Sampler};
 use hostpulse_collector::config::Settings;
 use hostpulse_collector::model::Matcher;
 use hostpulse_collector::server::{self, RunningCollector};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::support::{copy_fixture, poll};
@@ -58,6 +63,8 @@ fn agent_settings(collectors: Vec<String>, tree: &Path, host: &str) -> AgentSett
         collectors,
         host: Some(host.to_string()),
         interval: Duration::from_millis(200),
+        // Reconnect quickly once a collector is back.
+        reconnect_max_delay: Duration::from_millis(500),
         only: vec!["loadavg".into()],
         paths: HostPaths {
             sysfs: tree.join("sys"),
@@ -67,6 +74,35 @@ fn agent_settings(collectors: Vec<String>, tree: &Path, host: &str) -> AgentSett
             dev: tree.join("dev"),
         },
         ..AgentSettings::default()
+    }
+}
+
+/// A TCP forwarder on a fixed loopback port, so the collector behind it can
+/// be replaced while the agent keeps one URL.
+struct Proxy {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(port: u16, target: std::net::SocketAddr) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Proxy { task }
+    }
+
+    /// Stops listening and drops every forwarded connection.
+    async fn cut(self) {
+        self.task.abort();
+        let _ = self.task.await;
     }
 }
 
@@ -113,7 +149,8 @@ async fn spooled_cycles_survive_an_agent_restart_and_are_stored_exactly_once() {
     settings.spool_dir = Some(spool.clone());
 
     // First run: part of the data reaches the collector...
-    let collector = collector_on(port, &data).await;
+    let collector = collector_on(0, &data).await;
+    let proxy = Proxy::start(port, collector.grpc_addr).await;
     let first = Agent::start(settings.clone());
     poll("first acknowledgements", Duration::from_secs(30), || async {
         (first.status.acked_seq.load(Ordering::Relaxed) > 0).then_some(())
@@ -121,6 +158,7 @@ async fn spooled_cycles_survive_an_agent_restart_and_are_stored_exactly_once() {
     .await;
     assert!(first.status.spool_on_disk.load(Ordering::Relaxed));
     // ...then the collector goes away while the agent keeps sampling.
+    proxy.cut().await;
     collector.shutdown().await;
     let down_at = first.cycles();
     poll(
@@ -148,7 +186,8 @@ async fn spooled_cycles_survive_an_agent_restart_and_are_stored_exactly_once() {
     );
 
     // The collector returns with its data: everything is resent and stored.
-    let collector = collector_on(port, &data).await;
+    let collector = collector_on(0, &data).await;
+    let proxy = Proxy::start(port, collector.grpc_addr).await;
     poll("backlog acknowledged", Duration::from_secs(60), || async {
         let s = &second.status;
         (s.spool_batches.load(Ordering::Relaxed) == 0
@@ -178,6 +217,7 @@ async fn spooled_cycles_survive_an_agent_restart_and_are_stored_exactly_once() {
         .unwrap();
     assert_eq!(dropped.len(), 1);
     assert!(dropped[0].samples.iter().all(|(_, v)| *v == 0.0));
+    proxy.cut().await;
     collector.shutdown().await;
 }
 
@@ -233,4 +273,159 @@ async fn agent_fails_over_to_the_next_collector_and_back() {
     assert_eq!(status.dropped_samples.load(Ordering::Relaxed), 0);
     fallback.shutdown().await;
     preferred.shutdown().await;
+}
+
+/// What the fake collector saw, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    Hello { first_unacked_seq: u64, resume: u64 },
+    Batch(u64),
+}
+
+/// A collector that answers each Hello with `Ack{resume}` at once, as a
+/// collector that already stored part of the backlog does. On the first
+/// stream it claims the first ten batches and hangs up after the first
+/// batch above them; on later streams it claims a million numbers beyond
+/// anything the agent made, so the agent must number new batches above.
+#[derive(Clone, Default)]
+struct ResumingCollector {
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl ResumingCollector {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[tonic::async_trait]
+impl hostpulse_proto::ingest_server::Ingest for ResumingCollector {
+    type StreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<hostpulse_proto::CollectorMessage, tonic::Status>>;
+
+    async fn stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<hostpulse_proto::AgentMessage>>,
+    ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+        use hostpulse_proto::{Ack, CollectorMessage, agent_message::Kind, collector_message};
+        let ack = |seq| {
+            Ok(CollectorMessage {
+                kind: Some(collector_message::Kind::Ack(Ack { seq })),
+            })
+        };
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            let mut resume = 0;
+            let mut first_stream = false;
+            while let Ok(Some(msg)) = inbound.message().await {
+                match msg.kind {
+                    Some(Kind::Hello(h)) => {
+                        {
+                            let mut log = seen.lock().unwrap();
+                            first_stream = log.is_empty();
+                            resume = if first_stream {
+                                h.first_unacked_seq + 9
+                            } else {
+                                h.first_unacked_seq + 1_000_000
+                            };
+                            log.push(Seen::Hello {
+                                first_unacked_seq: h.first_unacked_seq,
+                                resume,
+                            });
+                        }
+                        let _ = tx.send(ack(resume)).await;
+                    }
+                    Some(Kind::Batch(b)) => {
+                        seen.lock().unwrap().push(Seen::Batch(b.seq));
+                        let _ = tx.send(ack(b.seq)).await;
+                        if first_stream && b.seq > resume {
+                            return;
+                        }
+                    }
+                    None => {}
+                }
+            }
+        });
+        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_resumes_from_the_collectors_ack_after_hello() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = copy_fixture("hot", &tmp.path().join("tree"));
+    let port = free_port();
+    let mut settings = agent_settings(vec![format!("http://127.0.0.1:{port}")], &tree, "zeta");
+    settings.spool_dir = Some(tmp.path().join("spool"));
+    let agent = Agent::start(settings);
+    poll("a backlog", Duration::from_secs(30), || async {
+        (agent.status.spool_batches.load(Ordering::Relaxed) >= 20).then_some(())
+    })
+    .await;
+
+    let fake = ResumingCollector::default();
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let service = hostpulse_proto::ingest_server::IngestServer::new(fake.clone())
+        .accept_compressed(tonic::codec::CompressionEncoding::Zstd);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let hellos = |seen: &[Seen]| -> Vec<(u64, u64)> {
+        seen.iter()
+            .filter_map(|s| match s {
+                Seen::Hello {
+                    first_unacked_seq,
+                    resume,
+                } => Some((*first_unacked_seq, *resume)),
+                Seen::Batch(_) => None,
+            })
+            .collect()
+    };
+    let second_resume = poll(
+        "batches numbered above the second resume point",
+        Duration::from_secs(30),
+        || {
+            let seen = fake.seen();
+            async move {
+                let h = hellos(&seen);
+                let resume = h.get(1)?.1;
+                seen.iter()
+                    .any(|s| matches!(s, Seen::Batch(q) if *q > resume))
+                    .then_some(resume)
+            }
+        },
+    )
+    .await;
+    let seen = fake.seen();
+    let h = hellos(&seen);
+    // The first Ack dropped what it covered: the reconnect starts above it
+    // and nothing it covered was sent again.
+    assert!(h[1].0 > h[0].1, "second Hello {:?} after resume {}", h[1], h[0].1);
+    let second_at = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, Seen::Hello { .. }))
+        .nth(1)
+        .map(|(i, _)| i)
+        .unwrap();
+    assert!(
+        seen[second_at..]
+            .iter()
+            .all(|s| !matches!(s, Seen::Batch(q) if *q <= h[0].1)),
+        "{seen:?}"
+    );
+    // New batches are numbered above everything the collector claims.
+    poll("spool drained", Duration::from_secs(30), || async {
+        let s = &agent.status;
+        (s.acked_seq.load(Ordering::Relaxed) > second_resume && s.spool_batches.load(Ordering::Relaxed) <= 1)
+            .then_some(())
+    })
+    .await;
+    assert!(agent.status.produced_seq.load(Ordering::Relaxed) > second_resume);
+    agent.stop().await;
+    server.abort();
 }

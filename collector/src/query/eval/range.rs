@@ -54,6 +54,11 @@ struct Window {
     /// `enh.Ts`): the step, or the query start for an `@`-pinned range,
     /// which Prometheus evaluates once as a step-invariant expression.
     eval_t: i64,
+    /// For `rate`/`increase`: the sum of the values before each counter
+    /// reset inside the window (what the resets took away), added in
+    /// sample order as Prometheus adds it. For `resets`/`changes`: how
+    /// many resets/changes the window holds.
+    events: f64,
     /// The scalar argument at this step (`quantile_over_time`'s φ,
     /// `predict_linear`'s horizon).
     param: f64,
@@ -83,15 +88,60 @@ pub(super) fn eval_range_function(ev: &mut Evaluator<'_>, call: &Call, grid: Gri
     let keep_name = name == "last_over_time";
     let query_start = ev.query_start;
     let mut out = Vec::with_capacity(arg.series.len());
+    let events_kind = match name {
+        "rate" | "increase" => Events::ResetSums,
+        "resets" => Events::ResetCount,
+        "changes" => Events::ChangeCount,
+        _ => Events::None,
+    };
     for s in &arg.series {
         ev.check_deadline()?;
         let mut vals = Vec::with_capacity(n);
         let mut any = false;
+        // Indexes `i` of the samples that differ from sample `i - 1` in the
+        // way the function counts, so each window looks up only its own
+        // events instead of rescanning every sample.
+        let events: Vec<usize> = match events_kind {
+            Events::None => Vec::new(),
+            Events::ResetSums | Events::ResetCount => (1..s.samples.len())
+                .filter(|&i| s.samples[i].1 < s.samples[i - 1].1)
+                .collect(),
+            Events::ChangeCount => (1..s.samples.len())
+                .filter(|&i| {
+                    let (a, b) = (s.samples[i - 1].1, s.samples[i].1);
+                    a != b && !(a.is_nan() && b.is_nan())
+                })
+                .collect(),
+        };
+        // Windows only move forward (or stay put under `@`), so two
+        // cursors find each window's samples.
+        let (mut from, mut to) = (0_usize, 0_usize);
         for (i, t) in grid.times().enumerate() {
             let (lo, hi) = arg.window(t);
-            let from = s.samples.partition_point(|(ts, _)| *ts < lo);
-            let to = s.samples.partition_point(|(ts, _)| *ts <= hi);
+            if arg.at.is_some() || i == 0 {
+                from = s.samples.partition_point(|(ts, _)| *ts < lo);
+                to = s.samples.partition_point(|(ts, _)| *ts <= hi);
+            } else {
+                while from < s.samples.len() && s.samples[from].0 < lo {
+                    from += 1;
+                }
+                to = to.max(from);
+                while to < s.samples.len() && s.samples[to].0 <= hi {
+                    to += 1;
+                }
+            }
             let window = &s.samples[from..to.max(from)];
+            let events = if window.len() < 2 {
+                0.0
+            } else {
+                // Events between consecutive samples of the window.
+                let a = events.partition_point(|&e| e <= from);
+                let b = events.partition_point(|&e| e < to);
+                match events_kind {
+                    Events::ResetSums => events[a..b].iter().fold(0.0, |acc, &e| acc + s.samples[e - 1].1),
+                    _ => (b - a) as f64,
+                }
+            };
             let v = if window.is_empty() {
                 None
             } else {
@@ -102,6 +152,7 @@ pub(super) fn eval_range_function(ev: &mut Evaluator<'_>, call: &Call, grid: Gri
                         hi,
                         range: arg.range,
                         eval_t: if arg.at.is_some() { query_start } else { t },
+                        events,
                         param: params.get(i).copied().unwrap_or(f64::NAN),
                     },
                 )
@@ -120,6 +171,15 @@ pub(super) fn eval_range_function(ev: &mut Evaluator<'_>, call: &Call, grid: Gri
     }
     check_unique_labels(&out)?;
     Ok(Val::Vector(out))
+}
+
+/// What [`Window::events`] holds for a function.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Events {
+    None,
+    ResetSums,
+    ResetCount,
+    ChangeCount,
 }
 
 type RangeFn = fn(&[(i64, f64)], Window) -> Option<f64>;
@@ -146,14 +206,7 @@ fn function(name: &str) -> Option<RangeFn> {
             let (slope, intercept) = linear_regression(s, w.eval_t);
             Some(slope * w.param + intercept)
         },
-        "resets" => |s, _| Some(s.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64),
-        "changes" => |s, _| {
-            Some(
-                s.windows(2)
-                    .filter(|p| p[1].1 != p[0].1 && !(p[1].1.is_nan() && p[0].1.is_nan()))
-                    .count() as f64,
-            )
-        },
+        "resets" | "changes" => |_, w| Some(w.events),
         "avg_over_time" => |s, _| Some(avg_over_time(s)),
         "min_over_time" => |s, _| {
             Some(
@@ -218,13 +271,7 @@ fn extrapolated_rate(s: &[(i64, f64)], w: Window, is_counter: bool, is_rate: boo
     let (last_t, last_v) = s[s.len() - 1];
     let mut result = last_v - first_v;
     if is_counter {
-        let mut prev = first_v;
-        for (_, v) in &s[1..] {
-            if *v < prev {
-                result += prev;
-            }
-            prev = *v;
-        }
+        result += w.events;
     }
     let mut duration_to_start = (first_t - w.lo) as f64 / 1000.0;
     let duration_to_end = (w.hi - last_t) as f64 / 1000.0;

@@ -77,18 +77,22 @@ struct BitWriter {
 }
 
 impl BitWriter {
-    /// Writes the low `n` (0..=64) bits of `v`.
+    /// Writes the low `n` (0..=64) bits of `v`, up to a byte at a time.
     fn put(&mut self, v: u64, n: u32) {
-        for i in (0..n).rev() {
-            if self.used.is_multiple_of(8) {
+        let mut remaining = n;
+        while remaining > 0 {
+            let used_in_byte = self.used % 8;
+            if used_in_byte == 0 {
                 self.out.push(0);
             }
-            if (v >> i) & 1 == 1
-                && let Some(last) = self.out.last_mut()
-            {
-                *last |= 0x80 >> (self.used % 8);
+            let free = 8 - used_in_byte;
+            let take = free.min(remaining);
+            let bits = (v >> (remaining - take)) & ((1u64 << take) - 1);
+            if let Some(last) = self.out.last_mut() {
+                *last |= (bits << (free - take)) as u8;
             }
-            self.used += 1;
+            self.used += take;
+            remaining -= take;
         }
     }
 

@@ -30,7 +30,9 @@ pub(crate) fn encode(ints: &[i64], order: u8) -> Vec<u8> {
     out
 }
 
-/// Encodes with whichever of orders 1 and 2 gives fewer bytes.
+/// Encodes with whichever of orders 1 and 2 gives fewer bytes. (Both are
+/// encoded: estimating from residual sizes picked the worse order often
+/// enough to cost 2% on the fleet data.)
 pub(crate) fn encode_best(ints: &[i64]) -> Vec<u8> {
     let a = encode(ints, 1);
     let b = encode(ints, 2);

@@ -56,22 +56,6 @@ fn places(v: f64) -> Option<usize> {
 
 /// Encodes a value column.
 pub(crate) fn encode(values: &[f64]) -> Vec<u8> {
-    let gorilla = {
-        let mut out = vec![TAG_GORILLA];
-        out.extend(gorilla::encode(values));
-        out
-    };
-    let raw_bits = {
-        let ints: Vec<i64> = values.iter().map(|v| v.to_bits() as i64).collect();
-        let mut out = vec![TAG_BITS];
-        out.extend(ints::encode_best(&ints));
-        out
-    };
-    let fallback = if raw_bits.len() < gorilla.len() {
-        raw_bits
-    } else {
-        gorilla
-    };
     let e = values.iter().filter_map(|&v| places(v)).max().unwrap_or(0);
     let mut ints = Vec::with_capacity(values.len());
     let mut exceptions: Vec<(usize, u64)> = Vec::new();
@@ -85,19 +69,34 @@ pub(crate) fn encode(values: &[f64]) -> Vec<u8> {
             }
         }
     }
-    if exceptions.len() * 2 > values.len() {
-        return fallback;
-    }
-    let mut out = vec![TAG_DECIMAL, e as u8];
-    put_varint(&mut out, exceptions.len() as u64);
-    let mut last = 0usize;
-    for (pos, bits) in exceptions {
-        put_varint(&mut out, (pos - last) as u64);
-        out.extend_from_slice(&bits.to_le_bytes());
-        last = pos;
-    }
-    out.extend(ints::encode_best(&ints));
-    if fallback.len() < out.len() { fallback } else { out }
+    let decimal = (exceptions.len() * 2 <= values.len()).then(|| {
+        let mut out = vec![TAG_DECIMAL, e as u8];
+        put_varint(&mut out, exceptions.len() as u64);
+        let mut last = 0usize;
+        for &(pos, bits) in &exceptions {
+            put_varint(&mut out, (pos - last) as u64);
+            out.extend_from_slice(&bits.to_le_bytes());
+            last = pos;
+        }
+        out.extend(ints::encode_best(&ints));
+        out
+    });
+    let raw_bits = {
+        let ints: Vec<i64> = values.iter().map(|v| v.to_bits() as i64).collect();
+        let mut out = vec![TAG_BITS];
+        out.extend(ints::encode_best(&ints));
+        out
+    };
+    let gorilla = {
+        let mut out = vec![TAG_GORILLA];
+        out.extend(gorilla::encode(values));
+        out
+    };
+    [decimal, Some(raw_bits), Some(gorilla)]
+        .into_iter()
+        .flatten()
+        .min_by_key(Vec::len)
+        .unwrap_or_default()
 }
 
 /// Decodes `n` values.
