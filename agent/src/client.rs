@@ -39,10 +39,10 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{Settings, TlsSettings};
-use crate::emit::{MetricMeta, MetricType, Sample};
+use crate::emit::{MetricMeta, MetricType, Sample, no_labels};
 use crate::inventory::Inventory;
 use crate::sampler::{Cycle, Sampler};
-use crate::spool::{Cursor, Limits, Spool, SpoolStats, SpooledBatch, event_to_wire};
+use crate::spool::{Cursor, Limits, Spool, SpoolError, SpoolStats, SpooledBatch, event_to_wire};
 
 /// Batches read from the spool at once for sending.
 const READ_AHEAD: usize = 16;
@@ -138,7 +138,7 @@ impl SpoolMetric {
         };
         MetricMeta {
             kind,
-            help: help.to_string(),
+            help: help.into(),
         }
     }
 
@@ -157,11 +157,11 @@ impl SpoolMetric {
 fn add_spool_metrics(cycle: &mut Cycle, stats: &SpoolStats) {
     for m in SpoolMetric::ALL {
         cycle.samples.push(Sample {
-            name: m.name().to_string(),
-            labels: Vec::new(),
+            name: m.name().into(),
+            labels: no_labels(),
             value: m.value(stats),
         });
-        cycle.meta.insert(m.name().to_string(), m.meta());
+        cycle.meta.insert(m.name().into(), m.meta());
     }
 }
 
@@ -213,6 +213,10 @@ struct Shared {
     status: Arc<ClientStatus>,
     /// Batches the collector refused as malformed: never sent again.
     rejected: Mutex<HashSet<u64>>,
+    /// Collector error codes already logged at warn level: each kind is
+    /// logged once, later ones at debug, so a sensor that keeps producing
+    /// rejected samples does not flood the log every interval.
+    logged_codes: Mutex<HashSet<i32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -232,6 +236,9 @@ pub enum ClientError {
         /// Why.
         message: String,
     },
+    /// The spool directory belongs to another running agent.
+    #[error("{0}")]
+    SpoolLocked(SpoolError),
     /// Connecting or the stream failed.
     #[error("collector {url}: {message}")]
     Stream {
@@ -298,20 +305,23 @@ fn endpoint(url: &str, tls: &TlsSettings) -> Result<Endpoint, ClientError> {
 }
 
 /// Opens the configured spool, or an in-memory one (with one warning) when
-/// the directory cannot be used.
-fn open_spool(dir: Option<PathBuf>, limits: Limits) -> Spool {
+/// the directory cannot be used. A directory another agent holds is an
+/// error instead: both agents would run, but under one host's sequence
+/// numbers, so the collector would drop one's batches as replays.
+fn open_spool(dir: Option<PathBuf>, limits: Limits) -> Result<Spool, ClientError> {
     let Some(dir) = dir else {
-        return Spool::in_memory(limits);
+        return Ok(Spool::in_memory(limits));
     };
     match Spool::open(&dir, limits) {
         Ok(spool) => {
             let stats = spool.stats();
             tracing::info!(dir = %dir.display(), batches = stats.batches, bytes = stats.bytes, "spool opened");
-            spool
+            Ok(spool)
         }
+        Err(e @ SpoolError::Locked { .. }) => Err(ClientError::SpoolLocked(e)),
         Err(e) => {
             tracing::warn!(error = %e, "spool directory unusable; unacknowledged batches are kept in memory and lost on restart");
-            Spool::in_memory(limits)
+            Ok(Spool::in_memory(limits))
         }
     }
 }
@@ -340,7 +350,7 @@ pub async fn run(
     let spool_dir = settings.spool_dir.clone();
     let spool = tokio::task::spawn_blocking(move || open_spool(spool_dir, limits))
         .await
-        .unwrap_or_else(|_| Spool::in_memory(limits));
+        .unwrap_or_else(|_| Ok(Spool::in_memory(limits)))?;
     status.spool_on_disk.store(spool.is_on_disk(), Ordering::Relaxed);
     status.publish(&spool.stats());
     let state_dir = match (&settings.state_dir, spool.is_on_disk()) {
@@ -353,6 +363,7 @@ pub async fn run(
         new_batch: Notify::new(),
         status,
         rejected: Mutex::new(HashSet::new()),
+        logged_codes: Mutex::new(HashSet::new()),
     });
     let sampling = tokio::spawn(sample_loop(
         sampler,
@@ -673,7 +684,11 @@ async fn stream_once(
                             }
                             shared.status.rejected_batches.fetch_add(1, Ordering::Relaxed);
                         }
-                        tracing::warn!(code = code.as_str_name(), seq = err.seq, fatal = err.fatal, "collector: {}", err.message);
+                        if lock(&shared.logged_codes).insert(err.code) {
+                            tracing::warn!(code = code.as_str_name(), seq = err.seq, fatal = err.fatal, "collector: {} (later errors of this kind are logged at debug level)", err.message);
+                        } else {
+                            tracing::debug!(code = code.as_str_name(), seq = err.seq, fatal = err.fatal, "collector: {}", err.message);
+                        }
                         if err.fatal {
                             return Err(fail(format!("{}: {}", code.as_str_name(), err.message)));
                         }
@@ -789,7 +804,7 @@ mod tests {
     fn sample(name: &str, value: f64) -> Sample {
         Sample {
             name: name.into(),
-            labels: vec![],
+            labels: no_labels(),
             value,
         }
     }
@@ -900,6 +915,7 @@ mod tests {
             new_batch: Notify::new(),
             status: Arc::default(),
             rejected: Mutex::default(),
+            logged_codes: Mutex::default(),
         };
         let mut seqs = SeqSource::new(Some(dir.path().to_path_buf()));
         for _ in 0..4 {

@@ -3,7 +3,15 @@
 //! single timestamp and hands the result to the exposition printer or the
 //! stream.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::sources::files::Fnv;
 
 /// Prometheus metric type, as printed on `# TYPE` lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,25 +35,198 @@ impl MetricType {
     }
 }
 
+/// An immutable, cheaply cloned string: a metric name, label name, label
+/// value or help text. The emitter hands out the same `Atom` for the same
+/// text cycle after cycle, so a steady-state cycle allocates no strings.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Atom(Arc<str>);
+
+impl Atom {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether both are the same allocation (equal text, compared without
+    /// looking at the bytes).
+    pub(crate) fn same(&self, other: &Atom) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Deref for Atom {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Atom {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Atom {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Atom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Atom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Atom {
+    fn from(s: &str) -> Self {
+        Atom(Arc::from(s))
+    }
+}
+
+impl From<String> for Atom {
+    fn from(s: String) -> Self {
+        Atom(Arc::from(s))
+    }
+}
+
+impl PartialEq<str> for Atom {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Atom {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for Atom {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+/// The labels of one series, sorted by name; shared between cycles.
+pub type Labels = Arc<[(Atom, Atom)]>;
+
+/// Labels of a series without labels.
+pub fn no_labels() -> Labels {
+    Arc::from(Vec::new())
+}
+
+/// Builds a label set from owned pairs (tests, and the few series built
+/// outside an [`Emitter`]); the caller keeps them sorted by name.
+pub fn labels_from<K: Into<Atom>, V: Into<Atom>>(pairs: Vec<(K, V)>) -> Labels {
+    pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect()
+}
+
 /// Help text and type of one metric name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricMeta {
     /// Type of the metric.
     pub kind: MetricType,
     /// One-line help text.
-    pub help: String,
+    pub help: Atom,
 }
 
 /// One sampled value of one series (the cycle's timestamp is kept apart).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     /// Metric name.
-    pub name: String,
+    pub name: Atom,
     /// Labels other than `instance`/`job`, sorted by name.
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
     /// The value.
     pub value: f64,
 }
+
+/// Table entries past which a thread's intern table is swept of entries no
+/// live sample uses (series whose label values change, e.g. kernel log
+/// devices, would otherwise grow it forever).
+const SWEEP_FLOOR: usize = 4096;
+
+type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
+/// Per-thread intern table: strings, and whole series (name plus sorted
+/// labels) keyed by a hash of their text. Per thread because sources run
+/// on the sampler's thread (plus a few workers), so lookups take no lock.
+#[derive(Default)]
+struct Interner {
+    strings: HashSet<Atom, BuildHasherDefault<Fnv>>,
+    series: FnvMap<u64, Vec<(Atom, Labels)>>,
+    series_count: usize,
+    sweep_at: usize,
+}
+
+impl Interner {
+    fn atom(&mut self, text: &str) -> Atom {
+        if let Some(atom) = self.strings.get(text) {
+            return atom.clone();
+        }
+        let atom = Atom::from(text);
+        self.strings.insert(atom.clone());
+        atom
+    }
+
+    /// The shared name and label set of a series; `labels` sorted by name.
+    fn series(&mut self, name: &str, labels: &[(&str, &str)]) -> (Atom, Labels) {
+        let mut h = Fnv::default();
+        h.write(name.as_bytes());
+        for (k, v) in labels {
+            h.write_u8(0xff);
+            h.write(k.as_bytes());
+            h.write_u8(0xfe);
+            h.write(v.as_bytes());
+        }
+        let key = h.finish();
+        if let Some(bucket) = self.series.get(&key) {
+            for (n, l) in bucket {
+                if *n == *name
+                    && l.len() == labels.len()
+                    && l.iter().zip(labels).all(|((lk, lv), (k, v))| *lk == **k && *lv == **v)
+                {
+                    return (n.clone(), l.clone());
+                }
+            }
+        }
+        if self.series_count >= self.sweep_at.max(SWEEP_FLOOR) {
+            self.sweep();
+        }
+        let n = self.atom(name);
+        let l: Labels = labels.iter().map(|(k, v)| (self.atom(k), self.atom(v))).collect();
+        self.series.entry(key).or_default().push((n.clone(), l.clone()));
+        self.series_count += 1;
+        (n, l)
+    }
+
+    /// Drops entries that only this table still holds, and sets the next
+    /// sweep at twice what is left.
+    fn sweep(&mut self) {
+        self.series.retain(|_, bucket| {
+            bucket.retain(|(_, l)| Arc::strong_count(l) > 1);
+            !bucket.is_empty()
+        });
+        self.series_count = self.series.values().map(Vec::len).sum();
+        self.strings.retain(|a| Arc::strong_count(&a.0) > 1);
+        self.sweep_at = self.series_count * 2;
+    }
+}
+
+thread_local! {
+    static INTERNER: RefCell<Interner> = RefCell::new(Interner::default());
+}
+
+/// Label pairs up to this many are sorted on the stack.
+const INLINE_LABELS: usize = 8;
 
 /// A hardware-related kernel log line, sent with the cycle's batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +245,7 @@ pub struct KernelEvent {
 #[derive(Debug, Default)]
 pub struct Emitter {
     samples: Vec<Sample>,
-    meta: BTreeMap<String, MetricMeta>,
+    meta: BTreeMap<Atom, MetricMeta>,
     events: Vec<KernelEvent>,
 }
 
@@ -87,22 +268,27 @@ impl Emitter {
     /// Records a sample of the given type. Labels are sorted by name here, so
     /// sources may pass them in any order.
     pub fn push(&mut self, name: &str, kind: MetricType, help: &str, labels: &[(&str, &str)], value: f64) {
-        if !self.meta.contains_key(name) {
-            self.meta.insert(
-                name.to_string(),
-                MetricMeta {
-                    kind,
-                    help: help.to_string(),
-                },
-            );
-        }
-        let mut labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect();
-        labels.sort();
+        let mut inline = [("", ""); INLINE_LABELS];
+        let mut spill = Vec::new();
+        let sorted: &mut [(&str, &str)] = if labels.len() <= INLINE_LABELS {
+            inline[..labels.len()].copy_from_slice(labels);
+            &mut inline[..labels.len()]
+        } else {
+            spill.extend_from_slice(labels);
+            &mut spill
+        };
+        sorted.sort_unstable();
+        let (name_atom, labels) = INTERNER.with(|t| {
+            let mut t = t.borrow_mut();
+            let (n, l) = t.series(name, sorted);
+            if !self.meta.contains_key(name) {
+                let help = t.atom(help);
+                self.meta.insert(n.clone(), MetricMeta { kind, help });
+            }
+            (n, l)
+        });
         self.samples.push(Sample {
-            name: name.to_string(),
+            name: name_atom,
             labels,
             value,
         });
@@ -129,12 +315,12 @@ impl Emitter {
     }
 
     /// Type and help of every metric name recorded so far.
-    pub fn meta(&self) -> &BTreeMap<String, MetricMeta> {
+    pub fn meta(&self) -> &BTreeMap<Atom, MetricMeta> {
         &self.meta
     }
 
     /// Moves everything out, leaving the emitter empty.
-    pub fn take(&mut self) -> (Vec<Sample>, BTreeMap<String, MetricMeta>) {
+    pub fn take(&mut self) -> (Vec<Sample>, BTreeMap<Atom, MetricMeta>) {
         (std::mem::take(&mut self.samples), std::mem::take(&mut self.meta))
     }
 
@@ -159,8 +345,8 @@ mod tests {
         out.gauge("node_x", "first help", &[("z", "1"), ("a", "2")], 1.0);
         out.counter("node_x", "ignored help", &[], 2.0);
         assert_eq!(
-            out.samples()[0].labels,
-            vec![("a".into(), "2".into()), ("z".into(), "1".into())]
+            &*out.samples()[0].labels,
+            &[("a".into(), "2".into()), ("z".into(), "1".into())]
         );
         assert_eq!(
             out.meta()["node_x"],
@@ -169,5 +355,45 @@ mod tests {
                 help: "first help".into()
             }
         );
+    }
+
+    #[test]
+    fn series_are_shared_across_cycles_and_orders() {
+        let mut first = Emitter::new();
+        first.gauge("node_y", "h", &[("b", "2"), ("a", "1")], 1.0);
+        let mut second = Emitter::new();
+        second.gauge("node_y", "h", &[("a", "1"), ("b", "2")], 2.0);
+        second.gauge("node_y", "h", &[("a", "1"), ("b", "3")], 3.0);
+        let (a, b, c) = (&first.samples()[0], &second.samples()[0], &second.samples()[1]);
+        assert!(Arc::ptr_eq(&a.labels, &b.labels));
+        assert!(a.name.same(&b.name));
+        assert!(!Arc::ptr_eq(&b.labels, &c.labels));
+        assert_eq!(&*c.labels, &[("a".into(), "1".into()), ("b".into(), "3".into())]);
+    }
+
+    #[test]
+    fn sweep_drops_only_unused_series() {
+        let mut table = Interner::default();
+        let kept = table.series("m", &[("k", "kept")]);
+        drop(table.series("m", &[("k", "gone")]));
+        table.sweep();
+        assert_eq!(table.series_count, 1);
+        let again = table.series("m", &[("k", "kept")]);
+        assert!(Arc::ptr_eq(&kept.1, &again.1));
+        assert_eq!(table.series_count, 1);
+        assert!(!table.strings.contains("gone"));
+    }
+
+    #[test]
+    fn many_labels_are_sorted_too() {
+        let pairs: Vec<(String, String)> = (0..12).rev().map(|i| (format!("l{i:02}"), i.to_string())).collect();
+        let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut out = Emitter::new();
+        out.gauge("node_z", "h", &refs, 0.0);
+        let names: Vec<&str> = out.samples()[0].labels.iter().map(|(k, _)| k.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+        assert_eq!(names.len(), 12);
     }
 }

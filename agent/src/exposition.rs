@@ -6,57 +6,119 @@
 //! `hostpulse-agent sample` and the agent's optional local `/metrics` come
 //! from here, so it can be diffed line by line against node_exporter.
 
-use std::collections::BTreeMap;
+use std::cell::Cell;
+use std::cmp::Ordering;
 use std::fmt::Write as _;
 
 use crate::emit::{MetricType, Sample};
 use crate::sampler::Cycle;
+
+thread_local! {
+    /// Length of the last rendered text, so the next buffer is allocated
+    /// once at about the right size instead of growing by doubling.
+    static LAST_LEN: Cell<usize> = const { Cell::new(0) };
+}
 
 /// Renders every sample of `cycle` as Prometheus text format 0.0.4.
 ///
 /// A series that appears twice in one cycle (same name and labels) is printed
 /// once, keeping the first value, because Prometheus rejects duplicates.
 pub fn render(cycle: &Cycle) -> String {
-    let mut by_name: BTreeMap<&str, Vec<&Sample>> = BTreeMap::new();
-    for sample in &cycle.samples {
-        by_name.entry(sample.name.as_str()).or_default().push(sample);
-    }
-    let mut out = String::new();
-    for (name, mut series) in by_name {
-        // Stable sort: among duplicates the first emitted stays first.
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
-        series.dedup_by(|later, earlier| later.labels == earlier.labels);
-        let (kind, help) = match cycle.meta.get(name) {
-            Some(meta) => (meta.kind, Some(meta.help.as_str())),
-            None => (MetricType::Untyped, None),
-        };
-        if let Some(help) = help {
-            let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let samples = &cycle.samples;
+    // One index vector sorted by name then labels instead of a map of vectors:
+    // the stable sort keeps the first of duplicates first, and it is cheap on
+    // the long already-ordered runs sources emit. Names and label sets are
+    // shared, so most comparisons end at a pointer check.
+    let mut order: Vec<u32> = (0..samples.len() as u32).collect();
+    order.sort_by(|&a, &b| compare(&samples[a as usize], &samples[b as usize]));
+    let mut out = String::with_capacity(LAST_LEN.with(Cell::get) + 4096);
+    let mut i = 0;
+    while i < order.len() {
+        let first = &samples[order[i] as usize];
+        let name = first.name.as_str();
+        match cycle.meta.get(name) {
+            Some(meta) => {
+                out.push_str("# HELP ");
+                out.push_str(name);
+                out.push(' ');
+                push_escaped_help(&mut out, &meta.help);
+                out.push('\n');
+                push_type(&mut out, name, meta.kind);
+            }
+            None => push_type(&mut out, name, MetricType::Untyped),
         }
-        let _ = writeln!(out, "# TYPE {name} {}", kind.as_str());
-        for sample in series {
+        let mut previous: Option<&Sample> = None;
+        while i < order.len() {
+            let sample = &samples[order[i] as usize];
+            if !sample.name.same(&first.name) && sample.name != first.name {
+                break;
+            }
+            i += 1;
+            if previous.is_some_and(|p| same_labels(p, sample)) {
+                continue;
+            }
+            previous = Some(sample);
             out.push_str(name);
             if !sample.labels.is_empty() {
                 out.push('{');
-                for (i, (label, value)) in sample.labels.iter().enumerate() {
-                    if i > 0 {
+                for (n, (label, value)) in sample.labels.iter().enumerate() {
+                    if n > 0 {
                         out.push(',');
                     }
-                    let _ = write!(out, "{label}=\"{}\"", escape_label_value(value));
+                    out.push_str(label);
+                    out.push_str("=\"");
+                    push_escaped_label_value(&mut out, value);
+                    out.push('"');
                 }
                 out.push('}');
             }
             out.push(' ');
-            out.push_str(&format_float(sample.value));
+            write_float(&mut out, sample.value);
             out.push('\n');
         }
     }
+    LAST_LEN.with(|l| l.set(out.len()));
     out
+}
+
+fn push_type(out: &mut String, name: &str, kind: MetricType) {
+    out.push_str("# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(kind.as_str());
+    out.push('\n');
+}
+
+fn same_labels(a: &Sample, b: &Sample) -> bool {
+    std::sync::Arc::ptr_eq(&a.labels, &b.labels) || a.labels == b.labels
+}
+
+/// Order of series in the output: by name, then by labels.
+fn compare(a: &Sample, b: &Sample) -> Ordering {
+    if !a.name.same(&b.name) {
+        let by_name = a.name.as_str().cmp(b.name.as_str());
+        if by_name != Ordering::Equal {
+            return by_name;
+        }
+    }
+    if same_labels(a, b) {
+        return Ordering::Equal;
+    }
+    a.labels.cmp(&b.labels)
 }
 
 /// Escapes a label value: backslash, double quote and line feed.
 pub fn escape_label_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
+    push_escaped_label_value(&mut out, value);
+    out
+}
+
+fn push_escaped_label_value(out: &mut String, value: &str) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -65,12 +127,20 @@ pub fn escape_label_value(value: &str) -> String {
             c => out.push(c),
         }
     }
-    out
 }
 
 /// Escapes help text: backslash and line feed (quotes stay as they are).
 pub fn escape_help(help: &str) -> String {
     let mut out = String::with_capacity(help.len());
+    push_escaped_help(&mut out, help);
+    out
+}
+
+fn push_escaped_help(out: &mut String, help: &str) {
+    if !help.bytes().any(|b| matches!(b, b'\\' | b'\n')) {
+        out.push_str(help);
+        return;
+    }
     for c in help.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -78,7 +148,6 @@ pub fn escape_help(help: &str) -> String {
             c => out.push(c),
         }
     }
-    out
 }
 
 /// Formats a value as client_golang does: Go's shortest `'g'` formatting,
@@ -86,25 +155,76 @@ pub fn escape_help(help: &str) -> String {
 /// or at least 6 (exponents have at least two digits: `1e+06`), plus the
 /// special spellings `+Inf`, `-Inf` and `NaN`.
 pub fn format_float(value: f64) -> String {
+    let mut out = String::new();
+    write_float(&mut out, value);
+    out
+}
+
+/// A fixed buffer for Rust's `{:e}` output of one `f64` (at most 17 digits,
+/// a point, `e`, a sign and three exponent digits).
+struct SciBuf {
+    bytes: [u8; 40],
+    len: usize,
+}
+
+impl std::fmt::Write for SciBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Appends `value` formatted as [`format_float`] describes, without
+/// allocating.
+pub fn write_float(out: &mut String, value: f64) {
     if value.is_nan() {
-        return "NaN".to_string();
+        out.push_str("NaN");
+        return;
     }
     if value.is_infinite() {
-        return if value > 0.0 { "+Inf" } else { "-Inf" }.to_string();
+        out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
+        return;
     }
     if value == 0.0 {
         // Go prints -0 as "0" here too (client_golang special-cases zero).
-        return "0".to_string();
+        out.push('0');
+        return;
+    }
+    // Integers below 2^53 print as their digits up to the exponent switch.
+    let abs = value.abs();
+    if abs < 1e6 && abs.fract() == 0.0 {
+        if value < 0.0 {
+            out.push('-');
+        }
+        let _ = write!(out, "{}", abs as u64);
+        return;
     }
     // Rust's `{:e}` gives the shortest round-tripping digits, the same digit
     // string Go's shortest formatting uses; only the layout differs.
-    let sci = format!("{:e}", value.abs());
-    let (mantissa, exp) = match sci.split_once('e') {
-        Some((m, e)) => (m, e.parse::<i32>().unwrap_or(0)),
-        None => (sci.as_str(), 0),
-    };
-    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
-    let mut out = String::new();
+    let mut sci = SciBuf { bytes: [0; 40], len: 0 };
+    if write!(sci, "{abs:e}").is_err() {
+        let _ = write!(out, "{value}");
+        return;
+    }
+    let sci = &sci.bytes[..sci.len];
+    let e_at = sci.iter().position(|&b| b == b'e').unwrap_or(sci.len());
+    let exp = std::str::from_utf8(&sci[e_at.saturating_add(1).min(sci.len())..])
+        .ok()
+        .and_then(|e| e.parse::<i32>().ok())
+        .unwrap_or(0);
+    let mut digit_buf = [0u8; 40];
+    let mut n = 0;
+    for &b in &sci[..e_at] {
+        if b.is_ascii_digit() {
+            digit_buf[n] = b;
+            n += 1;
+        }
+    }
+    // Only ASCII digits were copied, so this cannot fail.
+    let digits = std::str::from_utf8(&digit_buf[..n]).unwrap_or("0");
     if value < 0.0 {
         out.push('-');
     }
@@ -126,11 +246,11 @@ pub fn format_float(value: f64) -> String {
         for _ in 0..(-exp - 1) {
             out.push('0');
         }
-        out.push_str(&digits);
+        out.push_str(digits);
     } else {
         let int_len = exp as usize + 1;
         if digits.len() <= int_len {
-            out.push_str(&digits);
+            out.push_str(digits);
             for _ in digits.len()..int_len {
                 out.push('0');
             }
@@ -140,7 +260,6 @@ pub fn format_float(value: f64) -> String {
             out.push_str(&digits[int_len..]);
         }
     }
-    out
 }
 
 #[cfg(test)]

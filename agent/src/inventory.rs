@@ -24,7 +24,13 @@
 //!   udev comes first because SCSI's sysfs model of a SATA drive is cut to
 //!   16 characters.
 //! - NICs: every `/sys/class/net/<if>` with a `device` link: the driver (the
-//!   name `device/driver` links to), `address` and the negotiated `speed`.
+//!   name `device/driver` links to), `address` and the negotiated `speed`;
+//!   and the fastest link mode the NIC advertises, which sysfs does not
+//!   have: it comes from ethtool netlink (`ETHTOOL_MSG_LINKMODES_GET`, no
+//!   privilege, no ioctl, through the `ethtool` crate), asked only when
+//!   sysfs is the running host's `/sys` (a fixture tree's NICs are not the
+//!   kernel's) and given two seconds. A link negotiated below it (a 10G
+//!   port at 1G) is a bad cable, transceiver or switch port.
 //! - DMI: every `/sys/class/dmi/id` attribute node_exporter's `node_dmi_info`
 //!   has (serials and the UUID are root-only and then left out, as
 //!   node_exporter does).
@@ -148,6 +154,9 @@ pub struct Nic {
     pub address: String,
     /// Negotiated speed in Mbit/s; 0 when down or unknown.
     pub link_speed_mbps: u32,
+    /// Fastest link mode the NIC advertises in Mbit/s; 0 when unknown
+    /// (virtual NICs, drivers without link modes, no ethtool netlink).
+    pub max_speed_mbps: u32,
 }
 
 /// `/sys/class/dmi/id` file → `node_dmi_info` label, in label order.
@@ -688,9 +697,94 @@ fn read_disks(paths: &HostPaths) -> Vec<Disk> {
     disks
 }
 
+/// The fastest speed among ethtool link mode names (`1000baseT/Full`,
+/// `25000baseCR/Full`), in Mbit/s. Names that are not speeds (`Autoneg`,
+/// `TP`, `Pause`) are ignored; `None` when no name is a speed.
+pub fn max_mode_speed_mbps<S: AsRef<str>>(modes: &[S]) -> Option<u32> {
+    modes
+        .iter()
+        .filter_map(|mode| {
+            let mode = mode.as_ref();
+            let digits = mode.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 || !mode[digits..].starts_with("base") {
+                return None;
+            }
+            mode[..digits].parse::<u32>().ok()
+        })
+        .max()
+}
+
+/// The link modes every interface of the running kernel advertises, by
+/// interface name; empty when ethtool netlink is unavailable.
+#[cfg(target_os = "linux")]
+fn advertised_link_modes() -> std::collections::BTreeMap<String, Vec<String>> {
+    // A thread of its own: `Inventory::read` may run inside the agent's tokio
+    // runtime, where blocking on another runtime would panic.
+    let worker = std::thread::Builder::new().name("ethtool".into()).spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(2), dump_link_modes())
+                .await
+                .ok()
+        })
+    });
+    worker.ok().and_then(|w| w.join().ok()).flatten().unwrap_or_default()
+}
+
+/// Dumps `ETHTOOL_MSG_LINKMODES_GET` for every interface.
+#[cfg(target_os = "linux")]
+async fn dump_link_modes() -> std::collections::BTreeMap<String, Vec<String>> {
+    use ethtool::{EthtoolAttr, EthtoolHeader, EthtoolLinkModeAttr};
+    use futures_util::TryStreamExt;
+
+    let mut modes = std::collections::BTreeMap::new();
+    let Ok((connection, mut handle, _)) = ethtool::new_connection() else {
+        return modes;
+    };
+    let task = tokio::spawn(connection);
+    if let Ok(mut replies) = handle.link_mode().get(None).execute().await {
+        // A reply that fails to decode ends the dump; what came before stays.
+        while let Ok(Some(reply)) = replies.try_next().await {
+            let mut name = None;
+            let mut advertised = Vec::new();
+            for attr in reply.payload.nlas {
+                match attr {
+                    EthtoolAttr::LinkMode(EthtoolLinkModeAttr::Header(headers)) => {
+                        for header in headers {
+                            if let EthtoolHeader::DevName(n) = header {
+                                name = Some(n);
+                            }
+                        }
+                    }
+                    EthtoolAttr::LinkMode(EthtoolLinkModeAttr::Ours(ours)) => advertised = ours,
+                    _ => {}
+                }
+            }
+            if let Some(name) = name {
+                modes.insert(name, advertised);
+            }
+        }
+    }
+    task.abort();
+    modes
+}
+
+/// Other systems have no ethtool netlink.
+#[cfg(not(target_os = "linux"))]
+fn advertised_link_modes() -> std::collections::BTreeMap<String, Vec<String>> {
+    std::collections::BTreeMap::new()
+}
+
 /// Physical network interfaces under `/sys/class/net`.
 fn read_nics(paths: &HostPaths) -> Vec<Nic> {
     let mut nics = Vec::new();
+    // Only the running kernel can be asked; a fixture tree's NIC names
+    // would otherwise pick up this host's modes.
+    let live = paths.sysfs == Path::new("/sys");
+    let mut link_modes = None;
     for (name, dir) in sorted_dir(&paths.sys("class/net")) {
         let device = dir.join("device");
         if std::fs::metadata(&device).is_err() {
@@ -700,6 +794,15 @@ fn read_nics(paths: &HostPaths) -> Vec<Nic> {
             .ok()
             .and_then(|target| target.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_default();
+        let max_speed_mbps = if live {
+            link_modes
+                .get_or_insert_with(advertised_link_modes)
+                .get(&name)
+                .and_then(|modes| max_mode_speed_mbps(modes))
+                .unwrap_or(0)
+        } else {
+            0
+        };
         nics.push(Nic {
             device: name,
             driver,
@@ -708,6 +811,7 @@ fn read_nics(paths: &HostPaths) -> Vec<Nic> {
                 .and_then(|s| s.trim().parse::<i64>().ok())
                 .and_then(|s| u32::try_from(s).ok())
                 .unwrap_or(0),
+            max_speed_mbps,
         });
     }
     nics
@@ -717,6 +821,58 @@ fn read_nics(paths: &HostPaths) -> Vec<Nic> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fastest_advertised_link_mode() {
+        let modes = [
+            "10baseT/Half",
+            "1000baseT/Full",
+            "Autoneg",
+            "TP",
+            "10000baseT/Full",
+            "2500baseX/Full",
+            "Pause",
+        ];
+        assert_eq!(max_mode_speed_mbps(&modes), Some(10_000));
+        assert_eq!(
+            max_mode_speed_mbps(&["400000baseCR4/Full", "100000baseKR4/Full"]),
+            Some(400_000)
+        );
+        assert_eq!(max_mode_speed_mbps(&["Autoneg", "FIBRE", "1000base"]), Some(1000));
+        assert_eq!(max_mode_speed_mbps(&["Autoneg", "99999999999baseT/Full"]), None);
+        assert_eq!(max_mode_speed_mbps::<&str>(&[]), None);
+    }
+
+    /// A fixture tree's NICs are never looked up in the running kernel.
+    #[test]
+    fn fixture_nics_have_no_advertised_speed() {
+        let dir = tempfile::tempdir().unwrap();
+        let iface = dir.path().join("class/net/eth0");
+        std::fs::create_dir_all(iface.join("device")).unwrap();
+        std::fs::write(iface.join("address"), "52:54:00:12:34:56\n").unwrap();
+        std::fs::write(iface.join("speed"), "1000\n").unwrap();
+        let paths = HostPaths {
+            sysfs: dir.path().to_path_buf(),
+            ..HostPaths::default()
+        };
+        let nics = read_nics(&paths);
+        assert_eq!(nics.len(), 1);
+        assert_eq!((nics[0].link_speed_mbps, nics[0].max_speed_mbps), (1000, 0));
+    }
+
+    /// The live netlink dump answers (possibly with no modes, as on a VM's
+    /// virtio NIC) within its deadline and never panics.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn live_link_mode_dump_returns() {
+        let started = std::time::Instant::now();
+        let modes = advertised_link_modes();
+        eprintln!("advertised link modes: {modes:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        for (name, advertised) in &modes {
+            assert!(!name.is_empty(), "{advertised:?}");
+        }
+    }
 
     #[test]
     fn cpuinfo_model_count_and_topology() {

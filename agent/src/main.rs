@@ -223,10 +223,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 &settings.disable,
                 &settings.sources,
             )?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
+            // One thread: the endpoint is the runtime's only work, and each
+            // scrape samples on it (see `serve`), so no worker or blocking
+            // pool threads are woken per scrape.
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
                 let listener = serve::bind(addr).await?;
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -2,13 +2,27 @@
 //! failures, and records per-source success, duration and timeouts plus the
 //! agent's own cost. One timestamp per cycle.
 //!
-//! Each source lives on its own worker thread, reused across cycles, so a
-//! source that hangs (a stuck NFS mount, a BMC that does not answer) cannot
-//! hold the cycle past its deadline: a source still busy at the deadline is
-//! reported `hostpulse_source_success=0` for the cycle, counted once in
-//! `hostpulse_source_timeouts_total`, and not started again until it has
-//! returned. Whatever it returns late is used in the next cycle. A source
-//! that panics is reported as failed, not fatal.
+//! Sources run in one of two ways, chosen by [`Source::may_block`]:
+//!
+//! - **Inline** (every source that reads procfs, sysfs or `/dev/kmsg`
+//!   without blocking): one after another on the thread that calls
+//!   [`Sampler::sample`]. Waking a thread per source per cycle cost more
+//!   than the reads themselves (35 threads for ~1 ms of reads), and each
+//!   thread kept a stack and a malloc arena resident. Each inline source has
+//!   a time budget ([`INLINE_BUDGET`]); one that takes longer (a hwmon
+//!   driver stuck on a slow bus) is moved to its own worker thread for the
+//!   rest of the process's life, so it can delay at most one cycle.
+//! - **Isolated** (sources that can block for long: external commands,
+//!   `statvfs` on possibly hung mounts): each on its own worker thread,
+//!   reused across cycles, started before the inline sources run so both
+//!   proceed together. A source still busy at the cycle deadline cannot hold
+//!   the cycle: it is reported `hostpulse_source_success=0` for the cycle,
+//!   counted once in `hostpulse_source_timeouts_total`, and not started
+//!   again until it has returned. Whatever it returns late is used in the
+//!   next cycle.
+//!
+//! Either way a source that panics is reported as failed, not fatal, and
+//! outputs are assembled in registry order.
 
 use std::collections::{BTreeMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -17,7 +31,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::emit::{Emitter, KernelEvent, MetricMeta, Sample};
+use crate::emit::{Atom, Emitter, KernelEvent, MetricMeta, Sample};
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError, SourceOptions};
 use crate::sources::{REGISTRY, find};
@@ -25,6 +39,11 @@ use crate::sources::{REGISTRY, find};
 /// How long a cycle waits for each source unless the sampler is told
 /// otherwise (`run` uses the smaller of this and half the interval).
 pub const DEFAULT_SOURCE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long one collection of an inline source may take before the source
+/// is moved to a worker thread of its own. Reads of procfs and sysfs take
+/// microseconds; a source this slow is waiting on hardware.
+pub const INLINE_BUDGET: Duration = Duration::from_millis(250);
 
 /// The agent's own metrics, defined in one place.
 mod self_metrics {
@@ -62,7 +81,7 @@ pub struct Cycle {
     /// Every sample of the cycle.
     pub samples: Vec<Sample>,
     /// Type and help of every metric name in `samples`.
-    pub meta: BTreeMap<String, MetricMeta>,
+    pub meta: BTreeMap<Atom, MetricMeta>,
     /// Kernel events seen during the cycle.
     pub events: Vec<KernelEvent>,
 }
@@ -85,7 +104,7 @@ impl LatestCycle {
     }
 }
 
-/// What a worker sends back after one collection.
+/// What one collection produced.
 struct Done {
     index: usize,
     output: Emitter,
@@ -93,12 +112,20 @@ struct Done {
     elapsed: Duration,
 }
 
-/// The sampler's handle on one source's worker thread.
-struct Worker {
+/// How a source is run.
+enum Runner {
+    /// On the sampler's thread; `None` only while being moved to a worker.
+    Inline(Option<Box<dyn Source>>),
+    /// On its own thread: sends "collect now"; `None` when the thread could
+    /// not be started or has exited.
+    Isolated(Option<mpsc::Sender<()>>),
+}
+
+/// The sampler's state for one source.
+struct Slot {
     name: &'static str,
-    /// Sends "collect now"; `None` when the thread could not be started.
-    jobs: Option<mpsc::Sender<()>>,
-    /// Set while a collection is running.
+    runner: Runner,
+    /// Set while an isolated collection is running.
     busy_since: Option<Instant>,
     /// The running collection already counted as a timeout.
     counted_timeout: bool,
@@ -109,9 +136,13 @@ struct Worker {
 
 /// Runs a fixed set of sources against one `HostPaths`.
 pub struct Sampler {
-    workers: Vec<Worker>,
+    slots: Vec<Slot>,
+    paths: Arc<HostPaths>,
     results: mpsc::Receiver<Done>,
+    /// Handed to workers, including ones started for demoted inline sources.
+    done_tx: mpsc::Sender<Done>,
     deadline: Duration,
+    inline_budget: Duration,
     /// Sources that already reported a missing permission or a timeout; not
     /// logged again.
     reported_denied: HashSet<&'static str>,
@@ -168,19 +199,38 @@ impl Sampler {
     }
 
     /// A sampler over explicitly built sources (tests use this). Starts one
-    /// worker thread per source.
+    /// worker thread per source that [may block](Source::may_block); the
+    /// others run on the caller's thread.
     pub fn with_sources(paths: HostPaths, sources: Vec<Box<dyn Source>>) -> Self {
         let paths = Arc::new(paths);
         let (done_tx, results) = mpsc::channel();
-        let workers = sources
+        let slots = sources
             .into_iter()
             .enumerate()
-            .map(|(index, source)| spawn_worker(index, source, paths.clone(), done_tx.clone()))
+            .map(|(index, source)| {
+                let name = source.name();
+                let runner = if source.may_block() {
+                    Runner::Isolated(spawn_worker(index, source, paths.clone(), done_tx.clone()))
+                } else {
+                    Runner::Inline(Some(source))
+                };
+                Slot {
+                    name,
+                    runner,
+                    busy_since: None,
+                    counted_timeout: false,
+                    timeouts: 0,
+                    pending: None,
+                }
+            })
             .collect();
         Sampler {
-            workers,
+            slots,
+            paths,
             results,
+            done_tx,
             deadline: DEFAULT_SOURCE_DEADLINE,
+            inline_budget: INLINE_BUDGET,
             reported_denied: HashSet::new(),
             reported_timeout: HashSet::new(),
             // The agent's own usage is read from its own process, never from
@@ -190,14 +240,20 @@ impl Sampler {
         }
     }
 
-    /// Sets how long a cycle waits for its sources.
+    /// Sets how long a cycle waits for its isolated sources.
     pub fn set_deadline(&mut self, deadline: Duration) {
         self.deadline = deadline;
     }
 
-    /// The deadline a cycle waits for its sources.
+    /// The deadline a cycle waits for its isolated sources.
     pub fn deadline(&self) -> Duration {
         self.deadline
+    }
+
+    /// Sets how long one inline collection may take before its source is
+    /// moved to a worker thread of its own.
+    pub fn set_inline_budget(&mut self, budget: Duration) {
+        self.inline_budget = budget;
     }
 
     /// After every cycle, also store it in `latest` (for the local
@@ -208,19 +264,30 @@ impl Sampler {
 
     /// Names of the sources this sampler runs.
     pub fn source_names(&self) -> Vec<&'static str> {
-        self.workers.iter().map(|w| w.name).collect()
+        self.slots.iter().map(|w| w.name).collect()
+    }
+
+    /// Names of the sources that run on worker threads of their own (those
+    /// that may block, and inline sources that overran their budget).
+    pub fn isolated_source_names(&self) -> Vec<&'static str> {
+        self.slots
+            .iter()
+            .filter(|w| matches!(w.runner, Runner::Isolated(_)))
+            .map(|w| w.name)
+            .collect()
     }
 
     fn accept(&mut self, done: Done) {
-        if let Some(w) = self.workers.get_mut(done.index) {
+        if let Some(w) = self.slots.get_mut(done.index) {
             w.busy_since = None;
             w.counted_timeout = false;
             w.pending = Some(done);
         }
     }
 
-    /// Runs one cycle: starts every idle source, waits for them up to the
-    /// deadline, and assembles their output in registry order.
+    /// Runs one cycle: starts every idle isolated source, runs the inline
+    /// ones in turn, waits for the isolated ones up to the deadline, and
+    /// assembles their output in registry order.
     pub fn sample(&mut self) -> Cycle {
         let started = Instant::now();
         let timestamp_ms = now_ms();
@@ -229,19 +296,24 @@ impl Sampler {
         while let Ok(done) = self.results.try_recv() {
             self.accept(done);
         }
-        for w in &mut self.workers {
+        for w in &mut self.slots {
+            let Runner::Isolated(jobs) = &mut w.runner else {
+                continue;
+            };
             if w.busy_since.is_some() || w.pending.is_some() {
                 continue;
             }
-            let sent = w.jobs.as_ref().is_some_and(|jobs| jobs.send(()).is_ok());
-            if sent {
+            if jobs.as_ref().is_some_and(|jobs| jobs.send(()).is_ok()) {
                 w.busy_since = Some(Instant::now());
             } else {
-                w.jobs = None;
+                *jobs = None;
             }
         }
+        for index in 0..self.slots.len() {
+            self.run_inline(index);
+        }
         let until = started + self.deadline;
-        while self.workers.iter().any(|w| w.busy_since.is_some()) {
+        while self.slots.iter().any(|w| w.busy_since.is_some()) {
             let left = until.saturating_duration_since(Instant::now());
             match self.results.recv_timeout(left) {
                 Ok(done) => self.accept(done),
@@ -249,7 +321,7 @@ impl Sampler {
             }
         }
         let mut out = Emitter::new();
-        for i in 0..self.workers.len() {
+        for i in 0..self.slots.len() {
             let (name, ok, elapsed) = self.finish_source(i, &mut out);
             let labels = [("source", name)];
             out.gauge(
@@ -268,7 +340,7 @@ impl Sampler {
                 self_metrics::SOURCE_TIMEOUTS.0,
                 self_metrics::SOURCE_TIMEOUTS.1,
                 &labels,
-                self.workers[i].timeouts as f64,
+                self.slots[i].timeouts as f64,
             );
         }
         self.emit_self(&mut out);
@@ -292,10 +364,33 @@ impl Sampler {
         cycle
     }
 
+    /// Runs slot `index` on this thread if it is inline; moves it to a
+    /// worker of its own when it took longer than the inline budget.
+    fn run_inline(&mut self, index: usize) {
+        let budget = self.inline_budget;
+        let slot = &mut self.slots[index];
+        let Runner::Inline(Some(source)) = &mut slot.runner else {
+            return;
+        };
+        let done = collect_once(index, source.as_mut(), &self.paths);
+        let overran = done.elapsed > budget;
+        slot.pending = Some(done);
+        if !overran {
+            return;
+        }
+        let name = slot.name;
+        tracing::warn!(source = name, budget = ?budget, took = ?slot.pending.as_ref().map(|d| d.elapsed), "source took longer than an inline source may; it runs on a worker thread of its own from now on");
+        if let Runner::Inline(source) = &mut slot.runner
+            && let Some(source) = source.take()
+        {
+            slot.runner = Runner::Isolated(spawn_worker(index, source, self.paths.clone(), self.done_tx.clone()));
+        }
+    }
+
     /// Puts source `i`'s result (if any) into `out`; returns its name,
     /// whether it succeeded, and its duration.
     fn finish_source(&mut self, i: usize, out: &mut Emitter) -> (&'static str, bool, Duration) {
-        let w = &mut self.workers[i];
+        let w = &mut self.slots[i];
         let name = w.name;
         if let Some(done) = w.pending.take() {
             let ok = match done.result {
@@ -360,48 +455,58 @@ impl Sampler {
     }
 }
 
-fn spawn_worker(index: usize, mut source: Box<dyn Source>, paths: Arc<HostPaths>, done: mpsc::Sender<Done>) -> Worker {
+/// Runs one collection of `source`, turning a panic into a failure.
+fn collect_once(index: usize, source: &mut dyn Source, paths: &HostPaths) -> Done {
+    let mut output = Emitter::new();
+    let started = Instant::now();
+    let name = source.name();
+    let result =
+        std::panic::catch_unwind(AssertUnwindSafe(|| source.collect(paths, &mut output))).unwrap_or_else(|_| {
+            Err(SourceError::Io {
+                path: PathBuf::from(name),
+                source: std::io::Error::other("source panicked"),
+            })
+        });
+    Done {
+        index,
+        output,
+        result,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Stack of a worker thread: sources keep their buffers on the heap, so the
+/// default 2 MiB is never needed; a smaller reservation keeps the address
+/// space and the touched pages of parked threads small.
+const WORKER_STACK_BYTES: usize = 256 * 1024;
+
+/// Starts the worker thread of an isolated source; `None` (logged) when the
+/// thread could not be started.
+fn spawn_worker(
+    index: usize,
+    mut source: Box<dyn Source>,
+    paths: Arc<HostPaths>,
+    done: mpsc::Sender<Done>,
+) -> Option<mpsc::Sender<()>> {
     let name = source.name();
     let (jobs_tx, jobs) = mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name(format!("hp-src-{name}"))
+        .stack_size(WORKER_STACK_BYTES)
         .spawn(move || {
             // Ends when the sampler (the job sender) is dropped.
             while jobs.recv().is_ok() {
-                let mut output = Emitter::new();
-                let started = Instant::now();
-                let result = std::panic::catch_unwind(AssertUnwindSafe(|| source.collect(&paths, &mut output)))
-                    .unwrap_or_else(|_| {
-                        Err(SourceError::Io {
-                            path: PathBuf::from(name),
-                            source: std::io::Error::other("source panicked"),
-                        })
-                    });
-                let reply = Done {
-                    index,
-                    output,
-                    result,
-                    elapsed: started.elapsed(),
-                };
-                if done.send(reply).is_err() {
+                if done.send(collect_once(index, source.as_mut(), &paths)).is_err() {
                     return;
                 }
             }
         });
-    let jobs = match spawned {
+    match spawned {
         Ok(_) => Some(jobs_tx),
         Err(e) => {
             tracing::warn!(source = name, error = %e, "could not start the source's worker thread");
             None
         }
-    };
-    Worker {
-        name,
-        jobs,
-        busy_since: None,
-        counted_timeout: false,
-        timeouts: 0,
-        pending: None,
     }
 }
 
@@ -485,6 +590,9 @@ mod tests {
     impl Source for Slow {
         fn name(&self) -> &'static str {
             "slow"
+        }
+        fn may_block(&self) -> bool {
+            true
         }
         fn collect(&mut self, _: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
             self.starts.fetch_add(1, Ordering::SeqCst);
@@ -581,6 +689,140 @@ mod tests {
         assert_eq!(starts.load(Ordering::SeqCst), 2);
         assert_eq!(get(&fourth, "hostpulse_source_success", "slow"), Some(1.0));
         assert_eq!(get(&fourth, "hostpulse_source_timeouts_total", "slow"), Some(1.0));
+    }
+
+    /// Records the thread each collection ran on; works for `work` (a
+    /// measured workload, not synchronisation) and, once `block` is set,
+    /// waits on `release` like a source stuck on hardware.
+    struct Probe {
+        threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+        work: Duration,
+        block: Arc<std::sync::atomic::AtomicBool>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+    impl Source for Probe {
+        fn name(&self) -> &'static str {
+            "probe"
+        }
+        fn collect(&mut self, _: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+            self.threads.lock().unwrap().push(std::thread::current().id());
+            let until = Instant::now() + self.work;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            if self.block.load(Ordering::SeqCst) {
+                let _ = self.release.lock().unwrap().recv();
+            }
+            out.gauge("probe_value", "h", &[], 3.0);
+            Ok(())
+        }
+    }
+
+    /// The test's side of a [`Probe`].
+    struct ProbeControl {
+        threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+        block: Arc<std::sync::atomic::AtomicBool>,
+        release: mpsc::Sender<()>,
+    }
+
+    fn probe(work: Duration) -> (Probe, ProbeControl) {
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let block = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (release, release_rx) = mpsc::channel();
+        let p = Probe {
+            threads: threads.clone(),
+            work,
+            block: block.clone(),
+            release: Mutex::new(release_rx),
+        };
+        (
+            p,
+            ProbeControl {
+                threads,
+                block,
+                release,
+            },
+        )
+    }
+
+    #[test]
+    fn inline_sources_run_on_the_sampler_thread_and_report_success_and_duration() {
+        let (p, control) = probe(Duration::from_millis(20));
+        let mut s = Sampler::with_sources(HostPaths::default(), vec![Box::new(p), Box::new(Fails)]);
+        // However slow this machine is, the source stays inline here.
+        s.set_inline_budget(Duration::from_secs(3600));
+        assert!(s.isolated_source_names().is_empty());
+        for _ in 0..2 {
+            let cycle = s.sample();
+            assert_eq!(get(&cycle, "hostpulse_source_success", "probe"), Some(1.0));
+            assert_eq!(get(&cycle, "hostpulse_source_success", "fails"), Some(0.0));
+            let took = get(&cycle, "hostpulse_source_duration_seconds", "probe").unwrap();
+            assert!((0.02..5.0).contains(&took), "{took}");
+            assert!(get(&cycle, "hostpulse_source_duration_seconds", "fails").is_some());
+            assert_eq!(get(&cycle, "hostpulse_source_timeouts_total", "probe"), Some(0.0));
+            assert!(cycle.samples.iter().any(|x| x.name == "probe_value"));
+        }
+        let me = std::thread::current().id();
+        assert_eq!(*control.threads.lock().unwrap(), vec![me, me]);
+    }
+
+    #[test]
+    fn only_sources_that_may_block_get_a_worker() {
+        let opts = SourceOptions {
+            smartctl_json_dir: Some(PathBuf::from("/nonexistent")),
+            ..SourceOptions::default()
+        };
+        let only: Vec<String> = ["cpu", "hwmon", "kmsg", "filesystem", "smart", "ipmi"]
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let s = Sampler::build(HostPaths::default(), &only, &[], &opts).unwrap();
+        assert_eq!(s.isolated_source_names(), vec!["filesystem", "ipmi"]);
+        // Running smartctl waits on drives; reading the helper's files does not.
+        let s = Sampler::build(
+            HostPaths::default(),
+            &["smart".to_string()],
+            &[],
+            &SourceOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(s.isolated_source_names(), vec!["smart"]);
+    }
+
+    #[test]
+    fn an_inline_source_over_its_budget_moves_to_a_worker_and_then_cannot_hold_the_cycle() {
+        let (p, control) = probe(Duration::from_millis(30));
+        let mut s = Sampler::with_sources(HostPaths::default(), vec![Box::new(p), Box::new(Works)]);
+        s.set_inline_budget(Duration::from_millis(10));
+        let deadline = Duration::from_millis(200);
+        s.set_deadline(deadline);
+
+        // Over budget: its result still counts, and it is moved.
+        let first = s.sample();
+        assert_eq!(get(&first, "hostpulse_source_success", "probe"), Some(1.0));
+        assert!(first.samples.iter().any(|x| x.name == "probe_value"));
+        assert_eq!(s.isolated_source_names(), vec!["probe"]);
+
+        // Now stuck: the cycle ends at the deadline without it.
+        control.block.store(true, Ordering::SeqCst);
+        let t = Instant::now();
+        let second = s.sample();
+        let took = t.elapsed();
+        assert!(took >= deadline, "{took:?}");
+        assert!(took < deadline * 10, "cycle waited for the stuck source: {took:?}");
+        assert_eq!(get(&second, "hostpulse_source_success", "probe"), Some(0.0));
+        assert_eq!(get(&second, "hostpulse_source_timeouts_total", "probe"), Some(1.0));
+        assert_eq!(get(&second, "hostpulse_source_success", "works"), Some(1.0));
+
+        // Released: its late result arrives; it ran on another thread.
+        control.block.store(false, Ordering::SeqCst);
+        control.release.send(()).unwrap();
+        s.set_deadline(Duration::from_secs(30));
+        let third = s.sample();
+        assert_eq!(get(&third, "hostpulse_source_success", "probe"), Some(1.0));
+        let threads = control.threads.lock().unwrap();
+        assert_eq!(threads[0], std::thread::current().id());
+        assert!(threads[1..].iter().all(|t| *t != threads[0]), "{threads:?}");
     }
 
     #[test]

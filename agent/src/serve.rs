@@ -11,6 +11,14 @@
 //!
 //! A small HTTP/1 server on hyper, which the agent already links through
 //! tonic; it binds loopback unless told otherwise.
+//!
+//! The cycle is sampled (or rendered) on the task that answers the scrape,
+//! not handed to a blocking thread: `serve` runs a single-threaded runtime
+//! whose only work is this endpoint, sampling takes about a millisecond
+//! (sources that may block run on their own workers, bounded by the
+//! sampler's deadline), and a hand-off per scrape cost a thread wake-up and
+//! that thread's resident stack and malloc arena. The rendered text is kept
+//! as [`Bytes`], so a reused cycle is sent without a copy.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -59,7 +67,7 @@ enum Inner {
 
 struct OwnSampler {
     sampler: Sampler,
-    last: Option<(Instant, Arc<String>)>,
+    last: Option<(Instant, Bytes)>,
 }
 
 impl Metrics {
@@ -78,10 +86,11 @@ impl Metrics {
     }
 
     /// The exposition text for one scrape; `None` when no cycle exists yet.
-    /// Blocks while sampling, so async callers run it on a blocking thread.
-    pub fn render_blocking(&self) -> Option<Arc<String>> {
+    /// Blocks while sampling (see the module documentation for why the
+    /// endpoint calls it on its runtime thread).
+    pub fn render_blocking(&self) -> Option<Bytes> {
         match &*self.inner {
-            Inner::Shared(latest) => latest.get().map(|(_, cycle)| Arc::new(exposition::render(&cycle))),
+            Inner::Shared(latest) => latest.get().map(|(_, cycle)| Bytes::from(exposition::render(&cycle))),
             Inner::Own(own) => {
                 // Concurrent scrapes queue here; the ones behind the first
                 // find its fresh result and do not sample again.
@@ -91,8 +100,12 @@ impl Metrics {
                 {
                     return Some(text.clone());
                 }
+                // The old text goes first, so it and the new cycle are never
+                // resident together (the peak RSS is what counts).
+                own.last = None;
                 let cycle = own.sampler.sample();
-                let text = Arc::new(exposition::render(&cycle));
+                let text = Bytes::from(exposition::render(&cycle));
+                drop(cycle);
                 own.last = Some((Instant::now(), text.clone()));
                 Some(text)
             }
@@ -146,22 +159,15 @@ async fn handle(req: Request<Incoming>, metrics: Metrics) -> Result<Response<Ful
         return Ok(resp);
     }
     let resp = match req.uri().path() {
-        "/metrics" => {
-            let rendered = tokio::task::spawn_blocking(move || metrics.render_blocking()).await;
-            match rendered {
-                Ok(Some(text)) => {
-                    let mut resp = Response::new(Full::new(Bytes::from(text.as_bytes().to_vec())));
-                    resp.headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
-                    resp
-                }
-                Ok(None) => text_response(StatusCode::SERVICE_UNAVAILABLE, "no sampling cycle has finished yet\n"),
-                Err(e) => {
-                    tracing::error!(error = %e, "sampling for /metrics failed");
-                    text_response(StatusCode::INTERNAL_SERVER_ERROR, "sampling failed\n")
-                }
+        "/metrics" => match metrics.render_blocking() {
+            Some(text) => {
+                let mut resp = Response::new(Full::new(text));
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
+                resp
             }
-        }
+            None => text_response(StatusCode::SERVICE_UNAVAILABLE, "no sampling cycle has finished yet\n"),
+        },
         "/" => {
             let mut resp = Response::new(Full::new(Bytes::from_static(
                 b"<!doctype html>\n<html><head><title>hostpulse agent</title></head>\n<body><h1>hostpulse agent</h1>\n<p><a href=\"/metrics\">Metrics</a></p>\n</body></html>\n",
@@ -215,7 +221,9 @@ mod tests {
         resp
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // The single-threaded runtime `hostpulse-agent serve` uses: server and
+    // client share the thread, so sampling on it must not stall the scrape.
+    #[tokio::test(flavor = "current_thread")]
     async fn metrics_index_and_errors() {
         let count = Arc::new(AtomicUsize::new(0));
         let sampler = Sampler::with_sources(HostPaths::default(), vec![Box::new(Counting(count.clone()))]);

@@ -17,6 +17,17 @@ pub trait Source: Send {
     ///
     /// Returns `Ok(())` when the hardware is simply absent (nothing emitted).
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError>;
+
+    /// Whether `collect` can block for long in a way nothing in the agent
+    /// can interrupt: it runs an external command (smartctl, ipmitool) or
+    /// calls into a filesystem that may hang (`statvfs` on a dead NFS
+    /// mount). The sampler gives such a source its own worker thread and
+    /// stops waiting for it at the cycle deadline. Every other source (reads
+    /// of procfs and sysfs, non-blocking reads of `/dev/kmsg`) runs in turn
+    /// on the sampler's thread, which costs no thread wake-up per cycle.
+    fn may_block(&self) -> bool {
+        false
+    }
 }
 
 /// Settings some sources need beyond [`HostPaths`], built from config and

@@ -3,6 +3,7 @@
 
 use crate::source::{Source, SourceOptions};
 
+mod arp;
 mod command;
 mod conntrack;
 mod cpu;
@@ -11,7 +12,7 @@ mod diskstats;
 mod edac;
 mod entropy;
 mod filefd;
-mod files;
+pub(crate) mod files;
 mod filesystem;
 mod hwmon;
 mod interrupts;
@@ -28,12 +29,14 @@ mod nvme;
 mod os_release;
 mod power_supply;
 mod pressure;
+mod process;
 mod processes;
 mod rapl;
 mod schedstat;
 pub mod smart;
 mod sockstat;
 mod softnet;
+mod systemd;
 mod thermal_throttle;
 mod thermal_zone;
 mod time;
@@ -61,19 +64,19 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "cpu",
         about: "CPU time per mode, boot time, context switches, interrupts, forks and runnable/blocked processes from /proc/stat.",
         default_on: true,
-        make: |_| Box::new(cpu::CpuSource),
+        make: |_| Box::new(cpu::CpuSource::default()),
     },
     SourceEntry {
         name: "meminfo",
         about: "Memory and swap usage, hugepages and hardware-corrupted memory from /proc/meminfo.",
         default_on: true,
-        make: |_| Box::new(meminfo::MeminfoSource),
+        make: |_| Box::new(meminfo::MeminfoSource::default()),
     },
     SourceEntry {
         name: "loadavg",
         about: "1, 5 and 15 minute load averages from /proc/loadavg.",
         default_on: true,
-        make: |_| Box::new(loadavg::LoadavgSource),
+        make: |_| Box::new(loadavg::LoadavgSource::default()),
     },
     SourceEntry {
         name: "time",
@@ -91,7 +94,7 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "netdev",
         about: "Per-interface byte, packet, error and drop counters from /proc/net/dev.",
         default_on: true,
-        make: |_| Box::new(netdev::NetdevSource),
+        make: |_| Box::new(netdev::NetdevSource::default()),
     },
     SourceEntry {
         name: "hwmon",
@@ -139,7 +142,7 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "pressure",
         about: "CPU, I/O, memory and IRQ pressure stall totals from /proc/pressure.",
         default_on: true,
-        make: |_| Box::new(pressure::PressureSource),
+        make: |_| Box::new(pressure::PressureSource::default()),
     },
     SourceEntry {
         name: "mdraid",
@@ -187,13 +190,13 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "vmstat",
         about: "Paging, swapping, page faults and OOM kills from /proc/vmstat (node_exporter's default fields).",
         default_on: true,
-        make: |_| Box::new(vmstat::VmstatSource),
+        make: |_| Box::new(vmstat::VmstatSource::default()),
     },
     SourceEntry {
         name: "netstat",
         about: "TCP/UDP/IP protocol counters (retransmits, listen drops, buffer errors) from /proc/net/{netstat,snmp,snmp6}.",
         default_on: true,
-        make: |_| Box::new(netstat::NetstatSource),
+        make: |_| Box::new(netstat::NetstatSource::default()),
     },
     SourceEntry {
         name: "sockstat",
@@ -205,31 +208,31 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "softnet",
         about: "Per-CPU packets processed, dropped and squeezed in the receive path from /proc/net/softnet_stat.",
         default_on: true,
-        make: |_| Box::new(softnet::SoftnetSource),
+        make: |_| Box::new(softnet::SoftnetSource::default()),
     },
     SourceEntry {
         name: "filefd",
         about: "Allocated and maximum file handles from /proc/sys/fs/file-nr.",
         default_on: true,
-        make: |_| Box::new(filefd::FilefdSource),
+        make: |_| Box::new(filefd::FilefdSource::default()),
     },
     SourceEntry {
         name: "entropy",
         about: "Available entropy and pool size from /proc/sys/kernel/random.",
         default_on: true,
-        make: |_| Box::new(entropy::EntropySource),
+        make: |_| Box::new(entropy::EntropySource::default()),
     },
     SourceEntry {
         name: "conntrack",
         about: "Netfilter connection tracking table use, limit and per-CPU statistics.",
         default_on: true,
-        make: |_| Box::new(conntrack::ConntrackSource),
+        make: |_| Box::new(conntrack::ConntrackSource::default()),
     },
     SourceEntry {
         name: "timex",
-        about: "Available and current kernel clock sources from /sys/devices/system/clocksource (adjtimex values are not read).",
+        about: "Kernel clock discipline (offset, frequency, errors, sync status, PPS) from a read-only adjtimex(2), and the clock sources in /sys/devices/system/clocksource.",
         default_on: true,
-        make: |_| Box::new(timex::TimexSource),
+        make: |_| Box::new(timex::TimexSource::default()),
     },
     SourceEntry {
         name: "uname",
@@ -247,7 +250,7 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "schedstat",
         about: "Per-CPU time running and waiting to run, and timeslices, from /proc/schedstat.",
         default_on: true,
-        make: |_| Box::new(schedstat::SchedstatSource),
+        make: |_| Box::new(schedstat::SchedstatSource::default()),
     },
     SourceEntry {
         name: "inventory",
@@ -259,13 +262,31 @@ pub const REGISTRY: &[SourceEntry] = &[
         name: "interrupts",
         about: "Per-CPU interrupt counts from /proc/interrupts (off by default, as in node_exporter: many series).",
         default_on: false,
-        make: |_| Box::new(interrupts::InterruptsSource),
+        make: |_| Box::new(interrupts::InterruptsSource::default()),
     },
     SourceEntry {
         name: "processes",
         about: "Process and thread counts, states and limits (off by default: reads every /proc/<pid>/stat each cycle).",
         default_on: false,
         make: |_| Box::new(processes::ProcessesSource),
+    },
+    SourceEntry {
+        name: "arp",
+        about: "ARP (neighbour) table entries per interface from /proc/net/arp.",
+        default_on: true,
+        make: |_| Box::new(arp::ArpSource::default()),
+    },
+    SourceEntry {
+        name: "process",
+        about: "The agent's own CPU time, memory, open descriptors and start time as process_* series.",
+        default_on: true,
+        make: |_| Box::new(process::ProcessSource::default()),
+    },
+    SourceEntry {
+        name: "systemd",
+        about: "systemd unit states and socket connection counters from systemctl every minute (nothing without systemd).",
+        default_on: true,
+        make: |opts| Box::new(systemd::SystemdSource::new(opts)),
     },
 ];
 

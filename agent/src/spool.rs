@@ -48,6 +48,16 @@
 //!
 //! When the directory cannot be used the client falls back to
 //! [`Spool::in_memory`], the same structure with segments held in memory.
+//!
+//! # One agent per directory
+//!
+//! An open spool holds an exclusive `flock` on the file `lock` in its
+//! directory for as long as it lives. Two agents sharing a directory would
+//! delete each other's acknowledged segments and resend each other's
+//! batches under one host's sequence numbers, which the collector would
+//! then drop as replays; so a second open fails with [`SpoolError::Locked`]
+//! and the agent refuses to start. The lock dies with the process, so a
+//! crashed agent never leaves a stale one behind.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -71,6 +81,8 @@ pub const MAX_PAYLOAD: usize = 64 << 20;
 const FLOOR_FILE: &str = "spool-floor";
 /// Extension of segment files.
 const SEGMENT_EXT: &str = "seg";
+/// Name of the file an open spool holds locked.
+const LOCK_FILE: &str = "lock";
 
 /// Bounds of one spool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +145,16 @@ pub enum SpoolError {
         /// The spool's bound.
         max: u64,
     },
+    /// Another process (or another spool in this one) has the directory.
+    #[error(
+        "spool directory {} is in use by another hostpulse-agent (it holds {}); give each agent its own --spool-dir",
+        dir.display(),
+        dir.join(LOCK_FILE).display()
+    )]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// A batch did not have a sequence number above every spooled one.
     #[error("sequence number {seq} is not above the last spooled {last}")]
     OutOfOrder {
@@ -141,6 +163,24 @@ pub enum SpoolError {
         /// The highest spooled number.
         last: u64,
     },
+}
+
+/// Takes the exclusive lock of `dir` without waiting.
+fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    #[cfg(unix)]
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => return Err(SpoolError::Locked { dir: dir.to_path_buf() }),
+        Err(e) => return Err(io_error(&path)(e.into())),
+    }
+    Ok(file)
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -264,10 +304,13 @@ pub struct SeriesTable {
 
 impl SeriesTable {
     /// The id of a series, assigning one the first time.
-    pub fn intern(&mut self, name: &str, labels: &[(String, String)]) -> u32 {
+    pub fn intern<K: AsRef<str>, V: AsRef<str>>(&mut self, name: &str, labels: &[(K, V)]) -> u32 {
         self.intern_key(SeriesKey {
             name: name.to_string(),
-            labels: labels.to_vec(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+                .collect(),
         })
     }
 
@@ -349,6 +392,9 @@ pub struct Spool {
     total_bytes: u64,
     table: SeriesTable,
     stats: SpoolStats,
+    /// The locked `lock` file of an on-disk spool; the lock lasts as long
+    /// as this handle.
+    _lock: Option<File>,
 }
 
 /// A reader's position: which segment, where in it, and that segment's
@@ -392,6 +438,7 @@ impl Spool {
             total_bytes: 0,
             table: SeriesTable::default(),
             stats: SpoolStats::default(),
+            _lock: None,
         }
     }
 
@@ -400,8 +447,10 @@ impl Spool {
     /// writable.
     pub fn open(dir: &Path, limits: Limits) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let lock = lock_dir(dir)?;
         let mut spool = Spool::in_memory(limits);
         spool.dir = Some(dir.to_path_buf());
+        spool._lock = Some(lock);
         spool.floor = std::fs::read_to_string(dir.join(FLOOR_FILE))
             .ok()
             .and_then(|t| t.trim().parse().ok())
@@ -1002,8 +1051,8 @@ mod tests {
     fn samples(n: usize, value: f64) -> Vec<Sample> {
         (0..n)
             .map(|i| Sample {
-                name: format!("m{}", i % 3),
-                labels: vec![("i".into(), i.to_string())],
+                name: format!("m{}", i % 3).into(),
+                labels: crate::emit::labels_from(vec![("i", i.to_string())]),
                 value,
             })
             .collect()
@@ -1032,6 +1081,24 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    /// Issue 7: two agents cannot share a spool directory; the lock goes
+    /// with the spool that held it.
+    #[test]
+    fn a_second_spool_on_one_directory_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits::new(1 << 20, 100);
+        let first = Spool::open(dir.path(), limits).unwrap();
+        match Spool::open(dir.path(), limits) {
+            Err(e @ SpoolError::Locked { .. }) => {
+                assert!(e.to_string().contains("own --spool-dir"), "{e}")
+            }
+            Err(e) => panic!("expected Locked, got {e}"),
+            Ok(_) => panic!("a second spool opened a locked directory"),
+        }
+        drop(first);
+        Spool::open(dir.path(), limits).unwrap();
     }
 
     #[test]
@@ -1170,6 +1237,51 @@ mod tests {
         assert_eq!(spool.stats().corrupt_bytes, (len - first) as u64);
         assert_eq!(std::fs::metadata(&file).unwrap().len(), first as u64);
         assert_eq!(seqs(&drain(&mut spool)), vec![1]);
+    }
+
+    /// Issue 7 corpus replay (the stand-in for a fuzz target): a segment
+    /// file cut at every length, and hit by seeded runs of random bytes
+    /// anywhere, always opens, and what it yields is a prefix of what was
+    /// written, with the values intact.
+    #[test]
+    fn mangled_segment_files_open_and_yield_only_good_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits::new(1 << 20, 1000);
+        let mut spool = Spool::open(dir.path(), limits).unwrap();
+        for seq in 1..=4 {
+            append(&mut spool, seq, 3);
+        }
+        drop(spool);
+        let file = segment_files(dir.path()).pop().unwrap();
+        let good = std::fs::read(&file).unwrap();
+        let mut inputs: Vec<Vec<u8>> = (0..good.len()).map(|n| good[..n].to_vec()).collect();
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..120 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let mut v = good.clone();
+            let at = (rng as usize) % v.len();
+            let run = 1 + (rng >> 32) as usize % 16;
+            for (k, b) in v.iter_mut().skip(at).take(run).enumerate() {
+                *b ^= (rng >> (k % 8 * 8)) as u8 | 1;
+            }
+            inputs.push(v);
+        }
+        for (i, bytes) in inputs.iter().enumerate() {
+            for f in segment_files(dir.path()) {
+                std::fs::remove_file(f).unwrap();
+            }
+            let _ = std::fs::remove_file(dir.path().join(FLOOR_FILE));
+            std::fs::write(&file, bytes).unwrap();
+            let mut spool = Spool::open(dir.path(), limits).unwrap();
+            let got = drain(&mut spool);
+            let n = got.len() as u64;
+            assert_eq!(seqs(&got), (1..=n).collect::<Vec<_>>(), "input {i}");
+            for b in &got {
+                assert!(b.values.iter().all(|v| *v == b.seq as f64), "input {i}: seq {}", b.seq);
+            }
+        }
     }
 
     #[test]

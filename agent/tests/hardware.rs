@@ -45,11 +45,17 @@ fn collect(name: &str, root: &Path) -> Emitter {
 
 /// The value of the series with exactly these labels.
 fn value(out: &Emitter, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut want: Vec<(&str, &str)> = labels.to_vec();
     want.sort();
     out.samples()
         .iter()
-        .find(|s| s.name == name && s.labels == want)
+        .find(|s| {
+            s.name == name
+                && s.labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .eq(want.iter().copied())
+        })
         .map(|s| s.value)
 }
 

@@ -14,6 +14,7 @@
 
 mod alertmanager;
 pub mod api;
+pub mod page;
 mod persist;
 mod webhook;
 
@@ -83,23 +84,29 @@ impl Alert {
     /// name/value pairs separated by 0xff), so receivers that deduplicate by
     /// fingerprint see the same value Prometheus would send.
     pub fn fingerprint(&self) -> String {
-        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let mut hash = OFFSET;
-        let mut add = |bytes: &[u8]| {
-            for b in bytes {
-                hash ^= u64::from(*b);
-                hash = hash.wrapping_mul(PRIME);
-            }
-        };
-        for (name, value) in self.labels.pairs() {
-            add(name.as_bytes());
-            add(&[0xff]);
-            add(value.as_bytes());
-            add(&[0xff]);
-        }
-        format!("{hash:016x}")
+        fingerprint_of(&self.labels)
     }
+}
+
+/// Alertmanager's fingerprint of a label set (see [`Alert::fingerprint`]);
+/// also what history events are grouped by on the `/alerts` page.
+pub fn fingerprint_of(labels: &Labels) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    let mut add = |bytes: &[u8]| {
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    };
+    for (name, value) in labels.pairs() {
+        add(name.as_bytes());
+        add(&[0xff]);
+        add(value.as_bytes());
+        add(&[0xff]);
+    }
+    format!("{hash:016x}")
 }
 
 /// One alert a rule found holding at an evaluation.
@@ -385,6 +392,21 @@ impl AlertBoard {
             .collect()
     }
 
+    /// Forgets history events older than `before_ms` (the retention
+    /// limit); returns how many went. Alerts on the board are untouched:
+    /// retention bounds the incident timeline, not what is firing.
+    pub fn prune_history(&self, before_ms: i64) -> Result<usize, AlertStoreError> {
+        match &self.db {
+            Some(db) => db.prune_history(before_ms),
+            None => {
+                let mut state = self.lock();
+                let before = state.history.len();
+                state.history.retain(|e| e.at_ms >= before_ms);
+                Ok(before - state.history.len())
+            }
+        }
+    }
+
     /// Transitions in `[from_ms, to_ms]`, oldest first, at most `limit`.
     pub fn history(&self, from_ms: i64, to_ms: i64, limit: usize) -> Result<Vec<AlertEvent>, AlertStoreError> {
         match &self.db {
@@ -542,6 +564,32 @@ mod tests {
         assert_eq!(board.history(0, 10_000, 1).unwrap().len(), 1, "limit");
         // Negative times (before 1970) sort before positive ones.
         assert!(board.history(-5_000, -1, 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn history_retention_drops_only_old_events_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let board = AlertBoard::open(dir.path()).unwrap();
+            board.update("Hot", 0, vec![active("temp1", 99.0)], 1_000);
+            board.update("Hot", 0, vec![], 2_000);
+            board.update("Hot", 0, vec![active("temp1", 99.0)], 5_000);
+            assert_eq!(board.history(0, 10_000, 10).unwrap().len(), 3);
+            assert_eq!(board.prune_history(2_001).unwrap(), 2);
+            assert_eq!(board.prune_history(2_001).unwrap(), 0, "nothing left to prune");
+            board.persist().await.unwrap();
+        }
+        let board = AlertBoard::open(dir.path()).unwrap();
+        let history = board.history(0, 10_000, 10).unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!((history[0].at_ms, history[0].state), (5_000, AlertState::Firing));
+        assert_eq!(board.firing().len(), 1, "the board itself is not pruned");
+        // The in-memory board prunes the same way.
+        let mem = AlertBoard::new();
+        mem.update("Hot", 0, vec![active("temp1", 99.0)], 1_000);
+        mem.update("Hot", 0, vec![], 3_000);
+        assert_eq!(mem.prune_history(2_000).unwrap(), 1);
+        assert_eq!(mem.history(0, 10_000, 10).unwrap()[0].at_ms, 3_000);
     }
 
     #[test]

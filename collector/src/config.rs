@@ -90,6 +90,15 @@ pub struct FileConfig {
     /// Memory bound of unsealed samples, in MiB [default: 512]; beyond it
     /// they are sealed into blocks early.
     pub head_max_mb: Option<u64>,
+    /// Ingest limits (`[ingest]` table; see `crate::ingest::limits_file`).
+    pub ingest: Option<crate::ingest::limits_file::IngestLimitsFile>,
+    /// How long alert history (the incident timeline behind
+    /// `/api/v1/alerts/history`) is kept, e.g. `2160h` [default: 2160h = 90 days].
+    pub alert_history_retention: Option<String>,
+    /// Detector knobs: `[detectors.peer_outlier]`, `[detectors.baseline]`,
+    /// `[detectors.trend]`, `[detectors.smart_verdict]` (see
+    /// `detect::knobs`); file only.
+    pub detectors: Option<crate::detect::knobs::DetectorConfig>,
 }
 
 impl FileConfig {
@@ -143,6 +152,12 @@ pub struct Settings {
     pub out_of_order_window: Duration,
     /// Memory bound of unsealed samples in bytes.
     pub head_max_bytes: u64,
+    /// What one agent stream, one host and all streams together may send.
+    pub ingest_limits: crate::ingest::IngestLimits,
+    /// How long alert history is kept.
+    pub alert_history_retention: Duration,
+    /// Detector knobs (validated: [`crate::detect::knobs::DetectorConfig::build`] succeeds).
+    pub detectors: crate::detect::knobs::DetectorConfig,
 }
 
 /// How the collector proves itself and checks who talks to it.
@@ -179,6 +194,9 @@ impl Settings {
             rollup_retention: [None, None],
             out_of_order_window: DEFAULT_OUT_OF_ORDER_WINDOW,
             head_max_bytes: DEFAULT_HEAD_MAX_MB << 20,
+            ingest_limits: crate::ingest::IngestLimits::default(),
+            alert_history_retention: crate::detect::DEFAULT_HISTORY_RETENTION,
+            detectors: crate::detect::knobs::DetectorConfig::default(),
         }
     }
 
@@ -295,6 +313,21 @@ impl Settings {
                 DEFAULT_OUT_OF_ORDER_WINDOW,
             )?,
             head_max_bytes: flags.head_max_mb.or(file.head_max_mb).unwrap_or(DEFAULT_HEAD_MAX_MB) << 20,
+            ingest_limits: flags.ingest.or(file.ingest).unwrap_or_default().resolve()?,
+            alert_history_retention: duration(
+                "alert_history_retention",
+                flags.alert_history_retention.or(file.alert_history_retention),
+                crate::detect::DEFAULT_HISTORY_RETENTION,
+            )?,
+            detectors: {
+                let d = flags.detectors.or(file.detectors).unwrap_or_default();
+                // Built once here so a bad knob stops the start with its key.
+                d.build(Duration::ZERO).map_err(|e| ConfigError::Invalid {
+                    key: e.key,
+                    message: e.message,
+                })?;
+                d
+            },
         })
     }
 }
@@ -522,6 +555,24 @@ mod tests {
     }
 
     #[test]
+    fn alert_history_retention_and_detector_knobs() {
+        let s = resolve(FileConfig::default()).unwrap();
+        assert_eq!(s.alert_history_retention, Duration::from_secs(90 * 86_400));
+        let text = "alert_history_retention = \"4320h\"\n[detectors.peer_outlier]\nmin_peers = 6\n";
+        let file = FileConfig::parse(Path::new("c.toml"), text).unwrap();
+        let s = Settings::resolve(file, FileConfig::default()).unwrap();
+        assert_eq!(s.alert_history_retention, Duration::from_secs(4320 * 3600));
+        assert_eq!(s.detectors.peer_outlier.min_peers, Some(6));
+        let bad = FileConfig::parse(Path::new("c.toml"), "[detectors.trend]\nconfidence = 2.0\n").unwrap();
+        let err = Settings::resolve(bad, FileConfig::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "detectors.trend.confidence: 2 is not between 0.5 and 0.999"
+        );
+        assert!(FileConfig::parse(Path::new("c.toml"), "[detectors.nope]\nx = 1\n").is_err());
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let e = resolve(FileConfig {
             grpc_addr: Some("localhost".into()),
@@ -545,5 +596,22 @@ mod tests {
             e.starts_with("config c.toml: ") && e.contains("unknown field `data-dir`"),
             "{e}"
         );
+    }
+
+    /// Issue 7: the `[ingest]` table sets the ingest limits, and a bad value
+    /// stops the start naming its key.
+    #[test]
+    fn ingest_table_sets_the_limits() {
+        let file = FileConfig::parse(
+            Path::new("c.toml"),
+            "[ingest]\nmax_samples_per_second_per_host = 500\nmax_inflight_mb = 64\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(file, FileConfig::default()).unwrap();
+        assert_eq!(s.ingest_limits.max_samples_per_second_per_host, 500.0);
+        assert_eq!(s.ingest_limits.max_inflight_bytes, 64 << 20);
+        let bad = FileConfig::parse(Path::new("c.toml"), "[ingest]\nmax_inflight_mb = 0\n").unwrap();
+        let err = Settings::resolve(bad, FileConfig::default()).unwrap_err();
+        assert_eq!(err.to_string(), "ingest.max_inflight_mb: must be more than 0");
     }
 }

@@ -11,13 +11,19 @@
 //!   the [`Detector`] trait, listed by [`default_detectors`]:
 //!   `detect/host_silent.rs`, `detect/peer_outlier.rs` (a host hotter than
 //!   its twins), `detect/trend.rs` (time to failure: disk full, SSD wear),
-//!   `detect/smart_verdict.rs`; `detect/robust.rs` holds their statistics.
+//!   `detect/smart_verdict.rs`, `detect/baseline.rs` (a series far from its
+//!   own history at the same hour of the day); `detect/robust.rs` holds
+//!   their statistics and `detect/knobs.rs` their `[detectors.*]` settings.
+//!
+//! The loop also deletes alert history older than its retention, hourly.
 //!
 //! Rules are loaded at start and again on [`Rules::reload`] (SIGHUP,
 //! `POST /-/reload`); a reload that fails keeps the rules that run.
 
+pub mod baseline;
 mod evaluator;
 pub mod host_silent;
+pub mod knobs;
 pub mod peer_outlier;
 pub mod robust;
 pub mod rulefile;
@@ -69,6 +75,12 @@ pub trait Detector: Send + Sync {
     fn every_ms(&self) -> i64 {
         0
     }
+    /// Reads its inputs as rollup means at this resolution instead of raw
+    /// samples (one sample per bucket, at the bucket's start), so detectors
+    /// that learn from days of history stay cheap.
+    fn rollup(&self) -> Option<crate::store::Resolution> {
+        None
+    }
 }
 
 /// The detectors the collector runs, in evaluation order. Host silence
@@ -81,8 +93,14 @@ pub fn default_detectors(host_silent_after: Duration) -> Vec<Arc<dyn Detector>> 
         Arc::new(peer_outlier::PeerOutlier::default()),
         Arc::new(trend::TimeToFailure::default()),
         Arc::new(smart_verdict::SmartVerdict::default()),
+        Arc::new(baseline::Baseline::default()),
     ]
 }
+
+/// Default time alert history (the incident timeline) is kept: 90 days.
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+/// How often history older than the retention is deleted.
+const HISTORY_PRUNE_EVERY_MS: i64 = 3_600_000;
 
 /// The selected input series of one detector evaluation.
 #[derive(Debug, Default)]
@@ -250,6 +268,8 @@ pub struct RuleContext {
     pub telemetry: Arc<Telemetry>,
     /// Time between evaluations of groups without their own interval.
     pub interval: Duration,
+    /// How long alert history is kept.
+    pub history_retention: Duration,
 }
 
 /// Why alerting could not be set up at start.
@@ -261,6 +281,9 @@ pub enum SetupError {
     /// The alert state database does not open.
     #[error("{0}")]
     State(#[from] crate::alert::AlertStoreError),
+    /// A detector knob has a bad value.
+    #[error("detector settings: {0}")]
+    Detectors(#[from] knobs::KnobError),
     /// The webhook secret file cannot be read.
     #[error("webhook secret file {}: {source}", path.display())]
     Secret {
@@ -305,7 +328,7 @@ impl RuleContext {
             evaluator: Arc::new(StoreEvaluator::new(store.clone())),
             store,
             rules,
-            detectors: default_detectors(settings.host_silent_after),
+            detectors: settings.detectors.build(settings.host_silent_after)?,
             board,
             notifier: Arc::new(notifier),
             alertmanager: Arc::new(Alertmanager::new(
@@ -315,6 +338,7 @@ impl RuleContext {
             )),
             telemetry,
             interval: settings.rule_interval,
+            history_retention: settings.alert_history_retention,
         })
     }
 
@@ -354,13 +378,19 @@ pub async fn run(ctx: RuleContext, mut shutdown: tokio::sync::watch::Receiver<bo
     // causing a burst of catch-up evaluations.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_run: HashMap<String, i64> = HashMap::new();
+    let mut last_prune = i64::MIN;
     loop {
         if *shutdown.borrow_and_update() {
             break;
         }
         tokio::select! {
             _ = ticker.tick() => {
-                evaluate(&ctx, now_ms(), Some(&mut last_run)).await;
+                let now = now_ms();
+                evaluate(&ctx, now, Some(&mut last_run)).await;
+                if now.saturating_sub(last_prune) >= HISTORY_PRUNE_EVERY_MS {
+                    last_prune = now;
+                    prune_history(&ctx, now).await;
+                }
             }
             changed = shutdown.changed() => {
                 if changed.is_err() {
@@ -399,7 +429,7 @@ async fn evaluate(ctx: &RuleContext, now_ms: i64, mut schedule: Option<&mut Hash
         }
         ctx.telemetry.inc(Counter::RuleEvaluations);
         let started = Instant::now();
-        let inputs = match select_inputs(&ctx.store, d.inputs(), d.window_ms(), hosts.clone(), now_ms).await {
+        let inputs = match select_inputs(&ctx.store, d.as_ref(), hosts.clone(), now_ms).await {
             Ok(inputs) => inputs,
             Err(e) => {
                 ctx.telemetry.inc(Counter::RuleEvaluationFailures);
@@ -529,6 +559,20 @@ async fn evaluate(ctx: &RuleContext, now_ms: i64, mut schedule: Option<&mut Hash
     all
 }
 
+/// Deletes alert history older than the retention, on the blocking pool
+/// (sled deletes are synchronous). Failures are logged and retried at the
+/// next pruning round; they never stop evaluation.
+pub async fn prune_history(ctx: &RuleContext, now_ms: i64) {
+    let before = now_ms.saturating_sub(millis(ctx.history_retention));
+    let board = ctx.board.clone();
+    match tokio::task::spawn_blocking(move || board.prune_history(before)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(events = n, "pruned alert history past its retention"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune alert history"),
+        Err(e) => tracing::warn!(error = %e, "alert history pruning task failed"),
+    }
+}
+
 fn merge(all: &mut Transitions, t: Transitions) {
     all.fired.extend(t.fired);
     all.resolved.extend(t.resolved);
@@ -645,24 +689,51 @@ enum SelectError {
 /// the blocking pool because the store reads sled synchronously.
 async fn select_inputs(
     store: &Store,
-    metrics: &'static [&'static str],
-    window_ms: i64,
+    detector: &dyn Detector,
     hosts: Vec<HostRecord>,
     now_ms: i64,
 ) -> Result<Inputs, SelectError> {
+    let metrics = detector.inputs();
     if metrics.is_empty() {
         return Ok(Inputs::new(HashMap::new(), hosts));
     }
+    let (window_ms, rollup) = (detector.window_ms(), detector.rollup());
     let store = store.clone();
     let by_metric = tokio::task::spawn_blocking(move || {
         let from = now_ms.saturating_sub(window_ms).saturating_add(1);
         metrics
             .iter()
-            .map(|m| Ok((*m, store.select(&[Matcher::equal(METRIC_NAME, *m)], from, now_ms)?)))
+            .map(|m| {
+                let matchers = [Matcher::equal(METRIC_NAME, *m)];
+                let series = match rollup {
+                    None => store.select(&matchers, from, now_ms)?,
+                    Some(res) => store
+                        .select_rollup(&matchers, from, now_ms, res)?
+                        .into_iter()
+                        .map(rollup_means)
+                        .collect(),
+                };
+                Ok((*m, series))
+            })
             .collect::<Result<HashMap<_, _>, StoreError>>()
     })
     .await??;
     Ok(Inputs::new(by_metric, hosts))
+}
+
+/// A rollup series as samples: each bucket's mean at its start. Empty
+/// buckets and non-finite means (a NaN sample poisons `sum`) are left out.
+pub fn rollup_means(r: crate::store::RollupSeries) -> SeriesSamples {
+    SeriesSamples {
+        labels: r.labels,
+        samples: r
+            .buckets
+            .iter()
+            .filter(|b| b.count > 0)
+            .map(|b| (b.start_ms, b.sum / b.count as f64))
+            .filter(|(_, v)| v.is_finite())
+            .collect(),
+    }
 }
 
 /// Reloads `rules` on every SIGHUP until `shutdown` turns true.

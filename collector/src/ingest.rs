@@ -14,6 +14,8 @@
 //! of concurrent streams ride on shared group-commit flushes. Generated
 //! proto types stop here: the store only sees `crate::model` types.
 
+pub mod budget;
+pub mod limits_file;
 pub mod session;
 pub mod validate;
 
@@ -26,15 +28,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status, Streaming};
 
+use self::budget::{HostRates, InflightBudget};
 use self::session::Session;
 use crate::auth::{Authenticator, Identity};
-use crate::store::{AppendOutcome, HostRecord, Store};
+use crate::store::{AppendOutcome, AppendReport, HostRecord, Store};
 use crate::telemetry::{Counter, Gauge, Telemetry};
 
 /// Limits on what one agent stream may send. Exceeding one is refused with
 /// `ERROR_CODE_LIMIT` (or, for message size, a gRPC status) before anything
 /// reaches storage.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IngestLimits {
     /// Largest accepted message after decompression, in bytes.
     pub max_message_bytes: usize,
@@ -50,6 +53,18 @@ pub struct IngestLimits {
     /// How far behind the collector's clock a sample may be, in ms. Agents
     /// resend from their spool after an outage, so this is generous.
     pub max_past_ms: i64,
+    /// Samples a second one host may store, over all its streams; 0 turns
+    /// the limit off. Above it batches are refused with `OVERLOADED` and
+    /// the stream ends with `RESOURCE_EXHAUSTED`; the agent resends later.
+    pub max_samples_per_second_per_host: f64,
+    /// Samples a host may send at once above its rate: an agent replaying
+    /// its spool after an outage needs headroom.
+    pub sample_burst_per_host: f64,
+    /// Bytes (encoded) of batches being validated or waiting for their
+    /// flush, over all streams. A batch that does not fit is refused the
+    /// same way as a rate-limited one, so overload sheds load instead of
+    /// growing memory.
+    pub max_inflight_bytes: usize,
 }
 
 impl Default for IngestLimits {
@@ -61,6 +76,11 @@ impl Default for IngestLimits {
             max_label_value_len: 1024,
             max_future_ms: 10 * 60 * 1000,
             max_past_ms: 7 * 24 * 3600 * 1000,
+            // A hardware agent sends ~30 samples/s; this leaves room for
+            // large hosts and for replaying a day's spool in minutes.
+            max_samples_per_second_per_host: 20_000.0,
+            sample_burst_per_host: 200_000.0,
+            max_inflight_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -72,6 +92,8 @@ pub struct IngestService {
     telemetry: Arc<Telemetry>,
     limits: Arc<IngestLimits>,
     auth: Arc<Authenticator>,
+    rates: Arc<HostRates>,
+    inflight: InflightBudget,
 }
 
 impl IngestService {
@@ -82,6 +104,11 @@ impl IngestService {
         IngestService {
             store,
             telemetry,
+            rates: Arc::new(HostRates::new(
+                limits.max_samples_per_second_per_host,
+                limits.sample_burst_per_host,
+            )),
+            inflight: InflightBudget::new(limits.max_inflight_bytes),
             limits: Arc::new(limits),
             auth: Arc::new(Authenticator::default()),
         }
@@ -267,10 +294,36 @@ impl IngestService {
         .await
     }
 
-    /// Validates, stores and answers one batch. Errors about a batch are not
-    /// fatal: the agent may go on with the next one.
+    /// Validates, stores and answers one batch. Errors about what the batch
+    /// holds are not fatal: the agent may go on with the next one. Errors
+    /// that mean "resend it" (overload, storage) end the stream: acks are
+    /// cumulative, so acknowledging a later batch on the same stream would
+    /// cover the one that was not stored.
     async fn batch(&self, session: &mut Session, batch: hostpulse_proto::Batch, tx: &mpsc::Sender<Reply>) -> Flow {
         let seq = batch.seq;
+        if !self
+            .rates
+            .admit(session.host(), batch.refs.len(), std::time::Instant::now())
+        {
+            self.telemetry.inc(Counter::RejectedRateLimited);
+            let message = format!(
+                "batch {seq}: host {} sends more than {} samples/s; resend it after backing off",
+                session.host(),
+                self.rates.rate()
+            );
+            return shed(tx, message, seq).await;
+        }
+        // Held until the batch is durable (or refused), so the budget
+        // covers everything between decode and flush.
+        let Some(_reserved) = self.inflight.try_reserve(prost::Message::encoded_len(&batch)) else {
+            self.telemetry.inc(Counter::RejectedOverloaded);
+            let message = format!(
+                "batch {seq}: the collector holds {} of its {} in-flight bytes; resend it after backing off",
+                self.inflight.in_use(),
+                self.inflight.total()
+            );
+            return shed(tx, message, seq).await;
+        };
         let prepared = match session.prepare(batch, &self.limits, crate::store::now_ms()) {
             Ok(p) => p,
             Err(rejection) => {
@@ -291,30 +344,63 @@ impl IngestService {
                 return Flow::End;
             }
         }
-        let reply = match self.store.append(session.host(), seq, prepared.series).await {
-            Ok(AppendOutcome::Stored { samples }) => {
-                self.telemetry.inc(Counter::IngestBatches);
-                self.telemetry.add(Counter::IngestSamples, samples as u64);
-                session.ack(seq)
-            }
-            Ok(AppendOutcome::Duplicate { .. }) => {
-                self.telemetry.inc(Counter::IngestDuplicateBatches);
+        let reply = match self.store.append_detailed(session.host(), seq, prepared.series).await {
+            Ok(AppendReport {
+                outcome,
+                rejected_out_of_order,
+            }) => {
+                if rejected_out_of_order > 0 {
+                    self.telemetry
+                        .add(Counter::RejectedOutOfOrder, rejected_out_of_order as u64);
+                    let reply = CollectorMessage::error(
+                        ErrorCode::SampleRejected,
+                        format!(
+                            "batch {seq}: {rejected_out_of_order} samples were older than the out-of-order window allows and were not stored"
+                        ),
+                        seq,
+                        false,
+                    );
+                    if let Flow::End = send(tx, reply, Flow::Continue).await {
+                        return Flow::End;
+                    }
+                }
+                match outcome {
+                    AppendOutcome::Stored { samples } => {
+                        self.telemetry.inc(Counter::IngestBatches);
+                        self.telemetry.add(Counter::IngestSamples, samples as u64);
+                    }
+                    AppendOutcome::Duplicate { .. } => self.telemetry.inc(Counter::IngestDuplicateBatches),
+                }
                 session.ack(seq)
             }
             Err(e) => {
                 self.telemetry.inc(Counter::RejectedStorage);
                 tracing::warn!(host = session.host(), seq, error = %e, "could not store batch");
-                // The detail stays in our log; the agent only needs to resend.
-                CollectorMessage::error(
+                // The detail stays in our log; the agent only needs to
+                // resend, from this batch on, on a new stream.
+                let reply = CollectorMessage::error(
                     ErrorCode::Storage,
                     format!("batch {seq} could not be stored; resend it"),
                     seq,
-                    false,
-                )
+                    true,
+                );
+                return send(tx, reply, Flow::End).await;
             }
         };
         send(tx, reply, Flow::Continue).await
     }
+}
+
+/// Refuses batch `seq` for overload: a fatal `OVERLOADED` error the agent
+/// logs, then the stream ends with `RESOURCE_EXHAUSTED` so any client backs
+/// off and resends from its first unacknowledged batch.
+async fn shed(tx: &mpsc::Sender<Reply>, message: String, seq: u64) -> Flow {
+    let status = Status::resource_exhausted(message.clone());
+    let reply = CollectorMessage::error(ErrorCode::Overloaded, message, seq, true);
+    if let Flow::Continue = send(tx, reply, Flow::Continue).await {
+        let _ = tx.send(Err(status)).await;
+    }
+    Flow::End
 }
 
 /// Sends a reply; a closed channel means the agent is gone, which ends the
@@ -328,3 +414,6 @@ async fn send(tx: &mpsc::Sender<Reply>, reply: CollectorMessage, then: Flow) -> 
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod corpus;

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::auth::{AdminGuard, Authenticator};
 use crate::config::Settings;
 use crate::detect::{self, RuleContext};
-use crate::ingest::{self, IngestLimits, IngestService};
+use crate::ingest::{self, IngestService};
 use crate::query::{self, ApiContext};
 use crate::store::{Store, StoreOptions};
 use crate::telemetry::Telemetry;
@@ -196,8 +196,8 @@ pub async fn start(settings: Settings) -> Result<RunningCollector, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let svc =
-        IngestService::new(store.clone(), telemetry.clone(), IngestLimits::default()).with_authenticator(authenticator);
+    let svc = IngestService::new(store.clone(), telemetry.clone(), settings.ingest_limits.clone())
+        .with_authenticator(authenticator);
     let mut grpc_stop = stop_rx.clone();
     tasks.push((
         "grpc",

@@ -9,6 +9,7 @@
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Statistic columns node_exporter exports: (column name in the header,
 /// metric suffix, help).
@@ -79,8 +80,8 @@ pub fn parse_stat(text: &str) -> Result<Vec<(&'static str, f64)>, String> {
 }
 
 /// Reads a single-number file; `Ok(None)` when it does not exist.
-fn read_number(path: &std::path::Path) -> Result<Option<f64>, SourceError> {
-    match std::fs::read_to_string(path) {
+fn read_number(files: &mut Files, path: &std::path::Path) -> Result<Option<f64>, SourceError> {
+    match files.read_text(path) {
         Ok(text) => text
             .trim()
             .parse::<u64>()
@@ -93,7 +94,10 @@ fn read_number(path: &std::path::Path) -> Result<Option<f64>, SourceError> {
 
 /// Reads the conntrack files.
 #[derive(Debug, Default)]
-pub struct ConntrackSource;
+pub struct ConntrackSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for ConntrackSource {
     fn name(&self) -> &'static str {
@@ -101,8 +105,9 @@ impl Source for ConntrackSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         // Without the count file netfilter is not loaded: nothing to report.
-        let Some(entries) = read_number(&paths.proc("sys/net/netfilter/nf_conntrack_count"))? else {
+        let Some(entries) = read_number(&mut self.files, &paths.proc("sys/net/netfilter/nf_conntrack_count"))? else {
             return Ok(());
         };
         out.gauge(
@@ -111,7 +116,7 @@ impl Source for ConntrackSource {
             &[],
             entries,
         );
-        if let Some(limit) = read_number(&paths.proc("sys/net/netfilter/nf_conntrack_max"))? {
+        if let Some(limit) = read_number(&mut self.files, &paths.proc("sys/net/netfilter/nf_conntrack_max"))? {
             out.gauge(
                 "node_nf_conntrack_entries_limit",
                 "Maximum size of connection tracking table.",
@@ -120,7 +125,7 @@ impl Source for ConntrackSource {
             );
         }
         let path = paths.proc("net/stat/nf_conntrack");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match self.files.read_text(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),

@@ -7,6 +7,7 @@
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Clock ticks per second the kernel uses in `/proc/stat` (`USER_HZ`). It is
 /// 100 on every Linux architecture node_exporter supports, and node_exporter
@@ -99,7 +100,10 @@ pub fn parse_stat(text: &str) -> Result<Stat, String> {
 
 /// Reads `/proc/stat`.
 #[derive(Debug, Default)]
-pub struct CpuSource;
+pub struct CpuSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for CpuSource {
     fn name(&self) -> &'static str {
@@ -107,8 +111,9 @@ impl Source for CpuSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         let path = paths.proc("stat");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match self.files.read_text(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),

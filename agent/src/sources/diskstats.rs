@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 
 use crate::emit::{Emitter, MetricType};
 use crate::paths::HostPaths;
@@ -292,7 +292,9 @@ pub struct DiskstatsSource {
 impl Default for DiskstatsSource {
     fn default() -> Self {
         DiskstatsSource {
-            exclude: Regex::new(DEFAULT_DEVICE_EXCLUDE).ok(),
+            // ASCII `\d`: device names are ASCII, and the Unicode digit
+            // class would keep a larger automaton resident for nothing.
+            exclude: RegexBuilder::new(DEFAULT_DEVICE_EXCLUDE).unicode(false).build().ok(),
             facts: HashMap::new(),
             cycle: 0,
         }

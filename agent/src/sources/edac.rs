@@ -332,11 +332,11 @@ mod tests {
         assert_eq!(s.value, 3.0);
         assert_eq!(
             s.labels,
-            vec![
+            crate::emit::labels_from(vec![
                 ("controller".to_string(), "1".to_string()),
                 ("dimm".to_string(), "2".to_string()),
                 ("label".to_string(), "CPU_SrcID#0_MC#1_Chan#0_DIMM#0".to_string()),
-            ]
+            ])
         );
         // No csrow series without csrow data or noinfo counters.
         assert!(!out.samples().iter().any(|s| s.name.contains("csrow")));

@@ -7,6 +7,7 @@
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Parses one of the single-number files.
 pub fn parse_bits(text: &str) -> Result<f64, String> {
@@ -18,7 +19,10 @@ pub fn parse_bits(text: &str) -> Result<f64, String> {
 
 /// Reads the two entropy files.
 #[derive(Debug, Default)]
-pub struct EntropySource;
+pub struct EntropySource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for EntropySource {
     fn name(&self) -> &'static str {
@@ -26,6 +30,7 @@ impl Source for EntropySource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         let files = [
             (
                 "sys/kernel/random/entropy_avail",
@@ -40,7 +45,7 @@ impl Source for EntropySource {
         ];
         for (file, name, help) in files {
             let path = paths.proc(file);
-            let text = match std::fs::read_to_string(&path) {
+            let text = match self.files.read_text(&path) {
                 Ok(text) => text,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(SourceError::io(&path, e)),

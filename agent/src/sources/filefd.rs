@@ -7,6 +7,7 @@
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Parses `file-nr` (`allocated unused maximum`) into (allocated, maximum).
 pub fn parse_file_nr(text: &str) -> Result<(f64, f64), String> {
@@ -20,7 +21,10 @@ pub fn parse_file_nr(text: &str) -> Result<(f64, f64), String> {
 
 /// Reads `/proc/sys/fs/file-nr`.
 #[derive(Debug, Default)]
-pub struct FilefdSource;
+pub struct FilefdSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for FilefdSource {
     fn name(&self) -> &'static str {
@@ -28,8 +32,9 @@ impl Source for FilefdSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         let path = paths.proc("sys/fs/file-nr");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match self.files.read_text(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),

@@ -22,6 +22,7 @@
 //! caches of the process together keep at most [`MAX_KEPT`] descriptors.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
@@ -63,8 +64,10 @@ impl Hasher for Fnv {
     }
 }
 
-/// A path-keyed map with the [`Fnv`] hasher.
-type PathMap<V> = HashMap<PathBuf, V, BuildHasherDefault<Fnv>>;
+/// A path-keyed map with the [`Fnv`] hasher. Keys are the paths' raw
+/// bytes: `Path`'s own `Hash` walks the path component by component, which
+/// cost more than the FNV pass itself on every lookup.
+type PathMap<V> = HashMap<OsString, V, BuildHasherDefault<Fnv>>;
 
 /// One kept descriptor and the cycle it was last used in.
 #[derive(Debug)]
@@ -141,22 +144,31 @@ impl Files {
     /// the file is opened, read and closed as usual.
     pub fn read_bytes(&mut self, path: &Path) -> io::Result<&[u8]> {
         let cycle = self.cycle;
-        if let Some(kept) = self.kept.get_mut(path) {
+        if let Some(kept) = self.kept.get_mut(path.as_os_str()) {
             kept.used = cycle;
             if read_at_zero(&kept.file, &mut self.buf).is_ok() {
                 return Ok(&self.buf);
             }
             // The file may have been replaced (device re-added): forget the
             // descriptor and open afresh once before giving up.
-            self.kept.remove(path);
+            self.kept.remove(path.as_os_str());
             release_slots(1);
         }
         let file = File::open(path)?;
         read_at_zero(&file, &mut self.buf)?;
         if reserve_slot() {
-            self.kept.insert(path.to_path_buf(), Kept { file, used: cycle });
+            self.kept
+                .insert(path.as_os_str().to_os_string(), Kept { file, used: cycle });
         }
         Ok(&self.buf)
+    }
+
+    /// A changing text file (a procfs table) through a kept descriptor, as
+    /// [`Files::read_bytes`]; invalid UTF-8 is an `InvalidData` error, as
+    /// with `std::fs::read_to_string`.
+    pub fn read_text(&mut self, path: &Path) -> io::Result<&str> {
+        let bytes = self.read_bytes(path)?;
+        std::str::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     /// A changing sysfs attribute with trailing whitespace removed; `None`
@@ -169,13 +181,13 @@ impl Files {
     /// The raw content of a file that does not change between refreshes
     /// (label, limit, name), invalid UTF-8 replaced; `None` when unreadable.
     pub fn read_static(&mut self, path: &Path) -> Option<Arc<str>> {
-        if let Some(cached) = self.statics.get(path) {
+        if let Some(cached) = self.statics.get(path.as_os_str()) {
             return cached.clone();
         }
         let value = std::fs::read(path)
             .ok()
             .map(|bytes| Arc::from(String::from_utf8_lossy(&bytes).as_ref()));
-        self.statics.insert(path.to_path_buf(), value.clone());
+        self.statics.insert(path.as_os_str().to_os_string(), value.clone());
         value
     }
 
@@ -187,7 +199,7 @@ impl Files {
     /// The sorted names in a directory, cached until the next refresh;
     /// `Err` when the directory cannot be listed.
     pub fn list(&mut self, dir: &Path) -> io::Result<Arc<[String]>> {
-        if let Some(cached) = self.listings.get(dir) {
+        if let Some(cached) = self.listings.get(dir.as_os_str()) {
             return cached.clone().map_err(io::Error::from);
         }
         // Failures are cached too: absent hardware costs nothing until the
@@ -200,7 +212,7 @@ impl Files {
             names.sort();
             Arc::<[String]>::from(names)
         });
-        self.listings.insert(dir.to_path_buf(), names.clone());
+        self.listings.insert(dir.as_os_str().to_os_string(), names.clone());
         names.map_err(io::Error::from)
     }
 
@@ -231,22 +243,22 @@ impl Files {
 
     /// `std::fs::canonicalize`, cached until the next refresh.
     pub fn canonicalize(&mut self, path: &Path) -> Option<PathBuf> {
-        if let Some(cached) = self.links.get(path) {
+        if let Some(cached) = self.links.get(path.as_os_str()) {
             return cached.clone();
         }
         let value = std::fs::canonicalize(path).ok();
-        self.links.insert(path.to_path_buf(), value.clone());
+        self.links.insert(path.as_os_str().to_os_string(), value.clone());
         value
     }
 
     /// Whether `path` is (or links to) a directory, cached until the next
     /// refresh.
     pub fn is_dir(&mut self, path: &Path) -> bool {
-        if let Some(&cached) = self.dirs.get(path) {
+        if let Some(&cached) = self.dirs.get(path.as_os_str()) {
             return cached;
         }
         let value = std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false);
-        self.dirs.insert(path.to_path_buf(), value);
+        self.dirs.insert(path.as_os_str().to_os_string(), value);
         value
     }
 }

@@ -285,6 +285,12 @@ impl Source for FilesystemSource {
         "filesystem"
     }
 
+    /// `statvfs` on a hung network mount blocks; the source's own wait is
+    /// [`STATVFS_TIMEOUT`], which may be longer than the cycle deadline.
+    fn may_block(&self) -> bool {
+        true
+    }
+
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
         let mut text = None;
         for candidate in [paths.proc("1/mounts"), paths.proc("mounts")] {

@@ -729,7 +729,7 @@ mod tests {
         out.samples()
             .iter()
             .filter(|s| s.name == "node_hwmon_temp_celsius")
-            .map(|s| (s.labels[0].1.clone(), s.value))
+            .map(|s| (s.labels[0].1.to_string(), s.value))
             .collect()
     }
 

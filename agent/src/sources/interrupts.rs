@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// One interrupt line.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,7 +63,10 @@ pub fn parse_interrupts(text: &str) -> Result<BTreeMap<String, Interrupt>, Strin
 
 /// Reads `/proc/interrupts`.
 #[derive(Debug, Default)]
-pub struct InterruptsSource;
+pub struct InterruptsSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for InterruptsSource {
     fn name(&self) -> &'static str {
@@ -70,8 +74,9 @@ impl Source for InterruptsSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         let path = paths.proc("interrupts");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match self.files.read_text(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),

@@ -4,8 +4,16 @@
 //! is readable), and `hostpulse_cpu_info{model,sockets,cores,threads}`,
 //! `hostpulse_disk_info{device,model,serial,firmware,rotational}`,
 //! `hostpulse_disk_size_bytes{device}`, `hostpulse_nic_info{device,driver,
-//! address}`, `hostpulse_dimm_info{locator,bank,type,manufacturer,
+//! address,max_speed_mbps}`, `hostpulse_network_max_speed_bytes{device}`,
+//! `hostpulse_dimm_info{locator,bank,type,manufacturer,
 //! part_number,serial,speed_mts}` and `hostpulse_dimm_size_bytes{locator,bank}`.
+//!
+//! `hostpulse_network_max_speed_bytes` is the fastest link mode the NIC
+//! advertises, in the unit of node_exporter's `node_network_speed_bytes`
+//! (bytes per second), so a rule finds a link negotiated below what the
+//! port can do: `node_network_speed_bytes < on(device)
+//! hostpulse_network_max_speed_bytes`. It is absent when the modes are
+//! unknown (see [`crate::inventory`]).
 //!
 //! The facts are read when the source is first run and again every ten
 //! minutes (a hot-swapped disk shows up then), never every cycle: reading
@@ -116,14 +124,23 @@ pub fn emit(inv: &Inventory, out: &mut Emitter) {
     for nic in &inv.nics {
         out.gauge(
             "hostpulse_nic_info",
-            "Driver and hardware address of a physical network interface.",
+            "Driver, hardware address and fastest advertised link speed (Mbit/s, 0 when unknown) of a physical network interface.",
             &[
                 ("device", &nic.device),
                 ("driver", &nic.driver),
                 ("address", &nic.address),
+                ("max_speed_mbps", &nic.max_speed_mbps.to_string()),
             ],
             1.0,
         );
+        if nic.max_speed_mbps > 0 {
+            out.gauge(
+                "hostpulse_network_max_speed_bytes",
+                "Fastest link speed the NIC advertises (ethtool link modes) in bytes per second, comparable with node_network_speed_bytes.",
+                &[("device", &nic.device)],
+                f64::from(nic.max_speed_mbps) * 125_000.0,
+            );
+        }
     }
     for dimm in &inv.dimms {
         out.gauge(
@@ -175,6 +192,7 @@ mod tests {
                 driver: "tg3".into(),
                 address: "aa:bb:cc:dd:ee:ff".into(),
                 link_speed_mbps: 1000,
+                max_speed_mbps: 10_000,
             }],
             dimms: vec![Dimm {
                 locator: "A1".into(),
@@ -195,6 +213,7 @@ mod tests {
                 "hostpulse_disk_info",
                 "hostpulse_disk_size_bytes",
                 "hostpulse_nic_info",
+                "hostpulse_network_max_speed_bytes",
                 "hostpulse_dimm_info",
                 "hostpulse_dimm_size_bytes",
             ]
@@ -202,6 +221,13 @@ mod tests {
         let disk = &out.samples()[2];
         assert!(disk.labels.contains(&("rotational".into(), "1".into())));
         assert_eq!(out.samples()[3].value, 4_000_787_030_016.0);
+        // 10 Gbit/s in node_network_speed_bytes' unit.
+        assert_eq!(out.samples()[5].value, 1_250_000_000.0);
+        assert!(
+            out.samples()[4]
+                .labels
+                .contains(&("max_speed_mbps".into(), "10000".into()))
+        );
     }
 
     #[test]

@@ -166,6 +166,11 @@ impl Source for IpmiSource {
         "ipmi"
     }
 
+    /// Runs ipmitool, which waits on the BMC.
+    fn may_block(&self) -> bool {
+        true
+    }
+
     fn collect(&mut self, _paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
         let Some(sdr) = self.run(&["sdr", "elist"])? else {
             return Ok(());

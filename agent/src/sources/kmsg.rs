@@ -32,7 +32,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use regex::Regex;
+use regex::bytes::{Regex, RegexBuilder};
 
 use crate::emit::{Emitter, KernelEvent};
 use crate::paths::HostPaths;
@@ -142,6 +142,14 @@ pub fn parse_record(text: &str) -> Record<'_> {
     }
 }
 
+/// Compiles one pattern of the pack in ASCII mode (`\b`, `\w`, `\S`,
+/// `(?i)` over ASCII only) on bytes. Kernel messages are ASCII, and the
+/// Unicode classes made the compiled pack the largest part of the agent's
+/// heap (about 1 MiB of its resident memory for 30 patterns).
+fn compile(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern).unicode(false).build()
+}
+
 /// The compiled pattern pack.
 #[derive(Debug)]
 pub struct Classifier {
@@ -156,9 +164,9 @@ impl Default for Classifier {
         Classifier {
             kinds: PATTERNS
                 .iter()
-                .filter_map(|(kind, re)| Some((*kind, Regex::new(re).ok()?)))
+                .filter_map(|(kind, re)| Some((*kind, compile(re).ok()?)))
                 .collect(),
-            devices: DEVICE_PATTERNS.iter().filter_map(|re| Regex::new(re).ok()).collect(),
+            devices: DEVICE_PATTERNS.iter().filter_map(|re| compile(re).ok()).collect(),
         }
     }
 }
@@ -166,13 +174,14 @@ impl Default for Classifier {
 impl Classifier {
     /// `(kind, device)` for a hardware-related message, `None` otherwise.
     pub fn classify(&self, message: &str) -> Option<(&'static str, String)> {
+        let message = message.as_bytes();
         let kind = self.kinds.iter().find(|(_, re)| re.is_match(message))?.0;
         let device = self
             .devices
             .iter()
             .find_map(|re| re.captures(message)?.get(1))
             .map(|m| {
-                let d = m.as_str();
+                let d = String::from_utf8_lossy(m.as_bytes());
                 if d.bytes().all(|b| b.is_ascii_digit()) {
                     format!("cpu{d}")
                 } else {
@@ -374,11 +383,13 @@ mod tests {
     #[test]
     fn every_pattern_compiles() {
         for (kind, re) in PATTERNS {
-            assert!(Regex::new(re).is_ok(), "{kind}");
+            assert!(compile(re).is_ok(), "{kind}");
         }
         for re in DEVICE_PATTERNS {
-            assert!(Regex::new(re).is_ok(), "{re}");
+            assert!(compile(re).is_ok(), "{re}");
         }
+        assert_eq!(Classifier::default().kinds.len(), PATTERNS.len());
+        assert_eq!(Classifier::default().devices.len(), DEVICE_PATTERNS.len());
     }
 
     #[test]

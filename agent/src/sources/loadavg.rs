@@ -5,6 +5,7 @@
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Parses the first three fields of `/proc/loadavg`.
 pub fn parse_loadavg(text: &str) -> Result<[f64; 3], String> {
@@ -23,7 +24,10 @@ pub fn parse_loadavg(text: &str) -> Result<[f64; 3], String> {
 
 /// Reads `/proc/loadavg`.
 #[derive(Debug, Default)]
-pub struct LoadavgSource;
+pub struct LoadavgSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for LoadavgSource {
     fn name(&self) -> &'static str {
@@ -31,8 +35,9 @@ impl Source for LoadavgSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         let path = paths.proc("loadavg");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match self.files.read_text(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),
@@ -63,5 +68,30 @@ mod tests {
         assert!(parse_loadavg("0.21 0.37").is_err());
         assert!(parse_loadavg("").is_err());
         assert!(parse_loadavg("0.21 high 0.39").is_err());
+    }
+
+    /// The file is read through a kept descriptor; a rewrite between cycles
+    /// must still be seen. (A procfs file that goes away fails the read on
+    /// the kept descriptor and the reopen; a plain test file would not.)
+    #[test]
+    fn kept_descriptor_sees_new_content_and_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = HostPaths {
+            procfs: dir.path().to_path_buf(),
+            ..HostPaths::default()
+        };
+        let file = dir.path().join("loadavg");
+        let load1 = |source: &mut LoadavgSource| {
+            let mut out = Emitter::new();
+            source.collect(&paths, &mut out).unwrap();
+            out.samples().iter().find(|s| s.name == "node_load1").map(|s| s.value)
+        };
+        let mut source = LoadavgSource::default();
+        std::fs::write(&file, "0.21 0.37 0.39 1/719 19737\n").unwrap();
+        assert_eq!(load1(&mut source), Some(0.21));
+        std::fs::write(&file, "1.5 0.37 0.39 1/719 19737\n").unwrap();
+        assert_eq!(load1(&mut source), Some(1.5));
+        std::fs::write(&file, "2.25 0.37 0.39 1/719 19737\n").unwrap();
+        assert_eq!(load1(&mut source), Some(2.25));
     }
 }

@@ -9,6 +9,7 @@
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Parses `/proc/meminfo` into `(metric suffix, value)` pairs in file order,
 /// e.g. `("Active_anon_bytes", 2068484096.0)`.
@@ -53,7 +54,10 @@ fn mangle_key(key: &str) -> String {
 
 /// Reads `/proc/meminfo`.
 #[derive(Debug, Default)]
-pub struct MeminfoSource;
+pub struct MeminfoSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for MeminfoSource {
     fn name(&self) -> &'static str {
@@ -61,8 +65,9 @@ impl Source for MeminfoSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         let path = paths.proc("meminfo");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match self.files.read_text(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),

@@ -92,8 +92,10 @@ const AER_FILES: &[(&str, &str)] = &[
     ("aer_dev_fatal", "fatal"),
 ];
 
-/// Properties fixed while the interface exists (identity and naming): read
-/// at start and on [`Files`]' refresh; the rest are re-read every cycle.
+/// Properties fixed while the interface exists (identity and naming) or set
+/// only by an administrator: read at start and on [`Files`]' refresh; the
+/// link state (carrier, flaps, operstate, speed, duplex, flags, dormant) is
+/// re-read every cycle.
 const STATIC_FILES: &[&str] = &[
     "address",
     "broadcast",
@@ -105,6 +107,13 @@ const STATIC_FILES: &[&str] = &[
     "iflink",
     "name_assign_type",
     "type",
+    // Changed only by an administrator (`ip link set ... mtu/group/txqueuelen`):
+    // seen within one refresh period, and 4 of the 13 reads per interface
+    // and cycle saved.
+    "link_mode",
+    "mtu",
+    "netdev_group",
+    "tx_queue_len",
 ];
 
 /// Reads `/sys/class/net`; listings and identity attributes come from the

@@ -9,6 +9,7 @@
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Counters of one interface: `(stat name, value)` such as
 /// `("receive_bytes", 1234.0)`.
@@ -70,7 +71,10 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<NetDevStats>, String> {
 
 /// Reads `/proc/net/dev`.
 #[derive(Debug, Default)]
-pub struct NetdevSource;
+pub struct NetdevSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for NetdevSource {
     fn name(&self) -> &'static str {
@@ -78,8 +82,9 @@ impl Source for NetdevSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         let path = paths.proc("net/dev");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match self.files.read_text(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),

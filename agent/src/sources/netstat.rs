@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use crate::emit::{Emitter, MetricType};
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Counters by protocol (`Tcp`, `TcpExt`, `Ip6`, ...) then field name.
 pub type ProtocolStats = BTreeMap<String, BTreeMap<String, f64>>;
@@ -132,15 +133,19 @@ pub fn select(netstat: ProtocolStats, snmp: ProtocolStats, snmp6: ProtocolStats)
 
 /// Reads the three protocol counter files.
 #[derive(Debug, Default)]
-pub struct NetstatSource;
+pub struct NetstatSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 /// Reads and parses one file; `Ok(None)` when it does not exist.
 fn read(
+    files: &mut Files,
     path: &std::path::Path,
     parse: fn(&str) -> Result<ProtocolStats, String>,
 ) -> Result<Option<ProtocolStats>, SourceError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text).map(Some).map_err(|m| SourceError::parse(path, m)),
+    match files.read_text(path) {
+        Ok(text) => parse(text).map(Some).map_err(|m| SourceError::parse(path, m)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(SourceError::io(path, e)),
     }
@@ -152,9 +157,10 @@ impl Source for NetstatSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
-        let netstat = read(&paths.proc("net/netstat"), parse_pairs)?;
-        let snmp = read(&paths.proc("net/snmp"), parse_pairs)?;
-        let snmp6 = read(&paths.proc("net/snmp6"), parse_snmp6)?;
+        self.files.begin_cycle();
+        let netstat = read(&mut self.files, &paths.proc("net/netstat"), parse_pairs)?;
+        let snmp = read(&mut self.files, &paths.proc("net/snmp"), parse_pairs)?;
+        let snmp6 = read(&mut self.files, &paths.proc("net/snmp6"), parse_snmp6)?;
         if netstat.is_none() && snmp.is_none() && snmp6.is_none() {
             return Ok(());
         }

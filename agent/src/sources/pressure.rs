@@ -10,6 +10,7 @@
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// The `total=` microsecond counters of one pressure file.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -94,7 +95,10 @@ const RESOURCES: &[Family] = &[
 
 /// Reads `/proc/pressure`.
 #[derive(Debug, Default)]
-pub struct PressureSource;
+pub struct PressureSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for PressureSource {
     fn name(&self) -> &'static str {
@@ -102,9 +106,10 @@ impl Source for PressureSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         for (resource, some, full) in RESOURCES {
             let path = paths.proc(format!("pressure/{resource}"));
-            let text = match std::fs::read_to_string(&path) {
+            let text = match self.files.read_text(&path) {
                 Ok(text) => text,
                 // ENOTSUP (95): PSI compiled in but disabled.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(95) => continue,

@@ -8,6 +8,7 @@
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// One `cpuN` line's last three fields.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,7 +53,10 @@ pub fn parse_schedstat(text: &str) -> Result<Vec<CpuSchedstat>, String> {
 
 /// Reads `/proc/schedstat`.
 #[derive(Debug, Default)]
-pub struct SchedstatSource;
+pub struct SchedstatSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for SchedstatSource {
     fn name(&self) -> &'static str {
@@ -60,8 +64,9 @@ impl Source for SchedstatSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         let path = paths.proc("schedstat");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match self.files.read_text(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),

@@ -73,6 +73,12 @@ impl Source for SmartSource {
         "smart"
     }
 
+    /// Run mode waits for the first smartctl scan; directory mode only reads
+    /// the helper's local files.
+    fn may_block(&self) -> bool {
+        matches!(self.mode, Mode::Run(_))
+    }
+
     fn collect(&mut self, _paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
         match &mut self.mode {
             Mode::Dir(reader) => reader.collect(out),

@@ -11,6 +11,7 @@
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Columns every kernel since 2.6.23 writes.
 const MIN_COLUMNS: usize = 9;
@@ -73,7 +74,10 @@ pub fn parse_softnet(text: &str) -> Result<Vec<SoftnetCpu>, String> {
 
 /// Reads `/proc/net/softnet_stat`.
 #[derive(Debug, Default)]
-pub struct SoftnetSource;
+pub struct SoftnetSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for SoftnetSource {
     fn name(&self) -> &'static str {
@@ -81,8 +85,9 @@ impl Source for SoftnetSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         let path = paths.proc("net/softnet_stat");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match self.files.read_text(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),

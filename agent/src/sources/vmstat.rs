@@ -9,6 +9,7 @@
 use crate::emit::{Emitter, MetricType};
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Whether node_exporter's default vmstat field filter keeps `field`.
 pub fn default_field(field: &str) -> bool {
@@ -41,7 +42,10 @@ pub fn parse_vmstat(text: &str) -> Result<Vec<(&str, f64)>, String> {
 
 /// Reads `/proc/vmstat`.
 #[derive(Debug, Default)]
-pub struct VmstatSource;
+pub struct VmstatSource {
+    /// Kept descriptors of the files read every cycle.
+    files: Files,
+}
 
 impl Source for VmstatSource {
     fn name(&self) -> &'static str {
@@ -49,8 +53,9 @@ impl Source for VmstatSource {
     }
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
+        self.files.begin_cycle();
         let path = paths.proc("vmstat");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match self.files.read_text(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),

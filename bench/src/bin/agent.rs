@@ -2,8 +2,9 @@
 //! side in one run, both pointed at the node-exporter fixture tree, scraped
 //! the same number of times; prints CPU time per scrape (utime+stime deltas
 //! from `/proc/<pid>/stat`), peak RSS (`VmHWM`), the stripped agent binary
-//! size, and per-source steady-state cost (in process, single thread) on the
-//! fixture and on this host's real `/sys` and `/proc`.
+//! size, per-source steady-state cost (in process, single thread) on the
+//! fixture and on this host's real `/sys` and `/proc`, and the cost of one
+//! sampler cycle plus rendering in process (a scrape without HTTP).
 //!
 //! Scrapes are spaced `--interval-ms` apart (default 1.1 s) because `serve`
 //! reuses a cycle younger than one second: with closer scrapes the agent
@@ -53,8 +54,8 @@ struct Args {
     /// Skip the side-by-side scrapes (per-source tables and size only).
     #[arg(long)]
     no_scrapes: bool,
-    /// Cycles of the one-thread model (all sources in turn on this thread,
-    /// then the text rendered), one per `--interval-ms`; 0 skips it.
+    /// Cycles of the in-process sampler + render measurement, one per
+    /// `--interval-ms`; 0 skips it.
     #[arg(long, default_value_t = 20)]
     inline_cycles: u32,
 }
@@ -120,9 +121,9 @@ fn main() -> anyhow::Result<()> {
     );
 
     if args.inline_cycles > 0 {
-        let ms = inline_cycle_cpu(&fixture_paths, &options, args.inline_cycles, args.interval_ms)?;
+        let ms = sampler_cycle_cpu(&fixture_paths, &options, args.inline_cycles, args.interval_ms)?;
         println!(
-            "One-thread model on the fixture (every default source in turn on one thread, then the text rendered; {} cycles {} ms apart, caches cold as in a scrape): {:.3} ms CPU per cycle\n",
+            "Sampler + render on the fixture, in process (what `serve` does per scrape without HTTP; {} cycles {} ms apart, caches cold as in a scrape): {:.3} ms CPU per cycle\n",
             args.inline_cycles, args.interval_ms, ms
         );
     }
@@ -202,6 +203,8 @@ fn main() -> anyhow::Result<()> {
     let ne_cpu = cpu_ticks(ne_pid)? - ne_cpu0;
     let agent_hwm = vm_hwm_kib(agent_pid)?;
     let ne_hwm = vm_hwm_kib(ne_pid)?;
+    let agent_mem = memory_breakdown(agent_pid)?;
+    let ne_mem = memory_breakdown(ne_pid)?;
     drop(agent_guard);
     drop(ne_guard);
 
@@ -231,7 +234,42 @@ fn main() -> anyhow::Result<()> {
         agent_ms / ne_ms,
         agent_hwm as f64 / ne_hwm as f64
     );
+    println!("\nAt the end (current, not peak): threads, anonymous and file-backed resident memory\n");
+    println!("| | threads | RssAnon MiB | RssFile MiB |");
+    println!("|---|---:|---:|---:|");
+    for (who, mem) in [("hostpulse-agent serve", agent_mem), ("node_exporter", ne_mem)] {
+        println!(
+            "| {who} | {} | {:.1} | {:.1} |",
+            mem.threads,
+            mem.anon_kib as f64 / 1024.0,
+            mem.file_kib as f64 / 1024.0
+        );
+    }
     Ok(())
+}
+
+/// Thread count and resident memory by kind of one process.
+struct MemoryBreakdown {
+    threads: u64,
+    anon_kib: u64,
+    file_kib: u64,
+}
+
+/// Reads `Threads`, `RssAnon` and `RssFile` from `/proc/<pid>/status`.
+fn memory_breakdown(pid: u32) -> anyhow::Result<MemoryBreakdown> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name}"))?;
+        Ok(line.split_whitespace().nth(1).context("short status line")?.parse()?)
+    };
+    Ok(MemoryBreakdown {
+        threads: field("Threads:")?,
+        anon_kib: field("RssAnon:")?,
+        file_kib: field("RssFile:")?,
+    })
 }
 
 /// Steady-state cost of one source.
@@ -268,48 +306,46 @@ fn per_source(paths: &HostPaths, options: &SourceOptions, cycles: u32) -> Vec<So
         .collect()
 }
 
-/// CPU milliseconds per cycle when every default source runs in turn on
-/// this thread and the cycle is rendered as text, with `interval_ms` of
-/// sleep between cycles so caches are as cold as in a real scrape. Measured
-/// with this thread's `schedstat` run time (nanoseconds).
-fn inline_cycle_cpu(paths: &HostPaths, options: &SourceOptions, cycles: u32, interval_ms: u64) -> anyhow::Result<f64> {
-    let mut sources: Vec<_> = REGISTRY
-        .iter()
-        .filter(|e| e.default_on)
-        .map(|e| (e.make)(options))
-        .collect();
-    let run = |sources: &mut Vec<Box<dyn hostpulse_agent::Source>>| {
-        let mut out = Emitter::new();
-        for source in sources.iter_mut() {
-            let _ = source.collect(paths, &mut out);
-        }
-        let events = out.take_events();
-        let (samples, meta) = out.take();
-        let cycle = hostpulse_agent::Cycle {
-            timestamp_ms: 0,
-            samples,
-            meta,
-            events,
-        };
-        std::hint::black_box(hostpulse_agent::exposition::render(&cycle));
-    };
-    run(&mut sources);
-    let mut total_ns = 0u64;
+/// CPU milliseconds per cycle of what `serve` does per scrape minus HTTP:
+/// the default sampler (`Sampler::build`, so inline sources on this thread
+/// and the isolated ones on their workers) samples once, then the text is
+/// rendered, with `interval_ms` of sleep between cycles so caches are as
+/// cold as in a real scrape. Measured as the growth of every thread's
+/// `schedstat` run time over the whole loop: the kernel adds a running
+/// thread's time at its next switch, so the loop ends with a short sleep
+/// and no per-phase split is attempted.
+fn sampler_cycle_cpu(paths: &HostPaths, options: &SourceOptions, cycles: u32, interval_ms: u64) -> anyhow::Result<f64> {
+    let mut sampler = Sampler::build(paths.clone(), &[], &[], options)?;
+    std::hint::black_box(hostpulse_agent::exposition::render(&sampler.sample()));
+    // Idle between cycles like a scraped agent; these sleeps are the
+    // workload's shape (and the accounting point), not synchronisation.
+    std::thread::sleep(Duration::from_millis(interval_ms));
+    let before = process_run_ns()?;
     for _ in 0..cycles {
-        // Idle between cycles like a scraped agent; this sleep is the
-        // workload's shape, not synchronisation.
+        let cycle = sampler.sample();
+        std::hint::black_box(hostpulse_agent::exposition::render(&cycle));
+        drop(cycle);
         std::thread::sleep(Duration::from_millis(interval_ms));
-        let before = thread_run_ns()?;
-        run(&mut sources);
-        total_ns += thread_run_ns()?.saturating_sub(before);
     }
+    let total_ns = process_run_ns()?.saturating_sub(before);
     Ok(total_ns as f64 / 1e6 / f64::from(cycles.max(1)))
 }
 
-/// Run time of the calling thread so far, in nanoseconds.
-fn thread_run_ns() -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat")?;
-    Ok(text.split_whitespace().next().context("empty schedstat")?.parse()?)
+/// Run time of every thread of this process so far, in nanoseconds.
+fn process_run_ns() -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        // A thread that ended between the listing and the read is skipped.
+        let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue;
+        };
+        total += text
+            .split_whitespace()
+            .next()
+            .context("empty schedstat")?
+            .parse::<u64>()?;
+    }
+    Ok(total)
 }
 
 /// CPU seconds per cycle of a whole in-process sampler (its worker threads

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::webhook::{format_rfc3339, generator_expr, percent_encode};
+use super::webhook::{format_rfc3339, generator_url};
 use super::{Alert, AlertState};
 use crate::telemetry::{Counter, Telemetry};
 
@@ -56,10 +56,7 @@ pub fn postable(alerts: &[Alert], now_ms: i64, ends_ahead_ms: i64, external_url:
                 (AlertState::Resolved, Some(at)) => at,
                 _ => now_ms.saturating_add(ends_ahead_ms),
             }),
-            generator_url: format!(
-                "{external_url}/api/v1/query?query={}",
-                percent_encode(&generator_expr(a))
-            ),
+            generator_url: generator_url(external_url, a),
         })
         .collect()
 }
@@ -204,12 +201,10 @@ mod tests {
         assert_eq!(json[1]["endsAt"], "2015-07-01T20:11:51Z");
         assert_eq!(json[0]["labels"]["alertname"], "Hot");
         assert_eq!(json[0]["annotations"]["summary"], "hot");
-        assert!(
-            json[0]["generatorURL"]
-                .as_str()
-                .unwrap()
-                .starts_with("http://c:9470/api/v1/query?query=")
-        );
+        let url = json[0]["generatorURL"].as_str().unwrap();
+        let fingerprint = url.strip_prefix("http://c:9470/alerts#").unwrap();
+        assert_eq!(fingerprint.len(), 16, "{url}");
+        assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()), "{url}");
     }
 
     #[tokio::test]

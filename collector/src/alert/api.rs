@@ -1,7 +1,8 @@
 //! The alerting HTTP API, merged into the collector's router by `server`:
 //! Prometheus-compatible `GET /api/v1/alerts` and `GET /api/v1/rules` (so
 //! Grafana's alerting views and `promtool`-style tooling read them), the
-//! incident timeline `GET /api/v1/alerts/history`, and `POST /-/reload`,
+//! incident timeline `GET /api/v1/alerts/history`, the HTML alert page
+//! `GET /alerts` (`alert/page.rs`, where `generatorURL` points), and `POST /-/reload`,
 //! which re-reads the rule files (guarded by the admin token when one is
 //! configured).
 //!
@@ -46,6 +47,7 @@ pub fn router(api: AlertApi) -> Router {
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/alerts/history", get(history))
+        .route("/alerts", get(alerts_page))
         .with_state(api)
 }
 
@@ -239,6 +241,26 @@ async fn history(State(api): State<AlertApi>, Query(mut params): Query<BTreeMap<
         })
         .collect();
     success(json!({ "events": events }))
+}
+
+async fn alerts_page(State(api): State<AlertApi>) -> Response {
+    let now = hostpulse_agent::sampler::now_ms();
+    let board = api.board.clone();
+    let from = now.saturating_sub(super::page::PAGE_HISTORY_MS);
+    let read = tokio::task::spawn_blocking(move || board.history(from, now, super::page::PAGE_HISTORY_LIMIT)).await;
+    // A history that cannot be read still leaves the board worth showing.
+    let events = match read {
+        Ok(Ok(events)) => events,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "alert page cannot read the history");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "alert page history task failed");
+            Vec::new()
+        }
+    };
+    axum::response::Html(super::page::render(&api.board.alerts(), &events, now)).into_response()
 }
 
 async fn reload(State(rules): State<Arc<Rules>>) -> Response {

@@ -188,6 +188,20 @@ impl AlertDb {
         Ok(out)
     }
 
+    /// Deletes history events older than `before_ms`; returns how many.
+    /// Keys sort by time, so this walks only what it deletes.
+    pub fn prune_history(&self, before_ms: i64) -> Result<usize, AlertStoreError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.history.range(..history_key(before_ms, 0)) {
+            let (key, _) = item?;
+            batch.remove(key);
+            n += 1;
+        }
+        self.history.apply_batch(batch)?;
+        Ok(n)
+    }
+
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<(), AlertStoreError> {
         self.db.flush_async().await?;

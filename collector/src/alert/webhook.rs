@@ -232,10 +232,7 @@ pub fn webhook_payload(alerts: &[Alert], external_url: &str) -> serde_json::Valu
                 annotations: annotations.clone(),
                 starts_at: format_rfc3339(a.active_since_ms),
                 ends_at: a.resolved_at_ms.map_or_else(|| ZERO_TIME.to_string(), format_rfc3339),
-                generator_url: format!(
-                    "{external_url}/api/v1/query?query={}",
-                    percent_encode(&generator_expr(a))
-                ),
+                generator_url: generator_url(external_url, a),
                 fingerprint: a.fingerprint(),
             })
             .collect(),
@@ -255,28 +252,13 @@ fn common<'a>(maps: &[BTreeMap<&'a str, &'a str>]) -> BTreeMap<&'a str, &'a str>
         .collect()
 }
 
-/// A selector showing the alert's series, linked as `generatorURL`.
-pub(super) fn generator_expr(a: &Alert) -> String {
-    let matchers: Vec<String> = a
-        .labels
-        .pairs()
-        .iter()
-        .filter(|(k, _)| k != ALERT_NAME && k != "severity")
-        .map(|(k, v)| format!("{k}={v:?}"))
-        .collect();
-    format!("{{{}}}", matchers.join(","))
-}
-
-pub(super) fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// The collector's own page for the alert, linked as `generatorURL`: the
+/// alert list at `/alerts`, anchored at the alert's fingerprint (the same
+/// one Alertmanager computes), where its labels, annotations and history
+/// are shown. A link to the page rather than to a query keeps working
+/// after the series are gone and shows what the rule saw.
+pub(super) fn generator_url(external_url: &str, a: &Alert) -> String {
+    format!("{external_url}/alerts#{}", a.fingerprint())
 }
 
 /// Formats ms since the epoch like Go's `time.Time` JSON (RFC 3339 in UTC,
@@ -374,7 +356,7 @@ mod tests {
         assert_eq!(a["fingerprint"].as_str().unwrap().len(), 16);
         assert_eq!(
             a["generatorURL"],
-            "http://c:9470/api/v1/query?query=%7Binstance%3D%22db1%22%2Csensor%3D%22temp1%22%7D"
+            format!("http://c:9470/alerts#{}", a["fingerprint"].as_str().unwrap())
         );
 
         let p = webhook_payload(&[alert("temp1", AlertState::Resolved)], "http://c:9470");

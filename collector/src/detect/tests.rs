@@ -139,6 +139,7 @@ async fn harness(data: &std::path::Path, rules: &str) -> Harness {
         alertmanager: Arc::new(Alertmanager::new(Vec::new(), telemetry.clone(), "http://c")),
         telemetry,
         interval: Duration::from_secs(10),
+        history_retention: crate::detect::DEFAULT_HISTORY_RETENTION,
     };
     Harness {
         ctx,
@@ -430,4 +431,56 @@ async fn run_stops_on_shutdown() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Issue 6: `generatorURL` opens the collector's own page for the alert,
+/// `/alerts#<fingerprint>`; the page is served by the alerting router.
+#[tokio::test]
+async fn alert_page_has_the_anchor_generator_urls_point_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(dir.path(), &RULES.replace("\"{{ if_hot }}\"", "warning")).await;
+    h.eval.set(
+        "link_flap",
+        &[(&[("__name__", "link_flap"), ("instance", "db<1>")], 3.0)],
+    );
+    evaluate_once(&h.ctx, T0).await;
+    let firing = h.ctx.board.firing();
+    assert_eq!(firing.len(), 1);
+    let payload = crate::alert::webhook_payload(&firing, "http://c:9470");
+    let url = payload["alerts"][0]["generatorURL"].as_str().unwrap().to_string();
+    let fingerprint = firing[0].fingerprint();
+    assert_eq!(url, format!("http://c:9470/alerts#{fingerprint}"));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = h.ctx.api_router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let resp = reqwest::get(format!("http://{addr}/alerts")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains(&format!("<section id=\"{fingerprint}\">")), "{page}");
+    assert!(page.contains("LinkFlap") && page.contains("db&lt;1&gt;"), "{page}");
+}
+
+/// Issue 6: alert history older than the retention is deleted; newer
+/// history and the board stay.
+#[tokio::test]
+async fn history_past_its_retention_is_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(dir.path(), &RULES.replace("\"{{ if_hot }}\"", "warning")).await;
+    h.ctx.history_retention = Duration::from_secs(3600);
+    h.eval
+        .set("link_flap", &[(&[("__name__", "link_flap"), ("instance", "db1")], 3.0)]);
+    evaluate_once(&h.ctx, T0).await;
+    h.eval.set("link_flap", &[]);
+    evaluate_once(&h.ctx, T0 + 1_800_000).await;
+    evaluate_once(&h.ctx, T0 + 1_800_000 + 120_001).await; // past keep_firing_for: resolved
+    let all = |h: &Harness| h.ctx.board.history(0, i64::MAX, 100).unwrap().len();
+    assert_eq!(all(&h), 2, "firing and resolved");
+    prune_history(&h.ctx, T0 + 3_600_000).await;
+    assert_eq!(all(&h), 2, "nothing is older than an hour yet");
+    prune_history(&h.ctx, T0 + 3_600_001).await;
+    let left = h.ctx.board.history(0, i64::MAX, 100).unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].state, AlertState::Resolved);
 }

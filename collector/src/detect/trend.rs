@@ -81,8 +81,8 @@ pub const TARGETS: &[TrendTarget] = &[
         keep: &["instance", "chip", "sensor"],
         skip_fstypes: &[],
         what: "voltage rail (toward min)",
-        window_ms: 12 * HOUR,
-        min_span_ms: 6 * HOUR,
+        window_ms: VOLTAGE_WINDOW_MS,
+        min_span_ms: VOLTAGE_WINDOW_MS / 2,
     },
     TrendTarget {
         metric: "node_hwmon_in_volts",
@@ -93,26 +93,40 @@ pub const TARGETS: &[TrendTarget] = &[
         keep: &["instance", "chip", "sensor"],
         skip_fstypes: &[],
         what: "voltage rail (toward max)",
-        window_ms: 12 * HOUR,
-        min_span_ms: 6 * HOUR,
+        window_ms: VOLTAGE_WINDOW_MS,
+        min_span_ms: VOLTAGE_WINDOW_MS / 2,
     },
 ];
 
 const HOUR: i64 = 3_600_000;
 
+/// History a voltage fit uses. A drift starts from a flat line, and a fit
+/// over a window still mostly flat underestimates it (Theil–Sen is a median
+/// of slopes); 6 hours finds a 0.02 V/h drift about 4 hours in, over a day
+/// before a 0.65 V margin is gone, while the slope's confidence interval
+/// over 6 hours of samples is still far too narrow for sensor noise to
+/// predict a crossing within the horizon.
+const VOLTAGE_WINDOW_MS: i64 = 6 * HOUR;
+
 /// Normal quantile of the two-sided 90 % interval.
-const Z90: f64 = 1.645;
+pub const Z90: f64 = 1.645;
 
 /// The detector.
 #[derive(Debug, Clone)]
 pub struct TimeToFailure {
     /// What it watches.
-    pub targets: &'static [TrendTarget],
+    pub targets: Vec<TrendTarget>,
+    /// Normal quantile of the slope's two-sided confidence interval
+    /// ([`Z90`] for 90 %); larger means more conservative.
+    pub z: f64,
 }
 
 impl Default for TimeToFailure {
     fn default() -> Self {
-        TimeToFailure { targets: TARGETS }
+        TimeToFailure {
+            targets: TARGETS.to_vec(),
+            z: Z90,
+        }
     }
 }
 
@@ -136,7 +150,7 @@ impl Detector for TimeToFailure {
 
     fn evaluate(&self, inputs: &Inputs, now_ms: i64) -> Vec<ActiveAlert> {
         let mut out = Vec::new();
-        for t in self.targets {
+        for t in &self.targets {
             let limits: HashMap<Vec<String>, f64> = match t.threshold_metric {
                 None => HashMap::new(),
                 Some(m) => inputs
@@ -157,7 +171,7 @@ impl Detector for TimeToFailure {
                         _ => continue,
                     },
                 };
-                out.extend(judge_against(t, threshold, s, now_ms));
+                out.extend(judge_against(t, threshold, s, now_ms, self.z));
             }
         }
         out
@@ -179,13 +193,19 @@ fn key(t: &TrendTarget, l: &Labels) -> Vec<String> {
 impl TimeToFailure {
     /// The alert for one series against the target's fixed threshold.
     pub fn judge(&self, target: &TrendTarget, series: &SeriesSamples, now_ms: i64) -> Option<ActiveAlert> {
-        judge_against(target, target.threshold, series, now_ms)
+        judge_against(target, target.threshold, series, now_ms, self.z)
     }
 }
 
 /// The alert for one series, if its conservative trend crosses `threshold`
 /// within the target's horizon.
-fn judge_against(target: &TrendTarget, threshold: f64, series: &SeriesSamples, now_ms: i64) -> Option<ActiveAlert> {
+fn judge_against(
+    target: &TrendTarget,
+    threshold: f64,
+    series: &SeriesSamples,
+    now_ms: i64,
+    z: f64,
+) -> Option<ActiveAlert> {
     if target.skip_fstypes.contains(&series.labels.get("fstype")) {
         return None;
     }
@@ -203,7 +223,7 @@ fn judge_against(target: &TrendTarget, threshold: f64, series: &SeriesSamples, n
         .iter()
         .map(|(t, v)| ((t - now_ms) as f64 / 1000.0, *v))
         .collect();
-    let fit = theil_sen(&points, Z90)?;
+    let fit = theil_sen(&points, z)?;
     let current = fit.intercept;
     // The failure-ward rate at the slow end of the interval.
     let (rate, distance) = if target.rising {
@@ -246,7 +266,7 @@ fn judge_against(target: &TrendTarget, threshold: f64, series: &SeriesSamples, n
                 (
                     "description".to_string(),
                     format!(
-                        "{} of {place} is {current:.4} and moving toward {} at {:.3e}/s (90% interval {:.3e} to {:.3e}); at the slow end of that interval it gets there in {hours:.1} hours.",
+                        "{} of {place} is {current:.4} and moving toward {} at {:.3e}/s (confidence interval {:.3e} to {:.3e}); at the slow end of that interval it gets there in {hours:.1} hours.",
                         target.metric, threshold, fit.slope, fit.slope_low, fit.slope_high
                     ),
                 ),

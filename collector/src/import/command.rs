@@ -79,6 +79,14 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         anyhow::Ok(summary)
     })?;
     drop(store);
+    // sled keeps the space the write-ahead records took; a rewrite gives
+    // the directory back its live size (see `store::compact_dir`).
+    let compacted = crate::store::compact_dir(&args.data_dir)
+        .with_context(|| format!("compacting the store in {}", args.data_dir.display()))?;
+    eprintln!(
+        "import: compacted the data directory from {} to {} bytes",
+        compacted.bytes_before, compacted.bytes_after
+    );
     if summary.non_finite > 0 {
         eprintln!(
             "import: left out {} samples whose value is NaN or ±Inf (not stored by the collector)",

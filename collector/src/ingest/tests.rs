@@ -380,3 +380,185 @@ async fn oversized_and_undecodable_messages_end_only_their_stream() {
     agent.batch(batch(2, now(), temps(), &[(1, 1.0)])).await;
     agent.expect_ack(2).await;
 }
+
+/// Reads until the stream ends and returns the status it ended with.
+async fn expect_status(agent: &mut Agent, code: tonic::Code) {
+    match agent.next().await {
+        Err(status) => assert_eq!(status.code(), code, "{status}"),
+        Ok(other) => panic!("expected the stream to end with {code:?}, got {other:?}"),
+    }
+}
+
+/// Issue 7: a host above its sample rate is refused with `OVERLOADED`,
+/// the stream ends with `RESOURCE_EXHAUSTED`, and nothing of the refused
+/// batch is stored or acknowledged.
+#[tokio::test]
+async fn a_host_over_its_sample_rate_is_shed() {
+    let h = start(IngestLimits {
+        max_samples_per_second_per_host: 0.001,
+        sample_burst_per_host: 1.0,
+        ..Default::default()
+    })
+    .await;
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    // The full bucket admits one batch (going into debt), not a second.
+    agent.batch(batch(1, t0, temps(), &[(1, 1.0), (2, 2.0)])).await;
+    agent.expect_ack(1).await;
+    agent.batch(batch(2, t0 + 1000, vec![], &[(1, 3.0)])).await;
+    let msg = agent.expect_error(ErrorCode::Overloaded, 2, true).await;
+    assert!(msg.contains("samples/s"), "{msg}");
+    expect_status(&mut agent, tonic::Code::ResourceExhausted).await;
+    assert_eq!(h.telemetry.get(Counter::RejectedRateLimited), 1);
+    assert_eq!(h.store.last_seq("web-1").unwrap(), Some(1));
+    // The bucket is per host, not per stream: reconnecting does not reset it.
+    let mut again = Agent::connect(&h).await;
+    again.hello("web-1").await;
+    again.expect_ack(1).await;
+    again.batch(batch(2, t0 + 1000, temps(), &[(1, 3.0)])).await;
+    again.expect_error(ErrorCode::Overloaded, 2, true).await;
+    // Another host has its own budget.
+    let mut other = Agent::connect(&h).await;
+    other.hello("web-2").await;
+    other.batch(batch(1, t0, temps(), &[(1, 1.0)])).await;
+    other.expect_ack(1).await;
+}
+
+/// Issue 7: with the global in-flight budget spent, batches are shed with
+/// `RESOURCE_EXHAUSTED` instead of queueing, and accepted again once it
+/// frees up.
+#[tokio::test]
+async fn a_spent_inflight_budget_sheds_load_until_it_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let telemetry = Arc::new(Telemetry::default());
+    let svc = IngestService::new(
+        store.clone(),
+        Arc::clone(&telemetry),
+        IngestLimits {
+            max_inflight_bytes: 4096,
+            ..Default::default()
+        },
+    );
+    // Stands for other streams' batches waiting for their flush.
+    let held = svc.inflight.try_reserve(4096).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(server(svc))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let h = Harness {
+        store,
+        telemetry,
+        addr,
+        _dir: dir,
+    };
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(1, t0, temps(), &[(1, 1.0)])).await;
+    let msg = agent.expect_error(ErrorCode::Overloaded, 1, true).await;
+    assert!(msg.contains("in-flight bytes"), "{msg}");
+    expect_status(&mut agent, tonic::Code::ResourceExhausted).await;
+    assert_eq!(h.telemetry.get(Counter::RejectedOverloaded), 1);
+    assert_eq!(h.store.last_seq("web-1").unwrap(), None);
+
+    drop(held);
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(1, t0, temps(), &[(1, 1.0)])).await;
+    agent.expect_ack(1).await;
+}
+
+/// Issue 7: samples the store refuses as too far out of order are counted
+/// and reported to the agent; the batch is still acknowledged.
+#[tokio::test]
+async fn out_of_order_samples_are_counted_and_reported() {
+    let h = start(IngestLimits::default()).await;
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(1, t0, temps(), &[(1, 1.0), (2, 2.0)])).await;
+    agent.expect_ack(1).await;
+    // Two hours behind the series' newest sample, beyond the 1 h window,
+    // but well within max_past_ms, so only the store refuses them.
+    let old = t0 - 2 * 3_600_000;
+    agent.batch(batch(2, old, vec![], &[(1, 3.0), (2, 4.0)])).await;
+    let msg = agent.expect_error(ErrorCode::SampleRejected, 2, false).await;
+    assert!(
+        msg.contains("2 samples were older than the out-of-order window"),
+        "{msg}"
+    );
+    agent.expect_ack(2).await;
+    assert_eq!(h.telemetry.get(Counter::RejectedOutOfOrder), 2);
+    let metrics = h.telemetry.render();
+    assert!(
+        metrics.contains("hostpulse_ingest_rejected_total{reason=\"out_of_order\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// Issue 7: the server's explicit HTTP/2 stream limit holds: one
+/// connection multiplexing more agent streams than
+/// `GRPC_MAX_CONCURRENT_STREAMS` gets that many served at once, and the
+/// rest wait for a slot instead of being opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_holds_at_most_the_stream_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let running = crate::server::start(crate::config::Settings::ephemeral(dir.path().join("data")))
+        .await
+        .unwrap();
+    let limit = crate::server::GRPC_MAX_CONCURRENT_STREAMS as usize;
+    let ch = channel(running.grpc_addr).await;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let (release, _) = tokio::sync::broadcast::channel::<usize>(limit + 2);
+    let mut tasks = Vec::new();
+    for i in 0..limit + 2 {
+        let (ch, acked, mut release) = (ch.clone(), Arc::clone(&acked), release.subscribe());
+        tasks.push(tokio::spawn(async move {
+            let mut client = IngestClient::new(ch);
+            let (tx, rx) = mpsc::channel(4);
+            let mut agent = Agent {
+                tx,
+                rx: client.stream(ReceiverStream::new(rx)).await.unwrap().into_inner(),
+            };
+            agent.hello(&format!("h{i}")).await;
+            agent.batch(batch(1, now(), temps(), &[(1, 1.0)])).await;
+            agent.expect_ack(1).await;
+            acked.fetch_add(1, Ordering::SeqCst);
+            // Hold the stream open until told to end it.
+            while release.recv().await.is_ok_and(|n| n != i) {}
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(Ordering::SeqCst) < limit {
+        assert!(
+            Instant::now() < deadline,
+            "only {} streams acked",
+            acked.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Without the limit every stream would have been opened before the
+    // 128th ack; with it the server never saw the last two.
+    assert_eq!(running.telemetry.get(Counter::IngestStreams), limit as u64);
+    assert_eq!(running.telemetry.gauge(Gauge::IngestStreamsActive), limit as i64);
+    // Ending two streams lets the waiting two in.
+    release.send(0).unwrap();
+    release.send(1).unwrap();
+    while acked.load(Ordering::SeqCst) < limit + 2 {
+        assert!(Instant::now() < deadline, "waiting streams were never served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(running.telemetry.get(Counter::IngestStreams), limit as u64 + 2);
+    drop(release);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    running.shutdown().await;
+}

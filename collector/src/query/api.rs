@@ -640,13 +640,10 @@ pub async fn metrics(State(ctx): State<ApiContext>) -> Response {
     let store = ctx.store.clone();
     match blocking(Duration::from_secs(10), move || Ok(store.stats())).await {
         Ok(stats) => {
-            text.push_str(&format!(
-                "# HELP hostpulse_store_series Series known to the store.\n\
-                 # TYPE hostpulse_store_series gauge\nhostpulse_store_series {}\n\
-                 # HELP hostpulse_store_disk_bytes Bytes the store occupies on disk.\n\
-                 # TYPE hostpulse_store_disk_bytes gauge\nhostpulse_store_disk_bytes {}\n",
-                stats.series, stats.disk_bytes
-            ));
+            // Every store figure, the decoded-section cache's included.
+            for (name, kind, help, value) in stats.metrics() {
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+            }
         }
         Err(e) => tracing::warn!(error = %e, "store statistics unavailable for /metrics"),
     }

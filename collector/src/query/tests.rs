@@ -469,6 +469,11 @@ async fn status_metrics_and_health_pages() {
     let text = body.as_str().unwrap();
     assert!(text.contains("hostpulse_http_requests_total 2\n"), "{text}");
     assert!(text.contains("hostpulse_store_series 3\n"), "{text}");
+    // The decoded-section cache is counted (issue 5).
+    assert!(
+        text.contains("# TYPE hostpulse_store_decoded_cache_hits_total counter\n"),
+        "{text}"
+    );
     assert!(text.contains("process_start_time_seconds 1700000000\n"), "{text}");
     let (status, body) = s.get("/-/healthy", &[]).await;
     assert_eq!(
@@ -566,4 +571,69 @@ async fn parallel_slices_read_the_same_as_one_select() {
     parallel.sort_by(|a, b| a.labels.cmp(&b.labels));
     assert_eq!(parallel.len(), 3);
     assert_eq!(parallel, sequential);
+}
+
+/// Issue 5: reads served from the decoded-section cache equal reads that
+/// decode, for every range (inside one window, across windows, partly
+/// outside), and the cache is counted.
+#[tokio::test]
+async fn cached_block_reads_equal_decoded_ones() {
+    let open = |dir: &std::path::Path, cache: usize| {
+        Store::open(
+            dir,
+            StoreOptions {
+                window_ms: 10_000,
+                decoded_cache_bytes: cache,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let data: Vec<SeriesSamples> = (0..4)
+        .map(|k| {
+            let host = format!("h{}", k % 2);
+            let sensor = format!("t{k}");
+            // Irregular timestamps for one series, regular for the rest.
+            let samples: Vec<(i64, f64)> = (0..100)
+                .map(|i| (i * 1000 + if k == 3 { i % 7 } else { 0 }, (i * (k + 1)) as f64 / 4.0))
+                .collect();
+            series(
+                &[("__name__", "temp"), ("instance", &host), ("sensor", &sensor)],
+                &samples,
+            )
+        })
+        .collect();
+    let (cached_dir, plain_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cached = open(cached_dir.path(), 1 << 20);
+    let plain = open(plain_dir.path(), 0);
+    for store in [&cached, &plain] {
+        store.append_unsequenced(data.clone()).await.unwrap();
+        store.seal_all().unwrap();
+    }
+    let all = [crate::model::Matcher::equal("__name__", "temp")];
+    let one = [
+        crate::model::Matcher::equal("__name__", "temp"),
+        crate::model::Matcher::equal("sensor", "t3"),
+    ];
+    for matchers in [&all[..], &one[..]] {
+        for (start, end) in [
+            (0, 200_000),
+            (12_345, 12_999),
+            (5_500, 47_000),
+            (-5_000, 3_000),
+            (99_000, 99_999),
+        ] {
+            let want = plain.select(matchers, start, end).unwrap();
+            // First read fills the cache, the second is served from it.
+            assert_eq!(cached.select(matchers, start, end).unwrap(), want, "[{start}, {end}]");
+            assert_eq!(
+                cached.select(matchers, start, end).unwrap(),
+                want,
+                "[{start}, {end}] cached"
+            );
+        }
+    }
+    let stats = cached.stats().decoded_cache;
+    assert!(stats.hits > 0 && stats.misses > 0 && stats.bytes > 0, "{stats:?}");
+    assert_eq!(plain.stats().decoded_cache.hits, 0);
 }

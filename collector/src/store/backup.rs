@@ -17,6 +17,10 @@
 //! | pair   | `0x02`, u32 key length, key, u32 value length, value |
 //! | end    | `0xFF`, u64 pair count, u32 CRC-32 of all bytes before the CRC |
 //!
+//! Sealed blocks and rollups, kept as files (`files.rs`), are written as
+//! pairs of the engine tree under the keys they are named by; opening a
+//! restored store moves them out to files again.
+//!
 //! [`Store::backup_to`]: super::Store::backup_to
 
 use std::fs::File;
@@ -24,6 +28,8 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use super::StoreError;
+use super::files::Files;
+use super::keys;
 
 const MAGIC: &[u8] = b"HPBACKUP1\n";
 const TAG_TREE: u8 = 0x01;
@@ -62,7 +68,7 @@ pub enum BackupError {
 
 /// Writes every tree of `db` to `out`; returns the number of pairs. The
 /// caller holds whatever lock keeps writers out.
-pub(crate) fn write_snapshot(db: &sled::Db, out: &Path) -> Result<u64, BackupError> {
+pub(crate) fn write_snapshot(db: &sled::Db, files: &Files, out: &Path) -> Result<u64, BackupError> {
     if out.exists() {
         return Err(BackupError::Exists(out.display().to_string()));
     }
@@ -88,6 +94,17 @@ pub(crate) fn write_snapshot(db: &sled::Db, out: &Path) -> Result<u64, BackupErr
             write_chunk(&mut w, &k).map_err(io)?;
             write_chunk(&mut w, &v).map_err(io)?;
             pairs += 1;
+        }
+        // Block files go in as the records they replace; opening the
+        // restored store moves them back out to files.
+        if name == keys::TREE.as_bytes() {
+            for key in files.keys()? {
+                let Some(v) = files.get(&key)? else { continue };
+                w.write_all(&[TAG_PAIR]).map_err(io)?;
+                write_chunk(&mut w, &key).map_err(io)?;
+                write_chunk(&mut w, &v).map_err(io)?;
+                pairs += 1;
+            }
         }
     }
     w.write_all(&[TAG_END]).map_err(io)?;
@@ -283,6 +300,11 @@ impl<R: Read> Read for CrcReader<R> {
 mod tests {
     use super::*;
 
+    /// An empty block-file directory: these tests are about sled trees.
+    fn no_files(tmp: &Path) -> Files {
+        Files::open(&tmp.join("files")).unwrap()
+    }
+
     fn sample_db(dir: &Path) -> sled::Db {
         let db = sled::Config::new().path(dir).open().unwrap();
         db.insert(b"meta", b"1").unwrap();
@@ -298,9 +320,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let db = sample_db(&tmp.path().join("src"));
         let out = tmp.path().join("snap");
-        let n = write_snapshot(&db, &out).unwrap();
+        let n = write_snapshot(&db, &no_files(tmp.path()), &out).unwrap();
         assert_eq!(n, 101);
-        assert!(matches!(write_snapshot(&db, &out), Err(BackupError::Exists(_))));
+        assert!(matches!(
+            write_snapshot(&db, &no_files(tmp.path()), &out),
+            Err(BackupError::Exists(_))
+        ));
         drop(db);
         let dst = tmp.path().join("dst");
         assert_eq!(restore_from(&out, &dst).unwrap(), 101);
@@ -316,7 +341,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let db = sample_db(&tmp.path().join("src"));
         let out = tmp.path().join("snap");
-        write_snapshot(&db, &out).unwrap();
+        write_snapshot(&db, &no_files(tmp.path()), &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         let mut flipped = bytes.clone();
         flipped[200] ^= 0x40;

@@ -12,9 +12,13 @@
 //!   integers (ALP-style), with exceptions for what does not fit (NaN
 //!   payloads such as the stale marker, ±Inf, -0.0); otherwise `gorilla.rs`.
 //!
+//! - `decoded_cache.rs`: the bounded cache of decoded block sections that
+//!   readers share (not a codec, but it holds what the codecs produce).
+//!
 //! Block framing, checksums and the choice of what goes in a block belong to
 //! `block.rs`; nothing here knows about sled.
 
+pub(crate) mod decoded_cache;
 pub(crate) mod gorilla;
 pub(crate) mod ints;
 pub(crate) mod range;

@@ -94,6 +94,7 @@ pub(crate) fn seal(shared: &Shared, state: &mut WriterState, all: bool) -> Resul
         }
     }
     let mut batch = sled::Batch::default();
+    let mut files = Vec::new();
     let mut entries = Vec::with_capacity(blocks.len());
     for ((group, window), series) in &blocks {
         let id = BlockId {
@@ -101,7 +102,7 @@ pub(crate) fn seal(shared: &Shared, state: &mut WriterState, all: bool) -> Resul
             window: *window,
             lsn,
         };
-        entries.push((id, write_block(&mut batch, id, series)));
+        entries.push((id, write_block(&mut batch, &mut files, id, series)));
     }
     for key in old_wal {
         batch.remove(&key);
@@ -116,6 +117,9 @@ pub(crate) fn seal(shared: &Shared, state: &mut WriterState, all: bool) -> Resul
         }
     }
     batch.insert(keys::META_LSN, &(state.next_lsn - 1).to_be_bytes());
+    // Files first: the batch's catalog entries must never name a file that
+    // is not complete on disk (`files.rs`).
+    shared.files.put_all(&files)?;
     shared.tree.apply_batch(batch)?;
     {
         let mut catalog = shared.catalog.write().unwrap_or_else(PoisonError::into_inner);
@@ -131,24 +135,77 @@ pub(crate) fn seal(shared: &Shared, state: &mut WriterState, all: bool) -> Resul
     Ok(samples)
 }
 
-/// Adds a block, its rollups and its catalog entry to `batch`. Samples per
-/// series must be sorted with unique timestamps.
-fn write_block(batch: &mut sled::Batch, id: BlockId, series: &[(u64, Vec<(i64, f64)>)]) -> CatalogEntry {
+/// Which rollup resolutions a seal writes beside the raw block. The 5 m
+/// rollups are not: while the raw block exists they are computed from it on
+/// demand (a window's raw block decodes in well under a millisecond), and
+/// storing them would cost ~0.4 bytes per raw sample — 40% on top of the
+/// block. They are written when retention drops the raw block
+/// ([`apply_retention`]), so they still outlive it. The 1 h rollups are
+/// small (one bucket per 360 samples at 10 s) and serve long ranges.
+const SEALED_ROLLUPS: [bool; RESOLUTIONS.len()] = [false, true];
+
+/// Files to write before a sled batch, as (key, bytes).
+type NewFiles = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Adds a block and its rollups (those in [`SEALED_ROLLUPS`]) to `files`
+/// and its catalog entry to `batch`. Samples per series must be sorted with
+/// unique timestamps.
+fn write_block(
+    batch: &mut sled::Batch,
+    files: &mut NewFiles,
+    id: BlockId,
+    series: &[(u64, Vec<(i64, f64)>)],
+) -> CatalogEntry {
     let refs: Vec<(u64, &[(i64, f64)])> = series.iter().map(|(s, v)| (*s, v.as_slice())).collect();
     let bytes = block::encode(id.window, &refs);
     let entry = CatalogEntry {
         bytes: bytes.len() as u64,
         raw: true,
-        rollups: [true; RESOLUTIONS.len()],
+        rollups: SEALED_ROLLUPS,
     };
-    batch.insert(&keys::block_key(keys::BLOCK, id), bytes);
+    files.push((keys::block_key(keys::BLOCK, id).to_vec(), bytes));
     for res in RESOLUTIONS {
-        let buckets: Vec<(u64, Vec<rollup::Bucket>)> =
-            series.iter().map(|(s, v)| (*s, rollup::buckets(v, res))).collect();
-        batch.insert(&keys::rollup_key(res.index(), id), rollup::encode(id.window, &buckets));
+        if SEALED_ROLLUPS[usize::from(res.index())] {
+            write_rollup(files, id, res, series);
+        }
     }
     batch.insert(&keys::block_key(keys::CATALOG, id), &keys::encode_catalog(entry));
     entry
+}
+
+fn write_rollup(files: &mut NewFiles, id: BlockId, res: rollup::Resolution, series: &[(u64, Vec<(i64, f64)>)]) {
+    let buckets: Vec<(u64, Vec<rollup::Bucket>)> = series.iter().map(|(s, v)| (*s, rollup::buckets(v, res))).collect();
+    files.push((
+        keys::rollup_key(res.index(), id).to_vec(),
+        rollup::encode(id.window, &buckets),
+    ));
+}
+
+/// Every series' samples of a stored raw block, or `None` (reported) if it
+/// is missing or damaged.
+fn read_block(shared: &Shared, id: BlockId) -> Result<Option<keys::WalEntries>, StoreError> {
+    let Some(bytes) = shared.files.get(&keys::block_key(keys::BLOCK, id))? else {
+        shared.report_corrupt(id, "listed in the catalog but missing");
+        return Ok(None);
+    };
+    let view = match block::parse(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            shared.report_corrupt(id, &e.to_string());
+            return Ok(None);
+        }
+    };
+    let mut out = Vec::with_capacity(view.sections.len());
+    for s in &view.sections {
+        match view.decode(s) {
+            Ok(samples) => out.push((s.series, samples)),
+            Err(e) => {
+                shared.report_corrupt(id, &e.to_string());
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 /// Merges the blocks of each window that has several (with `all`, more than
@@ -176,7 +233,7 @@ pub(crate) fn compact(shared: &Shared, state: &mut WriterState, all: bool) -> Re
     'windows: for ids in targets {
         let mut merged: BTreeMap<u64, BTreeMap<i64, f64>> = BTreeMap::new();
         for id in &ids {
-            let Some(bytes) = shared.tree.get(keys::block_key(keys::BLOCK, *id))? else {
+            let Some(bytes) = shared.files.get(&keys::block_key(keys::BLOCK, *id))? else {
                 shared.report_corrupt(*id, "listed in the catalog but missing");
                 continue 'windows;
             };
@@ -207,15 +264,21 @@ pub(crate) fn compact(shared: &Shared, state: &mut WriterState, all: bool) -> Re
         let series: Vec<(u64, Vec<(i64, f64)>)> =
             merged.into_iter().map(|(s, m)| (s, m.into_iter().collect())).collect();
         let mut batch = sled::Batch::default();
-        let entry = write_block(&mut batch, id, &series);
+        let mut files = Vec::new();
+        let mut gone = Vec::new();
+        let entry = write_block(&mut batch, &mut files, id, &series);
         for old in &ids {
-            remove_all(&mut batch, *old);
+            remove_all(&mut batch, &mut gone, *old);
         }
         batch.insert(keys::META_LSN, &(state.next_lsn - 1).to_be_bytes());
+        shared.files.put_all(&files)?;
         // Readers hold the catalog's read lock while they fetch blocks, so
-        // none can see an entry whose block this batch deletes.
+        // none can see an entry whose block this batch deletes. The old
+        // files go only once the batch that unlists them is durable.
         let mut catalog = shared.catalog.write().unwrap_or_else(PoisonError::into_inner);
         shared.tree.apply_batch(batch)?;
+        shared.db.flush()?;
+        shared.files.remove_all(&gone)?;
         for old in &ids {
             catalog.remove(old);
         }
@@ -227,11 +290,12 @@ pub(crate) fn compact(shared: &Shared, state: &mut WriterState, all: bool) -> Re
     Ok(done)
 }
 
-fn remove_all(batch: &mut sled::Batch, id: BlockId) {
-    batch.remove(&keys::block_key(keys::BLOCK, id));
+/// Unlists block `id` in `batch` and adds its files to `gone`.
+fn remove_all(batch: &mut sled::Batch, gone: &mut Vec<Vec<u8>>, id: BlockId) {
+    gone.push(keys::block_key(keys::BLOCK, id).to_vec());
     batch.remove(&keys::block_key(keys::CATALOG, id));
     for res in RESOLUTIONS {
-        batch.remove(&keys::rollup_key(res.index(), id));
+        gone.push(keys::rollup_key(res.index(), id).to_vec());
     }
 }
 
@@ -250,18 +314,34 @@ pub(crate) fn apply_retention(shared: &Shared) -> Result<usize, StoreError> {
     };
     let mut catalog = shared.catalog.write().unwrap_or_else(PoisonError::into_inner);
     let mut batch = sled::Batch::default();
+    let mut files = Vec::new();
+    let mut gone = Vec::new();
     let mut changed: Vec<(BlockId, CatalogEntry)> = Vec::new();
     let mut deleted = 0;
     for (id, e) in catalog.iter() {
         let mut next = *e;
         if next.raw && expired(opts.retention_ms, id.window) {
-            batch.remove(&keys::block_key(keys::BLOCK, *id));
+            // Rollups not written at seal are built now, from the raw block
+            // about to go, unless they would expire at once too. A damaged
+            // block (reported) leaves them missing rather than wrong.
+            let missing: Vec<usize> = (0..RESOLUTIONS.len())
+                .filter(|&i| !next.rollups[i] && !expired(opts.rollup_retention_ms[i], id.window))
+                .collect();
+            if !missing.is_empty()
+                && let Some(series) = read_block(shared, *id)?
+            {
+                for i in missing {
+                    write_rollup(&mut files, *id, RESOLUTIONS[i], &series);
+                    next.rollups[i] = true;
+                }
+            }
+            gone.push(keys::block_key(keys::BLOCK, *id).to_vec());
             next.raw = false;
             deleted += 1;
         }
         for (i, res) in RESOLUTIONS.iter().enumerate() {
             if next.rollups[i] && expired(opts.rollup_retention_ms[i], id.window) {
-                batch.remove(&keys::rollup_key(res.index(), *id));
+                gone.push(keys::rollup_key(res.index(), *id).to_vec());
                 next.rollups[i] = false;
                 deleted += 1;
             }
@@ -280,7 +360,13 @@ pub(crate) fn apply_retention(shared: &Shared) -> Result<usize, StoreError> {
             batch.insert(&keys::block_key(keys::CATALOG, *id), &keys::encode_catalog(*e));
         }
     }
+    shared.files.put_all(&files)?;
     shared.tree.apply_batch(batch)?;
+    if !gone.is_empty() {
+        // Removed only once the batch that unlists them is durable.
+        shared.db.flush()?;
+        shared.files.remove_all(&gone)?;
+    }
     for (id, e) in changed {
         if e.is_empty() {
             catalog.remove(&id);

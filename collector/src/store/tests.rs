@@ -673,17 +673,18 @@ async fn damaged_block_is_skipped_while_the_rest_serves() {
         window: 0,
         lsn: 0,
     };
-    let (key, value) = store
+    let key = store
         .shared
-        .tree
-        .range(keys::block_key(keys::BLOCK, a)..)
-        .next()
+        .files
+        .keys()
         .unwrap()
+        .into_iter()
+        .find(|k| k.as_slice() >= keys::block_key(keys::BLOCK, a).as_slice())
         .unwrap();
-    let mut bad = value.to_vec();
+    let mut bad = store.shared.files.get(&key).unwrap().unwrap();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x55;
-    store.shared.tree.insert(key, bad).unwrap();
+    store.shared.files.put_all(&[(key, bad)]).unwrap();
     let got = store.select(&[], 0, 10).unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].labels.get("instance"), "b");
@@ -830,8 +831,162 @@ fn print_store_stats() {
         e.0 += 1;
         e.1 += v.len();
     }
+    for k in store.shared.files.keys().unwrap() {
+        let e = by_kind.entry(k[0]).or_default();
+        e.0 += 1;
+        e.1 += store.shared.files.get(&k).unwrap().unwrap().len();
+    }
+    println!("directory: {} bytes", dir_bytes(Path::new(&dir)));
     for (kind, (n, bytes)) in by_kind {
         println!("{}: {n} records, {bytes} bytes", kind as char);
     }
     println!("{stats:?}");
+}
+
+/// Data appended, sealed and closed in `dir`; returns what was appended.
+async fn loaded(dir: &Path) -> Vec<SeriesSamples> {
+    let data = generated(11, 4, 10, 3000, 1_000_000, 1000);
+    let store = Store::open(dir, small(600_000, 60_000)).unwrap();
+    append_all(&store, &data, 60).await;
+    store.append("h0", 5, vec![]).await.unwrap();
+    store.seal_all().unwrap();
+    data
+}
+
+fn open_small(dir: &Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(dir, small(600_000, 60_000)) {
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn compaction_shrinks_the_directory_and_keeps_every_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let data = loaded(&dir).await;
+    let report = compact_dir(&dir).unwrap();
+    assert_eq!(report.bytes_after, dir_bytes(&dir));
+    assert!(
+        report.bytes_after * 2 < report.bytes_before,
+        "the WAL's space is given back: {report:?}"
+    );
+    assert!(!tmp.path().join("data.compact-new").exists() && !tmp.path().join("data.compact-old").exists());
+    let store = open_small(&dir);
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+    assert_eq!(store.last_seq("h0").unwrap(), Some(5));
+    // A compacted store keeps taking writes and survives another round.
+    store
+        .append("h0", 6, vec![host_series("h0", "late", vec![(9_000_000, 1.0)])])
+        .await
+        .unwrap();
+    drop(store);
+    compact_dir(&dir).unwrap();
+    let store = open_small(&dir);
+    assert_eq!(store.last_seq("h0").unwrap(), Some(6));
+    assert_eq!(
+        store
+            .select(&[Matcher::equal("__name__", "late")], 0, i64::MAX)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_compaction_interrupted_anywhere_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let data = loaded(&dir).await;
+    // Make sure sled released the directory before copying its files.
+    drop(open_small(&dir));
+    let new = tmp.path().join("data.compact-new");
+    let old = tmp.path().join("data.compact-old");
+
+    // Killed while copying: a partial copy beside the intact store.
+    std::fs::create_dir_all(new.join("blobs")).unwrap();
+    std::fs::write(new.join("db"), b"half a database").unwrap();
+    let store = open_small(&dir);
+    assert!(!new.exists(), "the partial copy is removed");
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+    drop(store);
+
+    // Killed between the renames: only the old store and the finished copy.
+    drop(open_small(&dir));
+    copy_dir(&dir, &new);
+    std::fs::rename(&dir, &old).unwrap();
+    let store = open_small(&dir);
+    assert!(!old.exists() && !new.exists());
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+    assert_eq!(store.last_seq("h0").unwrap(), Some(5));
+    drop(store);
+
+    // Killed before removing the old directory.
+    drop(open_small(&dir));
+    copy_dir(&dir, &old);
+    let store = open_small(&dir);
+    assert!(!old.exists());
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+}
+
+#[tokio::test]
+async fn open_moves_blocks_out_of_sled_and_drops_unlisted_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let data = loaded(&dir).await;
+    let store = open_small(&dir);
+    let listed = store.shared.files.keys().unwrap();
+    assert!(listed.len() > 2);
+    assert_eq!(
+        count_prefix(&store, keys::BLOCK) + count_prefix(&store, keys::ROLLUP),
+        0
+    );
+    // A block as an older store or a restored backup holds it: in sled.
+    let moved = listed[0].clone();
+    let bytes = store.shared.files.get(&moved).unwrap().unwrap();
+    store.shared.tree.insert(&moved, bytes).unwrap();
+    store.shared.files.remove_all(std::slice::from_ref(&moved)).unwrap();
+    // A file a crashed seal wrote before its catalog entry.
+    let orphan = keys::block_key(
+        keys::BLOCK,
+        BlockId {
+            group: 1,
+            window: 0,
+            lsn: 999_999,
+        },
+    )
+    .to_vec();
+    store
+        .shared
+        .files
+        .put_all(&[(orphan.clone(), b"unlisted".to_vec())])
+        .unwrap();
+    store.shared.db.flush().unwrap();
+    drop(store);
+    let store = open_small(&dir);
+    assert_eq!(store.shared.files.get(&orphan).unwrap(), None, "unlisted file removed");
+    assert!(
+        store.shared.files.get(&moved).unwrap().is_some(),
+        "block moved back out"
+    );
+    assert_eq!(count_prefix(&store, keys::BLOCK), 0);
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+    assert_eq!(store.stats().corrupt_blocks, 0);
 }

@@ -126,7 +126,6 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
                     None => {
                         let id = next_id;
                         next_id += 1;
-                        batch.insert(&keys::series_key(id), keys::encode_labels(&s.labels));
                         staged_ids.insert(&s.labels, id);
                         new_series.push((id, s.labels.clone()));
                         id
@@ -168,6 +167,14 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
                 outcome: AppendOutcome::Stored { samples },
                 rejected_out_of_order: rejected,
             });
+        }
+    }
+    // New series (consecutive ids) as pages: one record per commit, not
+    // one per series (`keys::encode_series_page`).
+    for page in new_series.chunks(keys::SERIES_PAGE) {
+        if let Some((first, _)) = page.first() {
+            let labels: Vec<&Labels> = page.iter().map(|(_, l)| l).collect();
+            batch.insert(&keys::series_key(*first), keys::encode_series_page(&labels));
         }
     }
     wal.retain(|(_, samples)| !samples.is_empty());

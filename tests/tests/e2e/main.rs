@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod alerting;
+mod chaos;
 mod deploy;
 mod durability;
 mod identity;

@@ -94,6 +94,10 @@ fn reduce(
     let mut out = Vec::new();
     let mut scratch: Vec<f64> = Vec::new();
     for (labels, members) in groups(&input, modifier) {
+        if let Some(vals) = reduce_by_member(op, &input, &members, n) {
+            out.push(VSeries { labels, vals });
+            continue;
+        }
         let mut vals = Vec::with_capacity(n);
         for i in 0..n {
             let mut present = members.iter().filter_map(|&m| input[m].vals[i]);
@@ -153,6 +157,87 @@ fn reduce(
     }
     out.retain(|s| s.vals.iter().any(Option::is_some));
     Ok(out)
+}
+
+/// The common aggregations computed member by member over all steps at
+/// once, rather than step by step over the members: each member's values
+/// are then read in order instead of one cache line per member per step.
+/// Within a step the members are still folded in the same order with the
+/// same arithmetic as in `reduce`, so the results are identical bit for
+/// bit. `None` for the operators this does not cover.
+fn reduce_by_member(op: &str, input: &[VSeries], members: &[usize], n: usize) -> Option<Vec<Option<f64>>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Op {
+        Sum,
+        Min,
+        Max,
+        Count,
+        Group,
+        Avg,
+    }
+    let op = match op {
+        "sum" => Op::Sum,
+        "min" => Op::Min,
+        "max" => Op::Max,
+        "count" => Op::Count,
+        "group" => Op::Group,
+        "avg" => Op::Avg,
+        _ => return None,
+    };
+    // Per step: the accumulator and how many members had a value.
+    let mut acc = vec![0.0_f64; n];
+    let mut count = vec![0.0_f64; n];
+    for &m in members {
+        let vals = input.get(m)?.vals.get(..n)?;
+        for ((a, c), v) in acc.iter_mut().zip(count.iter_mut()).zip(vals) {
+            let Some(x) = *v else { continue };
+            if *c == 0.0 {
+                *a = x;
+                *c = 1.0;
+                continue;
+            }
+            *c += 1.0;
+            match op {
+                Op::Sum => *a += x,
+                Op::Min => {
+                    if *a > x || a.is_nan() {
+                        *a = x;
+                    }
+                }
+                Op::Max => {
+                    if *a < x || a.is_nan() {
+                        *a = x;
+                    }
+                }
+                Op::Count | Op::Group => {}
+                Op::Avg => {
+                    // As in `reduce`: an infinite mean stays unless a NaN
+                    // or an infinity of the other sign arrives.
+                    if a.is_infinite() {
+                        if x.is_infinite() && (*a > 0.0) == (x > 0.0) {
+                            continue;
+                        }
+                        if !x.is_infinite() && !x.is_nan() {
+                            continue;
+                        }
+                    }
+                    *a += x / *c - *a / *c;
+                }
+            }
+        }
+    }
+    Some(
+        acc.into_iter()
+            .zip(count)
+            .map(|(a, c)| {
+                (c > 0.0).then_some(match op {
+                    Op::Count => c,
+                    Op::Group => 1.0,
+                    _ => a,
+                })
+            })
+            .collect(),
+    )
 }
 
 /// `topk`/`bottomk`: the k largest (smallest) samples of each group at

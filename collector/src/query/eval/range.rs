@@ -11,6 +11,7 @@
 use promql_parser::parser::Call;
 
 use super::{Evaluator, Grid, RangeArg, VSeries, Val, bad, check_unique_labels, drop_name};
+use crate::model::SeriesSamples;
 
 /// The range functions, by PromQL name.
 const NAMES: &[&str] = &[
@@ -87,15 +88,13 @@ pub(super) fn eval_range_function(ev: &mut Evaluator<'_>, call: &Call, grid: Gri
     let f = function(name).ok_or_else(|| bad(format!("unknown range function {name}()")))?;
     let keep_name = name == "last_over_time";
     let query_start = ev.query_start;
-    let mut out = Vec::with_capacity(arg.series.len());
     let events_kind = match name {
         "rate" | "increase" => Events::ResetSums,
         "resets" => Events::ResetCount,
         "changes" => Events::ChangeCount,
         _ => Events::None,
     };
-    for s in &arg.series {
-        ev.check_deadline()?;
+    let one_series = |s: &SeriesSamples| -> Option<VSeries> {
         let mut vals = Vec::with_capacity(n);
         let mut any = false;
         // Indexes `i` of the samples that differ from sample `i - 1` in the
@@ -160,17 +159,60 @@ pub(super) fn eval_range_function(ev: &mut Evaluator<'_>, call: &Call, grid: Gri
             any |= v.is_some();
             vals.push(v);
         }
-        if any {
-            let labels = if keep_name {
+        any.then(|| VSeries {
+            labels: if keep_name {
                 s.labels.clone()
             } else {
                 drop_name(&s.labels)
-            };
-            out.push(VSeries { labels, vals });
-        }
-    }
+            },
+            vals,
+        })
+    };
+    let out = map_series_parallel(&arg.series, ev.deadline, n, one_series)?;
     check_unique_labels(&out)?;
     Ok(Val::Vector(out))
+}
+
+/// Below this many (series × steps) a range function runs on one thread:
+/// spawning costs more than it saves.
+const PARALLEL_MIN_WORK: usize = 200_000;
+
+/// Applies `f` to every series, in order, on up to two threads (the
+/// machine class has two cores) when the work is large enough; each
+/// thread checks the deadline between series. The output keeps the input
+/// order, so results do not depend on the split.
+fn map_series_parallel(
+    series: &[SeriesSamples],
+    deadline: Option<std::time::Instant>,
+    steps: usize,
+    f: impl Fn(&SeriesSamples) -> Option<VSeries> + Sync,
+) -> Result<Vec<VSeries>, super::EvalError> {
+    let run = |part: &[SeriesSamples]| -> Result<Vec<VSeries>, super::EvalError> {
+        let mut out = Vec::with_capacity(part.len());
+        for s in part {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(super::EvalError::Timeout);
+            }
+            out.extend(f(s));
+        }
+        Ok(out)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(2);
+    if threads < 2 || series.len() < 2 || series.len().saturating_mul(steps) < PARALLEL_MIN_WORK {
+        return run(series);
+    }
+    let (a, b) = series.split_at(series.len() / 2);
+    let (first, second) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| run(b));
+        let mine = run(a);
+        (mine, other.join())
+    });
+    let mut out = first?;
+    match second {
+        Ok(rest) => out.extend(rest?),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+    Ok(out)
 }
 
 /// What [`Window::events`] holds for a function.
@@ -443,6 +485,36 @@ mod tests {
     use super::super::Value;
     use super::super::test_support::*;
     use crate::model::{STALE_NAN_BITS, SeriesSamples};
+
+    #[test]
+    fn the_parallel_split_gives_what_each_series_gives_alone() {
+        // 80 series × 3000 steps is over PARALLEL_MIN_WORK, so the whole
+        // query runs on two threads; each series alone runs on one.
+        let data: Vec<SeriesSamples> = (0..80)
+            .map(|k| {
+                let samples: Vec<(i64, f64)> = (0..3000)
+                    .map(|i| (i * 10_000, ((i * (k + 1)) % 977) as f64 + (i * 7) as f64))
+                    .collect();
+                series(&format!("c_total{{k=\"{k:02}\"}}"), &samples)
+            })
+            .collect();
+        assert!(data.len() * 3000 >= super::PARALLEL_MIN_WORK);
+        let end = 2999 * 10_000;
+        let Value::Matrix(all) = range("rate(c_total[1m])", &data, 0, end, 10_000).unwrap() else {
+            panic!("not a matrix");
+        };
+        let alone: Vec<_> = data
+            .iter()
+            .flat_map(
+                |s| match range("rate(c_total[1m])", std::slice::from_ref(s), 0, end, 10_000).unwrap() {
+                    Value::Matrix(m) => m,
+                    _ => panic!("not a matrix"),
+                },
+            )
+            .collect();
+        assert_eq!(all.len(), 80);
+        assert_eq!(all, alone);
+    }
 
     /// A counter scraped every 15 s: 0, 10, 20, ... with a reset to 5 at
     /// 120 s.

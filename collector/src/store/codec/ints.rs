@@ -41,6 +41,23 @@ pub(crate) fn encode_best(ints: &[i64]) -> Vec<u8> {
 
 /// Decodes `n` integers from `bytes` (all of which belong to the column).
 pub(crate) fn decode(bytes: &[u8], n: usize) -> Result<Vec<i64>, CodecError> {
+    let mut out = Vec::new();
+    decode_map(bytes, n, &mut out, |v| v)?;
+    Ok(out)
+}
+
+/// Decodes the first `n` integers of the column in `bytes` (a prefix is
+/// fine: the stream is sequential, so a reader that needs only the samples
+/// up to some time stops there) and appends `f` of each to `out`, so a
+/// caller converting to another type (scaled decimals, float bits) needs no
+/// intermediate vector. The residual order is matched once, outside the
+/// per-integer loop.
+pub(crate) fn decode_map<T>(
+    bytes: &[u8],
+    n: usize,
+    out: &mut Vec<T>,
+    mut f: impl FnMut(i64) -> T,
+) -> Result<(), CodecError> {
     if n > MAX_COLUMN_LEN {
         return Err(CodecError::Invalid("column longer than the limit"));
     }
@@ -50,20 +67,30 @@ pub(crate) fn decode(bytes: &[u8], n: usize) -> Result<Vec<i64>, CodecError> {
     }
     let mut dec = Decoder::new(stream);
     let mut model = IntModel::default();
-    let mut out = Vec::with_capacity(n);
-    let (mut prev, mut prev_delta) = (0i64, 0i64);
-    for _ in 0..n {
-        let residual = model.decode(&mut dec);
-        let v = match order {
-            0 => residual,
-            1 => prev.wrapping_add(residual),
-            _ => prev.wrapping_add(prev_delta.wrapping_add(residual)),
-        };
-        prev_delta = v.wrapping_sub(prev);
-        prev = v;
-        out.push(v);
+    out.reserve(n);
+    match order {
+        0 => {
+            for _ in 0..n {
+                out.push(f(model.decode(&mut dec)));
+            }
+        }
+        1 => {
+            let mut prev = 0i64;
+            for _ in 0..n {
+                prev = prev.wrapping_add(model.decode(&mut dec));
+                out.push(f(prev));
+            }
+        }
+        _ => {
+            let (mut prev, mut delta) = (0i64, 0i64);
+            for _ in 0..n {
+                delta = delta.wrapping_add(model.decode(&mut dec));
+                prev = prev.wrapping_add(delta);
+                out.push(f(prev));
+            }
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -83,6 +110,10 @@ mod tests {
             for order in 0..=2 {
                 let bytes = encode(col, order);
                 assert_eq!(decode(&bytes, col.len()).unwrap(), col, "order {order}");
+                // Any prefix decodes to the same leading integers.
+                let mut prefix = Vec::new();
+                decode_map(&bytes, col.len() / 2, &mut prefix, |v| v).unwrap();
+                assert_eq!(prefix, col[..col.len() / 2], "order {order} prefix");
             }
         }
     }

@@ -45,12 +45,35 @@ impl Default for Prob {
     }
 }
 
+/// `RECIPROCAL[d]` is `floor(2^32 / d) + 1`: multiplying by it and
+/// shifting right by 32 divides any numerator below 2^16 by `d` exactly
+/// (the error `x·(RECIPROCAL[d]·d − 2^32)/2^32` stays below `1/d` while
+/// `x·d < 2^32`). The update below runs once per coded bit, and a hardware
+/// division there was most of the decoder's time.
+const RECIPROCAL: [u64; RATE_LIMIT as usize + 3] = {
+    let mut t = [0u64; RATE_LIMIT as usize + 3];
+    let mut d = 1;
+    while d < t.len() {
+        t[d] = (1u64 << 32) / d as u64 + 1;
+        d += 1;
+    }
+    t
+};
+
 impl Prob {
+    /// Moves the probability toward the coded bit by `1/(seen + 2)` of the
+    /// distance, rounding the step toward zero (as `i32` division did when
+    /// the format was defined; the decoder must reproduce it exactly).
+    #[inline(always)]
     fn update(&mut self, bit: bool) {
-        let p = i32::from(self.p);
-        let target = if bit { 0 } else { PROB_ONE };
-        let next = p + (target - p) / (i32::from(self.seen) + 2);
-        self.p = next.clamp(PROB_MARGIN, PROB_ONE - PROB_MARGIN) as u16;
+        let p = u32::from(self.p);
+        let recip = RECIPROCAL[usize::from(self.seen) + 2];
+        let next = if bit {
+            p - ((u64::from(p) * recip) >> 32) as u32
+        } else {
+            p + ((u64::from(PROB_ONE as u32 - p) * recip) >> 32) as u32
+        };
+        self.p = next.clamp(PROB_MARGIN as u32, (PROB_ONE - PROB_MARGIN) as u32) as u16;
         self.seen = (self.seen + 1).min(RATE_LIMIT);
     }
 }
@@ -133,6 +156,7 @@ pub(crate) struct Decoder<'a> {
     code: u32,
     range: u32,
     input: &'a [u8],
+    pos: usize,
 }
 
 impl<'a> Decoder<'a> {
@@ -142,6 +166,7 @@ impl<'a> Decoder<'a> {
             code: 0,
             range: u32::MAX,
             input,
+            pos: 0,
         };
         for _ in 0..4 {
             d.code = (d.code << 8) | u32::from(d.next_byte());
@@ -149,28 +174,27 @@ impl<'a> Decoder<'a> {
         d
     }
 
+    #[inline(always)]
     fn next_byte(&mut self) -> u8 {
-        match self.input.split_first() {
-            Some((&b, rest)) => {
-                self.input = rest;
-                b
-            }
-            None => 0,
-        }
+        let b = self.input.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
     }
 
     /// Decodes one bit coded with the mirrored probability.
+    #[inline(always)]
     pub(crate) fn bit(&mut self, p: &mut Prob) -> bool {
         let bound = (self.range >> PROB_BITS) * u32::from(p.p);
-        let bit = if self.code < bound {
-            self.range = bound;
-            false
-        } else {
+        let bit = self.code >= bound;
+        if bit {
             self.code = self.code.wrapping_sub(bound);
             self.range -= bound;
-            true
-        };
+        } else {
+            self.range = bound;
+        }
         p.update(bit);
+        // Probabilities stay >= PROB_MARGIN/PROB_ONE, so at most two bytes
+        // are ever needed; the loop runs zero times for most bits.
         while self.range < TOP {
             self.range <<= 8;
             self.code = (self.code << 8) | u32::from(self.next_byte());
@@ -256,22 +280,39 @@ impl IntModel {
     }
 
     /// Decodes one integer.
+    #[inline(always)]
     pub(crate) fn decode(&mut self, dec: &mut Decoder<'_>) -> i64 {
         let tree = &mut self.length[usize::from(self.prev_len > 0).min(CONTEXTS - 1)];
         let mut node = 1usize;
         for _ in 0..6 {
-            let bit = dec.bit(&mut tree[node]);
+            // node < 64 throughout; the mask lets the compiler drop the bounds check.
+            let bit = dec.bit(&mut tree[node & 63]);
             node = (node << 1) | usize::from(bit);
         }
         let mut len = node - 64;
         if len == 63 && dec.bit(&mut self.length64) {
             len = 64;
         }
-        let negative = len > 0 && dec.bit(&mut self.sign[self.prev_sign]);
-        let mut u = if len == 0 { 0 } else { 1u64 << (len - 1) };
-        for pos in (0..len.saturating_sub(1)).rev() {
-            if dec.bit(self.mantissa_prob(len, pos)) {
-                u |= 1 << pos;
+        let mut u = 0u64;
+        let mut negative = false;
+        if len > 0 {
+            negative = dec.bit(&mut self.sign[self.prev_sign]);
+            u = 1u64 << (len - 1);
+            // The two bits below the top one are coded with the per-length
+            // shape probabilities, the rest with per-position ones (see
+            // `mantissa_prob`); unrolled here so the loop below has no
+            // branch on the position.
+            let shape = &mut self.shape[len];
+            if len >= 2 && dec.bit(&mut shape[0]) {
+                u |= 1 << (len - 2);
+            }
+            if len >= 3 && dec.bit(&mut shape[1]) {
+                u |= 1 << (len - 3);
+            }
+            for pos in (0..len.saturating_sub(3)).rev() {
+                if dec.bit(&mut self.low[pos & 63]) {
+                    u |= 1 << pos;
+                }
             }
         }
         self.prev_len = len;
@@ -328,6 +369,28 @@ mod tests {
             })
             .collect();
         assert!(round_trip(&v) < 4000 * 15 / 8, "about 13 bits each, not 22");
+    }
+
+    #[test]
+    fn reciprocal_division_is_exact_for_every_update() {
+        for d in 2..=i32::from(RATE_LIMIT) + 2 {
+            for x in 0..=PROB_ONE {
+                let q = (u64::from(x as u32) * RECIPROCAL[d as usize]) >> 32;
+                assert_eq!(q, u64::from((x / d) as u32), "{x} / {d}");
+            }
+        }
+        // And the update equals the signed-division definition of the format.
+        for seen in 0..=RATE_LIMIT {
+            for p0 in PROB_MARGIN..=PROB_ONE - PROB_MARGIN {
+                for bit in [false, true] {
+                    let mut p = Prob { p: p0 as u16, seen };
+                    p.update(bit);
+                    let target = if bit { 0 } else { PROB_ONE };
+                    let want = (p0 + (target - p0) / (i32::from(seen) + 2)).clamp(PROB_MARGIN, PROB_ONE - PROB_MARGIN);
+                    assert_eq!(i32::from(p.p), want, "p {p0} seen {seen} bit {bit}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -107,10 +107,11 @@ pub(crate) fn decode(bytes: &[u8], n: usize) -> Result<Vec<f64>, CodecError> {
     let (&tag, mut rest) = bytes.split_first().ok_or(CodecError::Truncated)?;
     match tag {
         TAG_GORILLA => gorilla::decode(rest, n),
-        TAG_BITS => Ok(ints::decode(rest, n)?
-            .into_iter()
-            .map(|i| f64::from_bits(i as u64))
-            .collect()),
+        TAG_BITS => {
+            let mut out = Vec::new();
+            ints::decode_map(rest, n, &mut out, |i| f64::from_bits(i as u64))?;
+            Ok(out)
+        }
         TAG_DECIMAL => {
             let (&e, r) = rest.split_first().ok_or(CodecError::Truncated)?;
             rest = r;
@@ -133,8 +134,8 @@ pub(crate) fn decode(bytes: &[u8], n: usize) -> Result<Vec<f64>, CodecError> {
                 b.copy_from_slice(raw);
                 exceptions.push((pos, u64::from_le_bytes(b)));
             }
-            let ints = ints::decode(rest, n)?;
-            let mut out: Vec<f64> = ints.into_iter().map(|i| unscaled(i, e)).collect();
+            let mut out = Vec::new();
+            ints::decode_map(rest, n, &mut out, |i| unscaled(i, e))?;
             for (pos, bits) in exceptions {
                 if let Some(slot) = out.get_mut(pos) {
                     *slot = f64::from_bits(bits);
