@@ -55,6 +55,12 @@ pub struct Cli {
     /// sled page cache in MiB [default: 256]
     #[arg(long, env = "HOSTPULSE_CACHE_CAPACITY_MB")]
     cache_capacity_mb: Option<u64>,
+    /// Cache of decoded sealed-block sections shared by queries and rules, in MiB; 0 turns it off [default: 128]
+    #[arg(long, env = "HOSTPULSE_DECODED_CACHE_MB")]
+    decoded_cache_mb: Option<u64>,
+    /// URL people reach the collector at (proxy, DNS name), for links in alerts [default: from --http-addr]
+    #[arg(long, env = "HOSTPULSE_EXTERNAL_URL")]
+    external_url: Option<String>,
     /// Allow non-loopback listen addresses without TLS
     #[arg(long)]
     insecure: bool,
@@ -219,6 +225,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         local_agent: cli.local_agent.then_some(true),
         local_agent_interval: cli.local_agent_interval,
         cache_capacity_mb: cli.cache_capacity_mb,
+        decoded_cache_mb: cli.decoded_cache_mb,
+        external_url: cli.external_url,
         insecure: cli.insecure.then_some(true),
         tls_cert: cli.tls_cert,
         tls_key: cli.tls_key,

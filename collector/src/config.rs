@@ -59,6 +59,12 @@ pub struct FileConfig {
     pub local_agent_interval: Option<String>,
     /// sled page cache, in MiB.
     pub cache_capacity_mb: Option<u64>,
+    /// Cache of decoded sealed-block sections shared by queries and rules,
+    /// in MiB [default: 128]; 0 turns it off.
+    pub decoded_cache_mb: Option<u64>,
+    /// The URL people reach the collector's web UI at (behind a proxy or
+    /// a DNS name), used in links in alerts [default: from `http_addr`].
+    pub external_url: Option<String>,
     /// Allow listening on non-loopback addresses without TLS.
     pub insecure: Option<bool>,
     /// The collector's TLS certificate chain (PEM); with `tls_key`, both
@@ -142,6 +148,11 @@ pub struct Settings {
     pub local_agent_interval: Duration,
     /// sled cache in bytes.
     pub cache_capacity_bytes: u64,
+    /// Decoded-section cache in bytes (0: off).
+    pub decoded_cache_bytes: u64,
+    /// Base URL for links in alerts, without a trailing slash (`None`:
+    /// derived from the HTTP listen address).
+    pub external_url: Option<String>,
     /// TLS, agent credentials and the admin token.
     pub security: Security,
     /// Raw sample retention (`None`: forever).
@@ -189,6 +200,8 @@ impl Settings {
             local_agent: false,
             local_agent_interval: Duration::from_secs(10),
             cache_capacity_bytes: 256 << 20,
+            decoded_cache_bytes: 128 << 20,
+            external_url: None,
             security: Security::default(),
             retention: None,
             rollup_retention: [None, None],
@@ -294,7 +307,9 @@ impl Settings {
                 flags.local_agent_interval.or(file.local_agent_interval),
                 Duration::from_secs(10),
             )?,
-            cache_capacity_bytes: flags.cache_capacity_mb.or(file.cache_capacity_mb).unwrap_or(256) << 20,
+            cache_capacity_bytes: flags.cache_capacity_mb.or(file.cache_capacity_mb).unwrap_or(256).saturating_mul(1 << 20),
+            decoded_cache_bytes: flags.decoded_cache_mb.or(file.decoded_cache_mb).unwrap_or(128).saturating_mul(1 << 20),
+            external_url: external_url(flags.external_url.or(file.external_url))?,
             security,
             retention: optional("retention", flags.retention.or(file.retention))?,
             rollup_retention: [
@@ -333,6 +348,21 @@ impl Settings {
 }
 
 /// The TLS, token and admin keys (flags win; tokens from both are kept).
+/// Checks `external_url`: an absolute http(s) URL; a trailing slash is
+/// dropped so links join as `<url>/alerts`.
+fn external_url(value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(text) = value else { return Ok(None) };
+    let trimmed = text.trim_end_matches('/');
+    let rest = trimmed.strip_prefix("http://").or_else(|| trimmed.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(Some(trimmed.to_string())),
+        _ => Err(ConfigError::Invalid {
+            key: "external_url",
+            message: format!("{text:?} is not an absolute URL like https://hostpulse.example.com"),
+        }),
+    }
+}
+
 fn resolve_security(file: &FileConfig, flags: &FileConfig) -> Result<Security, ConfigError> {
     let invalid = |key, message: &str| ConfigError::Invalid {
         key,
@@ -570,6 +600,23 @@ mod tests {
             "detectors.trend.confidence: 2 is not between 0.5 and 0.999"
         );
         assert!(FileConfig::parse(Path::new("c.toml"), "[detectors.nope]\nx = 1\n").is_err());
+    }
+
+    #[test]
+    fn decoded_cache_and_external_url() {
+        let s = resolve(FileConfig::default()).unwrap();
+        assert_eq!(s.decoded_cache_bytes, 128 << 20);
+        assert_eq!(s.external_url, None);
+        let text = "decoded_cache_mb = 0\nexternal_url = \"https://hp.example.com/\"\n";
+        let s = resolve(FileConfig::parse(Path::new("c.toml"), text).unwrap()).unwrap();
+        assert_eq!(s.decoded_cache_bytes, 0);
+        assert_eq!(s.external_url.as_deref(), Some("https://hp.example.com"));
+        let err = resolve(FileConfig {
+            external_url: Some("hp.example.com".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("external_url: \"hp.example.com\""), "{err}");
     }
 
     #[test]

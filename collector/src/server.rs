@@ -146,6 +146,7 @@ pub async fn start(settings: Settings) -> Result<RunningCollector, StartError> {
         &settings.data_dir,
         StoreOptions {
             cache_capacity_bytes: settings.cache_capacity_bytes,
+            decoded_cache_bytes: usize::try_from(settings.decoded_cache_bytes).unwrap_or(usize::MAX),
             out_of_order_ms: millis(settings.out_of_order_window),
             head_max_bytes: usize::try_from(settings.head_max_bytes).unwrap_or(usize::MAX),
             retention_ms: settings.retention.map(millis),
@@ -220,7 +221,7 @@ pub async fn start(settings: Settings) -> Result<RunningCollector, StartError> {
         &settings,
         store.clone(),
         telemetry.clone(),
-        &format!("{scheme}://{http_addr}"),
+        &settings.external_url.clone().unwrap_or_else(|| format!("{scheme}://{http_addr}")),
     )?;
     let board = rules.board.clone();
     let api = ApiContext {

@@ -17,6 +17,34 @@ fn example_collector_config_is_valid() {
     assert_eq!(settings.grpc_addr.port(), 9471);
 }
 
+/// Every key the example shows commented out (`# key = value`, `# [table]`)
+/// is one the collector accepts, so uncommenting a documented default never
+/// stops the start with "unknown key".
+#[test]
+fn every_documented_collector_key_is_accepted() {
+    use hostpulse_collector::config::FileConfig;
+    let text = std::fs::read_to_string(deploy("config/collector.toml")).unwrap();
+    let mut uncommented = 0;
+    let all: String = text
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+                    }) =>
+            {
+                uncommented += 1;
+                format!("{rest}\n")
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    assert!(uncommented > 40, "only {uncommented} documented keys found");
+    let file = FileConfig::parse(Path::new("collector.toml (uncommented)"), &all).unwrap();
+    assert!(file.detectors.is_some() && file.ingest.is_some() && file.agent_tokens.is_some());
+}
+
 #[test]
 fn example_agent_config_is_valid() {
     use hostpulse_agent::config::{FileConfig, Settings};
