@@ -144,6 +144,7 @@ pub fn render(page: &PageData) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <title>hostpulse collector</title><style>{STYLE}</style></head><body>\n\
          <h1>hostpulse collector</h1>\n<p class=\"sub\">version {} · up {} · \
+         <a href=\"/alerts\">alerts</a> · \
          <a href=\"/metrics\">/metrics</a> · \
          <a href=\"/api/v1/query?query=node_hwmon_temp_celsius\">example query: node_hwmon_temp_celsius</a></p>\n",
         escape(env!("CARGO_PKG_VERSION")),
@@ -319,6 +320,7 @@ mod tests {
         assert!(html.contains("Sensor &amp; chip hot"));
         assert!(html.contains("since 2 min ago"));
         assert!(html.contains("href=\"/metrics\""));
+        assert!(html.contains("href=\"/alerts\""));
         assert!(html.contains("up 1 h 0 min"));
     }
 
