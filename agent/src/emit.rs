@@ -7,7 +7,7 @@ use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -51,6 +51,11 @@ impl Atom {
     /// looking at the bytes).
     pub(crate) fn same(&self, other: &Atom) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The address of the text: an identity while this `Atom` lives.
+    pub(crate) fn addr(&self) -> usize {
+        self.0.as_ptr() as usize
     }
 }
 
@@ -179,15 +184,11 @@ impl Interner {
 
     /// The shared name and label set of a series; `labels` sorted by name.
     fn series(&mut self, name: &str, labels: &[(&str, &str)]) -> (Atom, Labels) {
-        let mut h = Fnv::default();
-        h.write(name.as_bytes());
+        let mut key = mix(0, name.as_bytes());
         for (k, v) in labels {
-            h.write_u8(0xff);
-            h.write(k.as_bytes());
-            h.write_u8(0xfe);
-            h.write(v.as_bytes());
+            key = mix(key, k.as_bytes());
+            key = mix(key, v.as_bytes());
         }
-        let key = h.finish();
         if let Some(bucket) = self.series.get(&key) {
             for (n, l) in bucket {
                 if *n == *name
@@ -221,6 +222,26 @@ impl Interner {
     }
 }
 
+/// Hashes `bytes` into `h` eight bytes at a time (the series key hash runs
+/// for every sample; FNV's byte loop showed up in profiles). The length is
+/// mixed in so `("ab", "c")` and `("a", "bc")` differ.
+fn mix(mut h: u64, bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut step = |word: u64| h = (h.rotate_left(5) ^ word).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        step(u64::from_le_bytes(word));
+    }
+    let rest = chunks.remainder();
+    let mut word = [0u8; 8];
+    word[..rest.len()].copy_from_slice(rest);
+    step(u64::from_le_bytes(word));
+    step(bytes.len() as u64);
+    h
+}
+
 thread_local! {
     static INTERNER: RefCell<Interner> = RefCell::new(Interner::default());
 }
@@ -247,6 +268,9 @@ pub struct Emitter {
     samples: Vec<Sample>,
     meta: BTreeMap<Atom, MetricMeta>,
     events: Vec<KernelEvent>,
+    /// Addresses of interned names already in `meta` (kept alive by it), so
+    /// the per-sample check is one integer lookup, not a map of strings.
+    meta_seen: HashSet<usize, BuildHasherDefault<Fnv>>,
 }
 
 impl Emitter {
@@ -281,7 +305,7 @@ impl Emitter {
         let (name_atom, labels) = INTERNER.with(|t| {
             let mut t = t.borrow_mut();
             let (n, l) = t.series(name, sorted);
-            if !self.meta.contains_key(name) {
+            if self.meta_seen.insert(n.addr()) && !self.meta.contains_key(name) {
                 let help = t.atom(help);
                 self.meta.insert(n.clone(), MetricMeta { kind, help });
             }
@@ -321,6 +345,7 @@ impl Emitter {
 
     /// Moves everything out, leaving the emitter empty.
     pub fn take(&mut self) -> (Vec<Sample>, BTreeMap<Atom, MetricMeta>) {
+        self.meta_seen.clear();
         (std::mem::take(&mut self.samples), std::mem::take(&mut self.meta))
     }
 
@@ -369,6 +394,24 @@ mod tests {
         assert!(a.name.same(&b.name));
         assert!(!Arc::ptr_eq(&b.labels, &c.labels));
         assert_eq!(&*c.labels, &[("a".into(), "1".into()), ("b".into(), "3".into())]);
+    }
+
+    #[test]
+    fn meta_is_recorded_again_after_take() {
+        let mut out = Emitter::new();
+        out.gauge("node_w", "w help", &[], 1.0);
+        let (_, meta) = out.take();
+        assert!(meta.contains_key("node_w"));
+        out.gauge("node_w", "w help", &[], 2.0);
+        assert_eq!(out.meta()["node_w"].help, "w help");
+    }
+
+    #[test]
+    fn hash_separates_label_boundaries() {
+        let a = mix(mix(0, b"ab"), b"c");
+        let b = mix(mix(0, b"a"), b"bc");
+        assert_ne!(a, b);
+        assert_ne!(mix(0, b""), mix(0, b"\0"));
     }
 
     #[test]

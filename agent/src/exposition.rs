@@ -8,10 +8,13 @@
 
 use std::cell::Cell;
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::BuildHasherDefault;
 
 use crate::emit::{MetricType, Sample};
 use crate::sampler::Cycle;
+use crate::sources::files::Fnv;
 
 thread_local! {
     /// Length of the last rendered text, so the next buffer is allocated
@@ -29,8 +32,17 @@ pub fn render(cycle: &Cycle) -> String {
     // the stable sort keeps the first of duplicates first, and it is cheap on
     // the long already-ordered runs sources emit. Names and label sets are
     // shared, so most comparisons end at a pointer check.
-    let mut order: Vec<u32> = (0..samples.len() as u32).collect();
-    order.sort_by(|&a, &b| compare(&samples[a as usize], &samples[b as usize]));
+    let rank = name_ranks(samples);
+    let mut order: Vec<(u32, u32)> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (rank.get(&s.name.addr()).copied().unwrap_or(0), i as u32))
+        .collect();
+    order.sort_by(|&(ra, a), &(rb, b)| {
+        ra.cmp(&rb)
+            .then_with(|| compare_labels(&samples[a as usize], &samples[b as usize]))
+    });
+    let order: Vec<u32> = order.into_iter().map(|(_, i)| i).collect();
     let mut out = String::with_capacity(LAST_LEN.with(Cell::get) + 4096);
     let mut i = 0;
     while i < order.len() {
@@ -93,14 +105,30 @@ fn same_labels(a: &Sample, b: &Sample) -> bool {
     std::sync::Arc::ptr_eq(&a.labels, &b.labels) || a.labels == b.labels
 }
 
-/// Order of series in the output: by name, then by labels.
-fn compare(a: &Sample, b: &Sample) -> Ordering {
-    if !a.name.same(&b.name) {
-        let by_name = a.name.as_str().cmp(b.name.as_str());
-        if by_name != Ordering::Equal {
-            return by_name;
-        }
+/// The position of every distinct name in sorted order, keyed by the
+/// address of its interned text. Names are sorted once (a few hundred)
+/// instead of compared as strings in every step of the sample sort; equal
+/// texts from different interners get the same rank.
+fn name_ranks(samples: &[Sample]) -> HashMap<usize, u32, BuildHasherDefault<Fnv>> {
+    let mut distinct: HashMap<usize, &str, BuildHasherDefault<Fnv>> = HashMap::default();
+    for s in samples {
+        distinct.entry(s.name.addr()).or_insert(s.name.as_str());
     }
+    let mut names: Vec<(&str, usize)> = distinct.into_iter().map(|(addr, name)| (name, addr)).collect();
+    names.sort_unstable();
+    let mut rank = HashMap::with_capacity_and_hasher(names.len(), BuildHasherDefault::default());
+    let mut current = 0u32;
+    for (i, (name, addr)) in names.iter().enumerate() {
+        if i > 0 && names[i - 1].0 != *name {
+            current += 1;
+        }
+        rank.insert(*addr, current);
+    }
+    rank
+}
+
+/// Order of the series of one name: by labels.
+fn compare_labels(a: &Sample, b: &Sample) -> Ordering {
     if same_labels(a, b) {
         return Ordering::Equal;
     }
@@ -263,6 +291,7 @@ pub fn write_float(out: &mut String, value: f64) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::emit::Emitter;
@@ -303,6 +332,42 @@ mod tests {
     fn escapes_label_values_and_help() {
         assert_eq!(escape_label_value("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
         assert_eq!(escape_help("say \"hi\"\\\n"), "say \"hi\"\\\\\\n");
+    }
+
+    /// A worker thread interns its own copy of a name; its series must still
+    /// be printed in the one group of that name, in label order.
+    #[test]
+    fn same_name_from_another_thread_is_one_group() {
+        let mut out = Emitter::new();
+        out.gauge("node_m", "M.", &[("dev", "b")], 2.0);
+        out.gauge("node_a", "A.", &[], 0.5);
+        let other = std::thread::spawn(|| {
+            let mut out = Emitter::new();
+            out.gauge("node_m", "M.", &[("dev", "a")], 1.0);
+            out.gauge("node_m", "M.", &[("dev", "c")], 3.0);
+            out
+        })
+        .join()
+        .unwrap();
+        out.extend(other);
+        let (samples, meta) = out.take();
+        let cycle = Cycle {
+            timestamp_ms: 0,
+            samples,
+            meta,
+            events: Vec::new(),
+        };
+        let expected = "\
+# HELP node_a A.
+# TYPE node_a gauge
+node_a 0.5
+# HELP node_m M.
+# TYPE node_m gauge
+node_m{dev=\"a\"} 1
+node_m{dev=\"b\"} 2
+node_m{dev=\"c\"} 3
+";
+        assert_eq!(render(&cycle), expected);
     }
 
     #[test]

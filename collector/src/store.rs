@@ -35,6 +35,7 @@ mod backup;
 mod block;
 pub(crate) mod codec;
 mod compact;
+mod fasthash;
 mod files;
 mod head;
 mod index;
@@ -772,7 +773,10 @@ impl Store {
                 };
                 for (id, entry) in catalog.range(range) {
                     let key = (group, id.window);
-                    if dirty.contains(&key) || !entry.rollups[usize::from(resolution.index())] {
+                    // A second record for one window (an out-of-order
+                    // write sealed later) may repeat timestamps the raw
+                    // merge deduplicates, so such windows come from raw.
+                    if dirty.contains(&key) || clean.contains(&key) || !entry.rollups[usize::from(resolution.index())] {
                         dirty.insert(key);
                         continue;
                     }
@@ -835,6 +839,21 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Whether no sealed window in `[start_ms, end_ms]` has lost its raw
+    /// samples to retention: only then do rollups answer what the raw
+    /// samples would (the query planner's check before using them).
+    pub fn raw_kept(&self, start_ms: i64, end_ms: i64) -> bool {
+        if self.shared.opts.retention_ms.is_none() {
+            return true;
+        }
+        let w = self.shared.opts.window_ms;
+        let (first, last) = (window_start(start_ms, w), window_start(end_ms, w));
+        let catalog = self.shared.catalog.read().unwrap_or_else(PoisonError::into_inner);
+        catalog
+            .iter()
+            .all(|(id, e)| e.raw || id.window < first || id.window > last)
     }
 
     /// Every label name in use, sorted.

@@ -130,7 +130,7 @@ impl Source for ConntrackSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),
         };
-        for (suffix, value) in parse_stat(&text).map_err(|m| SourceError::parse(&path, m))? {
+        for (suffix, value) in parse_stat(text).map_err(|m| SourceError::parse(&path, m))? {
             let help = STATS
                 .iter()
                 .find(|(_, s, _)| *s == suffix)

@@ -118,7 +118,7 @@ impl Source for CpuSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),
         };
-        let stat = parse_stat(&text).map_err(|m| SourceError::parse(&path, m))?;
+        let stat = parse_stat(text).map_err(|m| SourceError::parse(&path, m))?;
         emit(&stat, out);
         Ok(())
     }

@@ -50,7 +50,7 @@ impl Source for EntropySource {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(SourceError::io(&path, e)),
             };
-            let bits = parse_bits(&text).map_err(|m| SourceError::parse(&path, m))?;
+            let bits = parse_bits(text).map_err(|m| SourceError::parse(&path, m))?;
             out.gauge(name, help, &[], bits);
         }
         Ok(())

@@ -39,7 +39,7 @@ impl Source for FilefdSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),
         };
-        let (allocated, maximum) = parse_file_nr(&text).map_err(|m| SourceError::parse(&path, m))?;
+        let (allocated, maximum) = parse_file_nr(text).map_err(|m| SourceError::parse(&path, m))?;
         out.gauge(
             "node_filefd_allocated",
             "File descriptor statistics: allocated.",

@@ -81,7 +81,7 @@ impl Source for InterruptsSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),
         };
-        for (name, interrupt) in parse_interrupts(&text).map_err(|m| SourceError::parse(&path, m))? {
+        for (name, interrupt) in parse_interrupts(text).map_err(|m| SourceError::parse(&path, m))? {
             for (cpu, value) in interrupt.values.iter().enumerate() {
                 out.counter(
                     "node_interrupts_total",

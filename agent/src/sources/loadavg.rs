@@ -42,7 +42,7 @@ impl Source for LoadavgSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),
         };
-        let [one, five, fifteen] = parse_loadavg(&text).map_err(|m| SourceError::parse(&path, m))?;
+        let [one, five, fifteen] = parse_loadavg(text).map_err(|m| SourceError::parse(&path, m))?;
         out.gauge("node_load1", "1m load average.", &[], one);
         out.gauge("node_load5", "5m load average.", &[], five);
         out.gauge("node_load15", "15m load average.", &[], fifteen);
@@ -74,7 +74,7 @@ mod tests {
     /// must still be seen. (A procfs file that goes away fails the read on
     /// the kept descriptor and the reopen; a plain test file would not.)
     #[test]
-    fn kept_descriptor_sees_new_content_and_absence() {
+    fn kept_descriptor_sees_rewritten_content() {
         let dir = tempfile::tempdir().unwrap();
         let paths = HostPaths {
             procfs: dir.path().to_path_buf(),

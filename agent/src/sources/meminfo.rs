@@ -72,7 +72,7 @@ impl Source for MeminfoSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),
         };
-        let fields = parse_meminfo(&text).map_err(|m| SourceError::parse(&path, m))?;
+        let fields = parse_meminfo(text).map_err(|m| SourceError::parse(&path, m))?;
         for (key, value) in fields {
             let name = format!("node_memory_{key}");
             let help = format!("Memory information field {key}.");

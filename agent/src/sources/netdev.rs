@@ -89,7 +89,7 @@ impl Source for NetdevSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),
         };
-        let devices = parse_net_dev(&text).map_err(|m| SourceError::parse(&path, m))?;
+        let devices = parse_net_dev(text).map_err(|m| SourceError::parse(&path, m))?;
         for dev in &devices {
             for (stat, value) in &dev.stats {
                 out.counter(

@@ -115,7 +115,7 @@ impl Source for PressureSource {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(95) => continue,
                 Err(e) => return Err(SourceError::io(&path, e)),
             };
-            let psi = parse_psi(&text).map_err(|m| SourceError::parse(&path, m))?;
+            let psi = parse_psi(text).map_err(|m| SourceError::parse(&path, m))?;
             if let (Some((name, help)), Some(v)) = (some, psi.some) {
                 out.counter(name, help, &[], v);
             }

@@ -71,7 +71,7 @@ impl Source for SchedstatSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),
         };
-        for cpu in parse_schedstat(&text).map_err(|m| SourceError::parse(&path, m))? {
+        for cpu in parse_schedstat(text).map_err(|m| SourceError::parse(&path, m))? {
             let labels = [("cpu", cpu.cpu.as_str())];
             out.counter(
                 "node_schedstat_running_seconds_total",

@@ -92,7 +92,7 @@ impl Source for SoftnetSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),
         };
-        for stat in parse_softnet(&text).map_err(|m| SourceError::parse(&path, m))? {
+        for stat in parse_softnet(text).map_err(|m| SourceError::parse(&path, m))? {
             let cpu = stat.cpu.to_string();
             let labels = [("cpu", cpu.as_str())];
             let counters = [

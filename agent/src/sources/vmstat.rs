@@ -60,7 +60,7 @@ impl Source for VmstatSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(SourceError::io(&path, e)),
         };
-        for (field, value) in parse_vmstat(&text).map_err(|m| SourceError::parse(&path, m))? {
+        for (field, value) in parse_vmstat(text).map_err(|m| SourceError::parse(&path, m))? {
             out.push(
                 &format!("node_vmstat_{field}"),
                 MetricType::Untyped,

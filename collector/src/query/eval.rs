@@ -24,6 +24,7 @@ mod aggregate;
 mod binary;
 mod functions;
 mod range;
+mod rollup;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -33,7 +34,7 @@ use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 
 use crate::model::{Labels, METRIC_NAME, MatchOp, Matcher, SeriesSamples, is_stale_marker};
-use crate::store::StoreError;
+use crate::store::{Resolution, RollupSeries, StoreError};
 
 /// How far back an instant vector selector looks for a sample (Prometheus's
 /// default `--query.lookback-delta`).
@@ -113,6 +114,27 @@ pub trait Source {
     /// `[start_ms, end_ms]` (inclusive), samples ascending; series without
     /// samples in the range may be left out.
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<SeriesSamples>, StoreError>;
+
+    /// Rollup buckets at `resolution` starting in `[start_ms, end_ms]` of
+    /// every series matching all `matchers`, or `None` when the source
+    /// cannot promise they summarise exactly the non-stale samples
+    /// [`Source::select`] returns for those buckets (the planner then reads
+    /// raw samples). Only asked for resolutions [`Source::rollup_resolutions`]
+    /// offers.
+    fn select_rollup(
+        &self,
+        _matchers: &[Matcher],
+        _start_ms: i64,
+        _end_ms: i64,
+        _resolution: Resolution,
+    ) -> Result<Option<Vec<RollupSeries>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Resolutions whose buckets are worth reading instead of raw samples.
+    fn rollup_resolutions(&self) -> &'static [Resolution] {
+        &[]
+    }
 }
 
 /// Literal series as a [`Source`] (tests, benchmarks, fixtures).
@@ -138,6 +160,38 @@ impl Source for Literal<'_> {
                 })
             })
             .collect())
+    }
+
+    /// Buckets computed from the literal samples; series whose samples are
+    /// not strictly ascending make the planner read raw samples instead.
+    fn select_rollup(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        resolution: Resolution,
+    ) -> Result<Option<Vec<RollupSeries>>, StoreError> {
+        let mut out = Vec::new();
+        for s in self.0.iter().filter(|s| s.labels.matches(matchers)) {
+            if s.samples.windows(2).any(|p| p[0].0 >= p[1].0) {
+                return Ok(None);
+            }
+            let buckets: Vec<_> = crate::store::rollup::buckets(&s.samples, resolution)
+                .into_iter()
+                .filter(|b| (start_ms..=end_ms).contains(&b.start_ms))
+                .collect();
+            if !buckets.is_empty() {
+                out.push(RollupSeries {
+                    labels: s.labels.clone(),
+                    buckets,
+                });
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn rollup_resolutions(&self) -> &'static [Resolution] {
+        &[Resolution::FiveMinutes, Resolution::OneHour]
     }
 }
 
@@ -640,6 +694,10 @@ impl<'a> Evaluator<'a> {
             s.samples.retain(|(_, v)| !is_stale_marker(*v));
         }
         series.retain(|s| !s.samples.is_empty());
+        // Label order, as Prometheus's series sets come: results (and float
+        // sums over them) then do not depend on how the source listed the
+        // series, and the rollup planner (`eval/rollup.rs`) matches it.
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(RangeArg { series, ..arg })
     }
 

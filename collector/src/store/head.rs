@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use super::fasthash::FastMap;
+
 /// Unsealed samples of one series.
 #[derive(Debug, Default)]
 pub(crate) struct Head {
@@ -51,7 +53,7 @@ impl Head {
 /// All heads plus what a seal needs to know.
 #[derive(Debug, Default)]
 pub(crate) struct Heads {
-    pub series: HashMap<u64, Head>,
+    pub series: FastMap<u64, Head>,
     /// Samples held, for the memory bound.
     pub samples: usize,
     /// Highest timestamp accepted for any series.
@@ -83,6 +85,25 @@ impl Heads {
             self.samples += 1;
         }
         self.global_max = self.global_max.max(ts);
+    }
+
+    /// Adds one series' samples with one map lookup for all of them (the
+    /// writer's per-commit path; `insert` per sample looked the head up
+    /// once per sample).
+    pub(crate) fn insert_run(&mut self, id: u64, group: u64, samples: &[(i64, f64)]) {
+        let head = self.series.entry(id).or_insert_with(|| Head {
+            group,
+            samples: Vec::new(),
+            max_ts: i64::MIN,
+        });
+        let mut grew = 0;
+        let mut max = self.global_max;
+        for &(ts, v) in samples {
+            grew += usize::from(head.insert(ts, v));
+            max = max.max(ts);
+        }
+        self.samples += grew;
+        self.global_max = max;
     }
 
     /// Samples of `id` in `[start, end]`.
@@ -192,6 +213,20 @@ mod tests {
         h.remove_through(1, 20);
         assert_eq!(h.range(1, 0, 100), vec![(30, 3.0), (40, 4.0)]);
         assert_eq!(h.samples, 2);
+    }
+
+    #[test]
+    fn insert_run_matches_per_sample_inserts() {
+        let run = [(30, 3.0), (10, 1.0), (20, 2.0), (20, 2.5), (40, 4.0)];
+        let (mut one, mut many) = (Heads::default(), Heads::default());
+        for &(ts, v) in &run {
+            one.insert(7, 3, ts, v);
+        }
+        many.insert_run(7, 3, &run);
+        assert_eq!(many.range(7, 0, 100), one.range(7, 0, 100));
+        assert_eq!((many.samples, many.global_max), (one.samples, one.global_max));
+        assert_eq!(many.max_ts(7), Some(40));
+        assert_eq!(many.series.get(&7).map(|h| h.group), Some(3));
     }
 
     #[test]

@@ -4,14 +4,15 @@
 //! only after the writer's batch holding the new definitions was applied, so
 //! it never names a series the database does not have.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
+use super::fasthash::FastMap;
 use crate::model::{Labels, Matcher};
 
 /// Series known to the store.
 #[derive(Debug, Default)]
 pub(crate) struct SeriesIndex {
-    by_labels: HashMap<Labels, u64>,
+    by_labels: FastMap<Labels, u64>,
     by_id: BTreeMap<u64, Labels>,
     /// label name → label value → ids. BTreeMaps so names and values come
     /// out sorted for the label APIs.

@@ -103,9 +103,10 @@ const WAL_PART_BYTES: usize = 48 * 1024;
 /// in the same atomic batch.
 pub(crate) fn wal_parts(lsn: u64, entries: &[(u64, Vec<(i64, f64)>)]) -> Vec<(WalKey, Vec<u8>)> {
     let mut parts = Vec::new();
-    let mut current: Vec<(u64, Vec<(i64, f64)>)> = Vec::new();
+    // Borrowed chunks: the samples are encoded once, never copied.
+    let mut current: Vec<(u64, &[(i64, f64)])> = Vec::new();
     let mut size = 0usize;
-    let close = |current: &mut Vec<(u64, Vec<(i64, f64)>)>, parts: &mut Vec<(WalKey, Vec<u8>)>| {
+    let close = |current: &mut Vec<(u64, &[(i64, f64)])>, parts: &mut Vec<(WalKey, Vec<u8>)>| {
         if !current.is_empty() {
             let part = u32::try_from(parts.len()).unwrap_or(u32::MAX);
             parts.push((wal_key(lsn, part), checksummed(&encode_wal(current))));
@@ -117,7 +118,7 @@ pub(crate) fn wal_parts(lsn: u64, entries: &[(u64, Vec<(i64, f64)>)]) -> Vec<(Wa
             // An estimate (four bytes per sample, see `encode_wal`) keeps
             // encoding to once.
             size += 16 + chunk.len() * 4;
-            current.push((*id, chunk.to_vec()));
+            current.push((*id, chunk));
             if size >= WAL_PART_BYTES {
                 close(&mut current, &mut parts);
                 size = 0;
@@ -242,12 +243,13 @@ pub(crate) type WalEntries = Vec<(u64, Vec<(i64, f64)>)>;
 /// record lives only until its window is sealed. The cost is a larger WAL
 /// (about 2–4 bytes per sample instead of ~1), so a running collector's sled
 /// file grows to a higher high-water mark, which `compact_dir` gives back.
-pub(crate) fn encode_wal(entries: &[(u64, Vec<(i64, f64)>)]) -> Vec<u8> {
+pub(crate) fn encode_wal<S: AsRef<[(i64, f64)]>>(entries: &[(u64, S)]) -> Vec<u8> {
     use super::codec::{gorilla, put_varint, zigzag};
-    let mut out = Vec::with_capacity(entries.iter().map(|(_, s)| s.len() * 4 + 8).sum());
+    let mut out = Vec::with_capacity(entries.iter().map(|(_, s)| s.as_ref().len() * 4 + 8).sum());
     let mut vs: Vec<f64> = Vec::new();
     put_varint(&mut out, entries.len() as u64);
     for (id, samples) in entries {
+        let samples = samples.as_ref();
         put_varint(&mut out, *id);
         put_varint(&mut out, samples.len() as u64);
         let (mut prev, mut delta) = (0i64, 0i64);

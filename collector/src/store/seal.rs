@@ -96,13 +96,14 @@ pub(crate) fn seal(shared: &Shared, state: &mut WriterState, all: bool) -> Resul
     let mut batch = sled::Batch::default();
     let mut files = Vec::new();
     let mut entries = Vec::with_capacity(blocks.len());
-    for ((group, window), series) in &blocks {
-        let id = BlockId {
-            group: *group,
-            window: *window,
-            lsn,
-        };
-        entries.push((id, write_block(&mut batch, &mut files, id, series)));
+    let jobs: Vec<(BlockId, &[(u64, Vec<(i64, f64)>)])> = blocks
+        .iter()
+        .map(|(&(group, window), series)| (BlockId { group, window, lsn }, series.as_slice()))
+        .collect();
+    for ((id, _), (entry, mut new)) in jobs.iter().zip(encode_blocks(&jobs)) {
+        files.append(&mut new);
+        batch.insert(&keys::block_key(keys::CATALOG, *id), &keys::encode_catalog(entry));
+        entries.push((*id, entry));
     }
     for key in old_wal {
         batch.remove(&key);
@@ -156,6 +157,14 @@ fn write_block(
     id: BlockId,
     series: &[(u64, Vec<(i64, f64)>)],
 ) -> CatalogEntry {
+    let (entry, mut new) = encode_block(id, series);
+    files.append(&mut new);
+    batch.insert(&keys::block_key(keys::CATALOG, id), &keys::encode_catalog(entry));
+    entry
+}
+
+/// The files of a block and its sealed rollups, and its catalog entry.
+fn encode_block(id: BlockId, series: &[(u64, Vec<(i64, f64)>)]) -> (CatalogEntry, NewFiles) {
     let refs: Vec<(u64, &[(i64, f64)])> = series.iter().map(|(s, v)| (*s, v.as_slice())).collect();
     let bytes = block::encode(id.window, &refs);
     let entry = CatalogEntry {
@@ -163,14 +172,61 @@ fn write_block(
         raw: true,
         rollups: SEALED_ROLLUPS,
     };
-    files.push((keys::block_key(keys::BLOCK, id).to_vec(), bytes));
+    let mut files = vec![(keys::block_key(keys::BLOCK, id).to_vec(), bytes)];
     for res in RESOLUTIONS {
         if SEALED_ROLLUPS[usize::from(res.index())] {
-            write_rollup(files, id, res, series);
+            write_rollup(&mut files, id, res, series);
         }
     }
-    batch.insert(&keys::block_key(keys::CATALOG, id), &keys::encode_catalog(entry));
-    entry
+    (entry, files)
+}
+
+/// Most threads a seal encodes blocks on.
+const SEAL_THREADS: usize = 4;
+
+/// [`encode_block`] of every job, in order, spread over up to
+/// [`SEAL_THREADS`] threads. Block encoding was a third of the writer
+/// thread's time during gRPC ingest (perf, 2026-11-26), and while the
+/// writer seals no batch is acknowledged, so the agents' streams — and the
+/// cores serving them — sit idle: encoding in parallel gives those cores
+/// the work. Blocks are independent, so the output is the same as in
+/// sequence. Where a thread cannot be started, its share is encoded here.
+fn encode_blocks(jobs: &[(BlockId, &[(u64, Vec<(i64, f64)>)])]) -> Vec<(CatalogEntry, NewFiles)> {
+    let encode_all = |chunk: &[(BlockId, &[(u64, Vec<(i64, f64)>)])]| {
+        chunk.iter().map(|(id, s)| encode_block(*id, s)).collect::<Vec<_>>()
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(SEAL_THREADS)
+        .min(jobs.len());
+    if threads <= 1 {
+        return encode_all(jobs);
+    }
+    let per = jobs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(per)
+            .map(|chunk| {
+                let spawned = std::thread::Builder::new()
+                    .name("hostpulse-seal".into())
+                    .spawn_scoped(scope, move || encode_all(chunk));
+                (chunk, spawned)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(jobs.len());
+        for (chunk, spawned) in handles {
+            match spawned {
+                Ok(handle) => match handle.join() {
+                    Ok(encoded) => out.extend(encoded),
+                    // Encoding panicked: the same panic as if it had run
+                    // on this thread, as before.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                },
+                Err(_) => out.extend(encode_all(chunk)),
+            }
+        }
+        out
+    })
 }
 
 fn write_rollup(files: &mut NewFiles, id: BlockId, res: rollup::Resolution, series: &[(u64, Vec<(i64, f64)>)]) {
@@ -375,4 +431,40 @@ pub(crate) fn apply_retention(shared: &Shared) -> Result<usize, StoreError> {
         }
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_block_encoding_equals_sequential() {
+        let series = |n: u64| -> Vec<(u64, Vec<(i64, f64)>)> {
+            (0..n)
+                .map(|s| (s, (0..50).map(|i| (i * 10_000, (i as f64 + s as f64).sin())).collect()))
+                .collect()
+        };
+        let data: Vec<_> = (1..=7).map(series).collect();
+        let jobs: Vec<(BlockId, &[(u64, Vec<(i64, f64)>)])> = data
+            .iter()
+            .enumerate()
+            .map(|(g, s)| {
+                let id = BlockId {
+                    group: g as u64,
+                    window: 7_200_000,
+                    lsn: 3,
+                };
+                (id, s.as_slice())
+            })
+            .collect();
+        let sequential: Vec<_> = jobs.iter().map(|(id, s)| encode_block(*id, s)).collect();
+        let parallel = encode_blocks(&jobs);
+        assert_eq!(parallel.len(), 7);
+        for ((a, fa), (b, fb)) in sequential.iter().zip(&parallel) {
+            assert_eq!((a.bytes, a.raw, a.rollups), (b.bytes, b.raw, b.rollups));
+            assert_eq!(fa, fb);
+        }
+        assert!(encode_blocks(&[]).is_empty());
+    }
 }

@@ -81,6 +81,11 @@ pub(super) fn eval_range_function(ev: &mut Evaluator<'_>, call: &Call, grid: Gri
         Some(e) => ev.eval_scalar(e, grid)?,
         None => vec![f64::NAN; n],
     };
+    // Coarse aligned steps over a plain selector: rollup buckets, when
+    // they provably give what the samples give.
+    if let Some(out) = super::rollup::try_rollup(ev, name, range_expr, grid)? {
+        return Ok(Val::Vector(out));
+    }
     let arg = ev.range_arg(range_expr, grid)?;
     if name == "absent_over_time" {
         return Ok(Val::Vector(absent_over_time(&arg, range_expr, grid)));
