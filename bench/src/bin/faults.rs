@@ -547,7 +547,7 @@ impl Engine {
     }
 
     /// One evaluation round; returns the alerts that started firing.
-    fn step(&mut self, sim: &Sim, hosts: &[HostRecord], now: i64) -> Vec<Labels> {
+    fn step(&mut self, sim: &mut Sim, hosts: &[HostRecord], now: i64) -> Vec<Labels> {
         let mut fired = Vec::new();
         let mut silent = HashSet::new();
         for (i, d) in self.detectors.clone().iter().enumerate() {
@@ -589,6 +589,20 @@ impl Engine {
             }
             let g = &self.groups[gi];
             for (ri, rule) in g.rules.iter().enumerate() {
+                if let RuleKind::Recording { record } = &rule.kind {
+                    // Stored like the collector stores them, so alerts of
+                    // later evaluations can read them.
+                    if let Ok(Value::Vector(v)) = (self.parsed[gi][ri])(sim, now) {
+                        for s in v {
+                            let mut pairs: Vec<(String, String)> =
+                                s.labels.pairs().iter().filter(|(k, _)| k != METRIC_NAME).cloned().collect();
+                            pairs.extend(rule.labels.iter().map(|(k, raw, _)| (k.clone(), raw.clone())));
+                            pairs.push((METRIC_NAME.to_string(), record.clone()));
+                            sim.push(Labels::new(pairs), now, s.v);
+                        }
+                    }
+                    continue;
+                }
                 let RuleKind::Alerting {
                     name,
                     hold,
@@ -666,7 +680,7 @@ fn run_scenario(fault: Fault, hard_fault: bool, hosts_n: usize, seed: u64) -> an
                 ..HostRecord::default()
             })
             .collect();
-        for l in engine.step(&sim, &records, t) {
+        for l in engine.step(&mut sim, &records, t) {
             if l.get("instance") == hosts[0].name && t >= fault_at && detected.is_none() {
                 detected = Some((l.get("alertname").to_string(), t - fault_at));
             } else if l.get("instance") != hosts[0].name || t < fault_at {
@@ -767,7 +781,7 @@ fn main() -> anyhow::Result<()> {
                 ..HostRecord::default()
             })
             .collect();
-        for l in engine.step(&sim, &records, t) {
+        for l in engine.step(&mut sim, &records, t) {
             *alerts
                 .entry(format!("{}{{instance={}}}", l.get("alertname"), l.get("instance")))
                 .or_default() += 1;

@@ -96,7 +96,7 @@ pub(crate) fn seal(shared: &Shared, state: &mut WriterState, all: bool) -> Resul
     let mut batch = sled::Batch::default();
     let mut files = Vec::new();
     let mut entries = Vec::with_capacity(blocks.len());
-    let jobs: Vec<(BlockId, &[(u64, Vec<(i64, f64)>)])> = blocks
+    let jobs: Vec<BlockJob<'_>> = blocks
         .iter()
         .map(|(&(group, window), series)| (BlockId { group, window, lsn }, series.as_slice()))
         .collect();
@@ -181,6 +181,9 @@ fn encode_block(id: BlockId, series: &[(u64, Vec<(i64, f64)>)]) -> (CatalogEntry
     (entry, files)
 }
 
+/// A block to encode: its id and its series' samples.
+type BlockJob<'a> = (BlockId, &'a [(u64, Vec<(i64, f64)>)]);
+
 /// Most threads a seal encodes blocks on.
 const SEAL_THREADS: usize = 4;
 
@@ -191,10 +194,8 @@ const SEAL_THREADS: usize = 4;
 /// cores serving them — sit idle: encoding in parallel gives those cores
 /// the work. Blocks are independent, so the output is the same as in
 /// sequence. Where a thread cannot be started, its share is encoded here.
-fn encode_blocks(jobs: &[(BlockId, &[(u64, Vec<(i64, f64)>)])]) -> Vec<(CatalogEntry, NewFiles)> {
-    let encode_all = |chunk: &[(BlockId, &[(u64, Vec<(i64, f64)>)])]| {
-        chunk.iter().map(|(id, s)| encode_block(*id, s)).collect::<Vec<_>>()
-    };
+fn encode_blocks(jobs: &[BlockJob<'_>]) -> Vec<(CatalogEntry, NewFiles)> {
+    let encode_all = |chunk: &[BlockJob<'_>]| chunk.iter().map(|(id, s)| encode_block(*id, s)).collect::<Vec<_>>();
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(SEAL_THREADS)
@@ -446,7 +447,7 @@ mod tests {
                 .collect()
         };
         let data: Vec<_> = (1..=7).map(series).collect();
-        let jobs: Vec<(BlockId, &[(u64, Vec<(i64, f64)>)])> = data
+        let jobs: Vec<BlockJob<'_>> = data
             .iter()
             .enumerate()
             .map(|(g, s)| {
