@@ -307,8 +307,16 @@ impl Settings {
                 flags.local_agent_interval.or(file.local_agent_interval),
                 Duration::from_secs(10),
             )?,
-            cache_capacity_bytes: flags.cache_capacity_mb.or(file.cache_capacity_mb).unwrap_or(256).saturating_mul(1 << 20),
-            decoded_cache_bytes: flags.decoded_cache_mb.or(file.decoded_cache_mb).unwrap_or(128).saturating_mul(1 << 20),
+            cache_capacity_bytes: flags
+                .cache_capacity_mb
+                .or(file.cache_capacity_mb)
+                .unwrap_or(256)
+                .saturating_mul(1 << 20),
+            decoded_cache_bytes: flags
+                .decoded_cache_mb
+                .or(file.decoded_cache_mb)
+                .unwrap_or(128)
+                .saturating_mul(1 << 20),
             external_url: external_url(flags.external_url.or(file.external_url))?,
             security,
             retention: optional("retention", flags.retention.or(file.retention))?,
@@ -353,7 +361,9 @@ impl Settings {
 fn external_url(value: Option<String>) -> Result<Option<String>, ConfigError> {
     let Some(text) = value else { return Ok(None) };
     let trimmed = text.trim_end_matches('/');
-    let rest = trimmed.strip_prefix("http://").or_else(|| trimmed.strip_prefix("https://"));
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"));
     match rest {
         Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(Some(trimmed.to_string())),
         _ => Err(ConfigError::Invalid {

@@ -221,7 +221,10 @@ pub async fn start(settings: Settings) -> Result<RunningCollector, StartError> {
         &settings,
         store.clone(),
         telemetry.clone(),
-        &settings.external_url.clone().unwrap_or_else(|| format!("{scheme}://{http_addr}")),
+        &settings
+            .external_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{http_addr}")),
     )?;
     let board = rules.board.clone();
     let api = ApiContext {

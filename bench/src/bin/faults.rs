@@ -594,8 +594,13 @@ impl Engine {
                     // later evaluations can read them.
                     if let Ok(Value::Vector(v)) = (self.parsed[gi][ri])(sim, now) {
                         for s in v {
-                            let mut pairs: Vec<(String, String)> =
-                                s.labels.pairs().iter().filter(|(k, _)| k != METRIC_NAME).cloned().collect();
+                            let mut pairs: Vec<(String, String)> = s
+                                .labels
+                                .pairs()
+                                .iter()
+                                .filter(|(k, _)| k != METRIC_NAME)
+                                .cloned()
+                                .collect();
                             pairs.extend(rule.labels.iter().map(|(k, raw, _)| (k.clone(), raw.clone())));
                             pairs.push((METRIC_NAME.to_string(), record.clone()));
                             sim.push(Labels::new(pairs), now, s.v);

@@ -31,7 +31,9 @@ fn every_documented_collector_key_is_accepted() {
             Some(rest)
                 if rest.starts_with('[')
                     || rest.split_once(" = ").is_some_and(|(k, _)| {
-                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+                        !k.is_empty()
+                            && k.chars()
+                                .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
                     }) =>
             {
                 uncommented += 1;
