@@ -345,7 +345,7 @@ impl Settings {
             detectors: {
                 let d = flags.detectors.or(file.detectors).unwrap_or_default();
                 // Built once here so a bad knob stops the start with its key.
-                d.build(Duration::ZERO).map_err(|e| ConfigError::Invalid {
+                d.build(Duration::ZERO, 0).map_err(|e| ConfigError::Invalid {
                     key: e.key,
                     message: e.message,
                 })?;

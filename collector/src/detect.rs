@@ -89,6 +89,7 @@ pub fn default_detectors(host_silent_after: Duration) -> Vec<Arc<dyn Detector>> 
     vec![
         Arc::new(HostSilent {
             grace_ms: i64::try_from(host_silent_after.as_millis()).unwrap_or(i64::MAX),
+            started_ms: 0,
         }),
         Arc::new(peer_outlier::PeerOutlier::default()),
         Arc::new(trend::TimeToFailure::default()),
@@ -328,7 +329,9 @@ impl RuleContext {
             evaluator: Arc::new(StoreEvaluator::new(store.clone())),
             store,
             rules,
-            detectors: settings.detectors.build(settings.host_silent_after)?,
+            detectors: settings
+                .detectors
+                .build(settings.host_silent_after, hostpulse_agent::sampler::now_ms())?,
             board,
             notifier: Arc::new(notifier),
             alertmanager: Arc::new(Alertmanager::new(

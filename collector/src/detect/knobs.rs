@@ -157,10 +157,12 @@ pub fn two_sided_z(c: f64) -> f64 {
 
 impl DetectorConfig {
     /// The detectors to run, host silence first (it inhibits the others),
-    /// or the first knob with a bad value.
-    pub fn build(&self, host_silent_after: Duration) -> Result<Vec<Arc<dyn Detector>>, KnobError> {
+    /// or the first knob with a bad value. `started_ms` is when the
+    /// collector started watching (see [`HostSilent::started_ms`]).
+    pub fn build(&self, host_silent_after: Duration, started_ms: i64) -> Result<Vec<Arc<dyn Detector>>, KnobError> {
         let mut out: Vec<Arc<dyn Detector>> = vec![Arc::new(HostSilent {
             grace_ms: i64::try_from(host_silent_after.as_millis()).unwrap_or(i64::MAX),
+            started_ms,
         })];
 
         let p = &self.peer_outlier;
@@ -255,7 +257,7 @@ mod tests {
     }
 
     fn names(c: &DetectorConfig) -> Vec<&'static str> {
-        c.build(Duration::from_secs(180))
+        c.build(Duration::from_secs(180), 0)
             .unwrap()
             .iter()
             .map(|d| d.name())
@@ -286,7 +288,7 @@ mod tests {
         assert_eq!(c.peer_outlier.min_peers, Some(7));
         let built = names(&c);
         assert!(!built.contains(&super::super::baseline::NAME), "{built:?}");
-        let detectors = c.build(Duration::from_secs(180)).unwrap();
+        let detectors = c.build(Duration::from_secs(180), 0).unwrap();
         let peer = detectors
             .iter()
             .find(|d| d.name() == super::super::peer_outlier::NAME)
@@ -305,7 +307,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let check = |text: &str, key: &str, says: &str| {
-            let e = parse(text).unwrap().build(Duration::from_secs(180)).err().unwrap();
+            let e = parse(text).unwrap().build(Duration::from_secs(180), 0).err().unwrap();
             assert_eq!(e.key, key);
             assert!(e.message.contains(says), "{e}");
         };
