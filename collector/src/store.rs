@@ -415,10 +415,9 @@ impl Store {
             });
         }
         compact::recover(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(opts.cache_capacity_bytes)
-            .open()
+        // A store closed just before in this process may still have sled's
+        // I/O threads holding the lock for a moment; wait for them (bounded).
+        let db = compact::open_waiting(sled::Config::new().path(dir).cache_capacity(opts.cache_capacity_bytes))
             .map_err(|e| naming_dir(dir, e))?;
         let tree = db.open_tree(keys::TREE)?;
 

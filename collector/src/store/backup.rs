@@ -131,7 +131,14 @@ pub fn restore_from(input: &Path, data_dir: &Path) -> Result<u64, BackupError> {
         return Err(BackupError::Exists(data_dir.display().to_string()));
     }
     let expected = read_snapshot(input, |_| Ok(()))?;
-    let db = sled::Config::new().path(data_dir).open().map_err(StoreError::from)?;
+    // No background flusher: restore flushes itself at the end, and without
+    // that thread the database (and its file lock) is closed when `db` is
+    // dropped, so the directory can be opened again as soon as this returns.
+    let db = sled::Config::new()
+        .path(data_dir)
+        .flush_every_ms(None)
+        .open()
+        .map_err(StoreError::from)?;
     let mut tree: Option<sled::Tree> = None;
     let mut batch = sled::Batch::default();
     let mut in_batch = 0usize;
@@ -329,7 +336,9 @@ mod tests {
         drop(db);
         let dst = tmp.path().join("dst");
         assert_eq!(restore_from(&out, &dst).unwrap(), 101);
-        let db = sled::Config::new().path(&dst).open().unwrap();
+        // sled's I/O threads may hold the lock a moment after the restore's
+        // database is dropped (a process that runs `restore` has exited).
+        let db = super::super::compact::open_waiting(sled::Config::new().path(&dst)).unwrap();
         assert_eq!(db.get(b"meta").unwrap().unwrap().as_ref(), b"1");
         let t = db.open_tree("blocks").unwrap();
         assert_eq!(t.len(), 100);

@@ -95,7 +95,7 @@ pub(crate) fn recover(dir: &Path) -> Result<(), StoreError> {
 
 /// Opens sled at `dir`, waiting a bounded time for a lock still held by the
 /// background threads of a database closed just before in this process.
-fn open_waiting(config: sled::Config) -> Result<sled::Db, sled::Error> {
+pub(super) fn open_waiting(config: sled::Config) -> Result<sled::Db, sled::Error> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match config.open() {
