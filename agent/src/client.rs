@@ -28,9 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hostpulse_proto::ingest_client::IngestClient;
-use hostpulse_proto::{
-    AgentMessage, Batch, ErrorCode, Hello, Label, SeriesDefinition, agent_message, collector_message,
-};
+use hostpulse_proto::{AgentMessage, Batch, ErrorCode, Hello, agent_message, collector_message};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -746,18 +744,7 @@ fn encode(batch: &SpooledBatch, refs: &mut HashMap<u32, u32>, spool: &Spool) -> 
                 };
                 let r = refs.len() as u32 + 1;
                 refs.insert(*id, r);
-                new_series.push(SeriesDefinition {
-                    r#ref: r,
-                    name: key.name.clone(),
-                    labels: key
-                        .labels
-                        .iter()
-                        .map(|(n, v)| Label {
-                            name: n.clone(),
-                            value: v.clone(),
-                        })
-                        .collect(),
-                });
+                new_series.push(crate::spool::definition(r, key));
                 r
             }
         };

@@ -984,7 +984,8 @@ fn parse_at(segment: &Segment, cursor: &mut Cursor) -> Result<(Batch, usize), St
     }
 }
 
-fn definition(r: u32, key: &SeriesKey) -> SeriesDefinition {
+/// The wire definition of a series under the stream or segment reference `r`.
+pub(crate) fn definition(r: u32, key: &SeriesKey) -> SeriesDefinition {
     SeriesDefinition {
         r#ref: r,
         name: key.name.clone(),
