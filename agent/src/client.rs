@@ -13,6 +13,14 @@
 //! Series are interned per process; each stream gets its own small
 //! references, defined the first time a stream uses them.
 //!
+//! The spool keeps plain batches; the sample columns are put into the
+//! compact encoding ([`hostpulse_proto::columns`]) only as they are sent,
+//! with a [`StreamEncoder`] that lives as long as the stream, so a batch
+//! resent on a new stream is coded against that stream alone. Compact
+//! batches go only to a collector that announced the encoding in its
+//! response headers (older collectors get plain ones), and never again in
+//! this process once a collector answered `BAD_ENCODING`.
+//!
 //! With several collectors the agent orders them by rendezvous hashing of
 //! its host id (so a fleet spreads evenly and each host sticks to one), uses
 //! the first, moves to the next after [`Settings::failover_after`]
@@ -27,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use hostpulse_proto::columns::{self, StreamEncoder};
 use hostpulse_proto::ingest_client::IngestClient;
 use hostpulse_proto::{AgentMessage, Batch, ErrorCode, Hello, agent_message, collector_message};
 use tokio::sync::{Notify, mpsc, watch};
@@ -49,6 +58,27 @@ const MAX_REJECTED: usize = 4096;
 /// How long a stream that is being left for the preferred collector waits
 /// for the acknowledgement of what it already sent.
 const FAILBACK_DRAIN: Duration = Duration::from_secs(5);
+
+/// How batches' sample columns go on the wire (`--wire-encoding`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WireEncoding {
+    /// Refs and values as plain protobuf columns; every collector reads them.
+    Plain,
+    /// The compact encoding, to collectors that announce it; plain to others.
+    #[default]
+    Compact,
+}
+
+impl WireEncoding {
+    /// Parses `plain` or `compact`.
+    pub fn parse(text: &str) -> Result<WireEncoding, String> {
+        match text.trim() {
+            "plain" => Ok(WireEncoding::Plain),
+            "compact" => Ok(WireEncoding::Compact),
+            other => Err(format!("{other:?} is not a wire encoding (plain or compact)")),
+        }
+    }
+}
 
 /// Figures about the client, readable while it runs (tests and the
 /// collector's local agent use them).
@@ -75,6 +105,11 @@ pub struct ClientStatus {
     pub spool_on_disk: AtomicBool,
     /// Batches the collector rejected as malformed (never resent).
     pub rejected_batches: AtomicU64,
+    /// Batches sent with compact sample columns.
+    pub compact_batches: AtomicU64,
+    /// Whether compact batches were turned off because a collector could
+    /// not decode one (plain from then on, until the agent restarts).
+    pub compact_refused: AtomicBool,
     /// Whether a stream is open right now.
     pub connected: AtomicBool,
     /// Times the agent moved on to the next collector after failures.
@@ -573,13 +608,21 @@ async fn stream_once(
     if let Some(token) = token {
         request.metadata_mut().insert("authorization", token.clone());
     }
-    let mut inbound = client
-        .stream(request)
-        .await
-        .map_err(|s| fail(status_text(&s)))?
-        .into_inner();
+    let response = client.stream(request).await.map_err(|s| fail(status_text(&s)))?;
+    // Compact batches only to a collector that says it reads them, and
+    // coded against this stream alone.
+    let announced = response
+        .metadata()
+        .get(columns::ENCODINGS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(columns::announces_compact);
+    let mut encoder = (settings.wire_encoding == WireEncoding::Compact
+        && announced
+        && !shared.status.compact_refused.load(Ordering::Relaxed))
+    .then(StreamEncoder::new);
+    let mut inbound = response.into_inner();
     shared.status.connected.store(true, Ordering::Relaxed);
-    tracing::info!(collector = %url, host, first_unacked_seq, "stream open");
+    tracing::info!(collector = %url, host, first_unacked_seq, compact = encoder.is_some(), "stream open");
 
     // Series id → this stream's reference.
     let mut refs: HashMap<u32, u32> = HashMap::new();
@@ -627,11 +670,15 @@ async fn stream_once(
                 None => std::future::pending().await,
             }
         };
+        let mut stopping = false;
         tokio::select! {
             permit = tx.reserve(), if !outbox.is_empty() && draining_until.is_none() => {
                 let permit = permit.map_err(|_| fail("stream closed by collector".into()))?;
                 if let Some(batch) = outbox.pop_front() {
-                    let msg = encode(&batch, &mut refs, &lock(&shared.spool));
+                    let msg = encode(&batch, &mut refs, &lock(&shared.spool), encoder.as_mut());
+                    if encoder.is_some() {
+                        shared.status.compact_batches.fetch_add(1, Ordering::Relaxed);
+                    }
                     permit.send(msg);
                     last_sent = batch.seq;
                 }
@@ -682,6 +729,11 @@ async fn stream_once(
                             }
                             shared.status.rejected_batches.fetch_add(1, Ordering::Relaxed);
                         }
+                        if code == ErrorCode::BadEncoding {
+                            // The batch was not stored; the next stream
+                            // resends it, plain, like everything after it.
+                            shared.status.compact_refused.store(true, Ordering::Relaxed);
+                        }
                         if lock(&shared.logged_codes).insert(err.code) {
                             tracing::warn!(code = code.as_str_name(), seq = err.seq, fatal = err.fatal, "collector: {} (later errors of this kind are logged at debug level)", err.message);
                         } else {
@@ -700,11 +752,37 @@ async fn stream_once(
                 Err(s) => return Err(fail(status_text(&s))),
             },
             _ = shutdown.changed() => {
-                if *shutdown.borrow() {
-                    return Ok(StreamEnd::Shutdown);
-                }
+                stopping = *shutdown.borrow();
             }
         }
+        if stopping {
+            close_cleanly(tx, &mut inbound).await;
+            return Ok(StreamEnd::Shutdown);
+        }
+    }
+}
+
+/// How long a stopping agent waits for the collector to see its stream end.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Ends the request stream and waits (bounded) until the collector has
+/// ended its side too. Without this the process can exit before the
+/// end-of-stream frame leaves, and the collector sees a dropped connection
+/// instead of a goodbye, which it treats as a host that may have died (a
+/// planned stop or reboot would then page as a silent host much sooner).
+/// Acknowledgements still arriving are left for the next start: anything
+/// they cover is resent and dropped by the collector as a replay.
+async fn close_cleanly(
+    tx: mpsc::Sender<AgentMessage>,
+    inbound: &mut tonic::Streaming<hostpulse_proto::CollectorMessage>,
+) {
+    drop(tx);
+    let closed = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
+    if closed.is_err() {
+        tracing::debug!("collector did not close the stream in time; exiting anyway");
     }
 }
 
@@ -730,8 +808,14 @@ async fn read_ahead(shared: &Arc<Shared>, mut cursor: Cursor) -> (Cursor, Vec<Sp
 }
 
 /// The wire message for a spooled batch, defining on this stream every
-/// series it has not used yet.
-fn encode(batch: &SpooledBatch, refs: &mut HashMap<u32, u32>, spool: &Spool) -> AgentMessage {
+/// series it has not used yet, with compact columns when the stream has an
+/// `encoder`.
+fn encode(
+    batch: &SpooledBatch,
+    refs: &mut HashMap<u32, u32>,
+    spool: &Spool,
+    encoder: Option<&mut StreamEncoder>,
+) -> AgentMessage {
     let mut new_series = Vec::new();
     let mut wire_refs = Vec::with_capacity(batch.series.len());
     let mut values = Vec::with_capacity(batch.series.len());
@@ -751,16 +835,21 @@ fn encode(batch: &SpooledBatch, refs: &mut HashMap<u32, u32>, spool: &Spool) -> 
         wire_refs.push(r);
         values.push(*value);
     }
+    let mut wire = Batch {
+        seq: batch.seq,
+        new_series,
+        base_timestamp_ms: batch.timestamp_ms,
+        refs: wire_refs,
+        timestamp_deltas_ms: Vec::new(),
+        values,
+        events: batch.events.iter().map(event_to_wire).collect(),
+        compact: None,
+    };
+    if let Some(encoder) = encoder {
+        encoder.encode(&mut wire);
+    }
     AgentMessage {
-        kind: Some(agent_message::Kind::Batch(Batch {
-            seq: batch.seq,
-            new_series,
-            base_timestamp_ms: batch.timestamp_ms,
-            refs: wire_refs,
-            timestamp_deltas_ms: Vec::new(),
-            values,
-            events: batch.events.iter().map(event_to_wire).collect(),
-        })),
+        kind: Some(agent_message::Kind::Batch(wire)),
     }
 }
 
@@ -881,10 +970,10 @@ mod tests {
         let mut cursor = Cursor::new();
         let b = spool.read_next(&mut cursor).unwrap();
         let mut refs = HashMap::new();
-        let Some(agent_message::Kind::Batch(first)) = encode(&b, &mut refs, &spool).kind else {
+        let Some(agent_message::Kind::Batch(first)) = encode(&b, &mut refs, &spool, None).kind else {
             panic!()
         };
-        let Some(agent_message::Kind::Batch(second)) = encode(&b, &mut refs, &spool).kind else {
+        let Some(agent_message::Kind::Batch(second)) = encode(&b, &mut refs, &spool, None).kind else {
             panic!()
         };
         assert_eq!(first.new_series.len(), 1);
@@ -892,6 +981,63 @@ mod tests {
         assert!(second.new_series.is_empty());
         assert_eq!(first.refs, second.refs);
         assert_eq!(first.values, vec![0.5]);
+    }
+
+    #[test]
+    fn compact_batches_decode_to_the_plain_ones() {
+        let mut spool = Spool::in_memory(Limits::new(1 << 20, 10));
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        spool
+            .append(1, 5, &[sample("node_load1", 0.5), sample("up", 1.0)], &[])
+            .unwrap();
+        spool
+            .append(2, 6, &[sample("node_load1", 0.75), sample("up", stale)], &[])
+            .unwrap();
+        let mut cursor = Cursor::new();
+        let batches = [
+            spool.read_next(&mut cursor).unwrap(),
+            spool.read_next(&mut cursor).unwrap(),
+        ];
+        let (mut plain_refs, mut compact_refs) = (HashMap::new(), HashMap::new());
+        let mut encoder = StreamEncoder::new();
+        let mut decoder = columns::StreamDecoder::new(100);
+        for b in &batches {
+            let Some(agent_message::Kind::Batch(plain)) = encode(b, &mut plain_refs, &spool, None).kind else {
+                panic!()
+            };
+            let Some(agent_message::Kind::Batch(mut compact)) =
+                encode(b, &mut compact_refs, &spool, Some(&mut encoder)).kind
+            else {
+                panic!()
+            };
+            assert!(compact.compact.is_some() && compact.values.is_empty());
+            decoder.decode(&mut compact).unwrap();
+            assert_eq!(compact.refs, plain.refs);
+            assert_eq!(compact.new_series, plain.new_series);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&compact.values), bits(&plain.values));
+        }
+    }
+
+    #[test]
+    fn the_wire_encoding_is_a_checked_setting() {
+        use crate::config::{FileConfig, Settings};
+        let resolve = |v: &str| {
+            Settings::resolve(
+                FileConfig {
+                    wire_encoding: Some(v.into()),
+                    ..FileConfig::default()
+                },
+                FileConfig::default(),
+            )
+        };
+        assert_eq!(Settings::default().wire_encoding, WireEncoding::Compact);
+        assert_eq!(resolve("plain").unwrap().wire_encoding, WireEncoding::Plain);
+        assert_eq!(resolve("compact").unwrap().wire_encoding, WireEncoding::Compact);
+        assert_eq!(
+            resolve("zstd").unwrap_err().to_string(),
+            "wire_encoding: \"zstd\" is not a wire encoding (plain or compact)"
+        );
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct FileConfig {
     pub spool_dir: Option<PathBuf>,
     /// Most bytes the spool takes; the oldest data is dropped beyond it.
     pub spool_max_bytes: Option<u64>,
+    /// How sample columns go on the wire: `compact` (default; used only
+    /// with collectors that announce it) or `plain`.
+    pub wire_encoding: Option<String>,
 }
 
 /// A configuration problem, naming the file, key or value.
@@ -218,6 +221,8 @@ pub struct Settings {
     /// Cap of the reconnect backoff (each wait is uniform in [0, step], the
     /// step doubling from 200 ms up to this).
     pub reconnect_max_delay: Duration,
+    /// How sample columns go on the wire.
+    pub wire_encoding: crate::client::WireEncoding,
 }
 
 impl Default for Settings {
@@ -240,6 +245,7 @@ impl Default for Settings {
             failover_after: DEFAULT_FAILOVER_AFTER,
             failback_interval: DEFAULT_FAILBACK_INTERVAL,
             reconnect_max_delay: DEFAULT_RECONNECT_MAX_DELAY,
+            wire_encoding: crate::client::WireEncoding::default(),
         }
     }
 }
@@ -355,6 +361,13 @@ impl Settings {
             key: flags.tls_key.or(file.tls_key),
             token_file: flags.token_file.or(file.token_file),
         };
+        let wire_encoding = match flags.wire_encoding.or(file.wire_encoding) {
+            None => d.wire_encoding,
+            Some(t) => crate::client::WireEncoding::parse(&t).map_err(|message| ConfigError::Invalid {
+                key: "wire_encoding",
+                message,
+            })?,
+        };
         if tls.cert.is_some() != tls.key.is_some() {
             return Err(ConfigError::Invalid {
                 key: "tls_cert",
@@ -375,6 +388,7 @@ impl Settings {
             failover_after: d.failover_after,
             failback_interval: d.failback_interval,
             reconnect_max_delay: d.reconnect_max_delay,
+            wire_encoding,
             host,
             interval,
             disable: flags.disable.or(file.disable).unwrap_or_default(),

@@ -79,6 +79,9 @@ struct RunArgs {
     /// Most bytes the spool takes; the oldest data is dropped beyond it [default: 67108864]
     #[arg(long, env = "HOSTPULSE_SPOOL_MAX_BYTES")]
     spool_max_bytes: Option<u64>,
+    /// How sample columns go on the wire: compact (to collectors that announce it) or plain [default: compact]
+    #[arg(long, env = "HOSTPULSE_WIRE_ENCODING")]
+    wire_encoding: Option<String>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -254,6 +257,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 max_pending_batches: args.max_pending_batches,
                 spool_dir: args.spool_dir,
                 spool_max_bytes: args.spool_max_bytes,
+                wire_encoding: args.wire_encoding,
                 ..FileConfig::default()
             };
             let settings = settings(args.common, extra)?;

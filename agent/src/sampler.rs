@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::emit::{Atom, Emitter, KernelEvent, MetricMeta, Sample};
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError, SourceOptions};
+use crate::sources::files::Files;
 use crate::sources::{REGISTRY, find};
 
 /// How long a cycle waits for each source unless the sampler is told
@@ -58,6 +59,16 @@ mod self_metrics {
     pub const SOURCE_TIMEOUTS: (&str, &str) = (
         "hostpulse_source_timeouts_total",
         "Collections of the source that ran past the cycle deadline.",
+    );
+    /// node_exporter's names for the two above (label `collector`, the
+    /// source's name), which the "Node Exporter Full" dashboard reads.
+    pub const SCRAPE_COLLECTOR_SUCCESS: (&str, &str) = (
+        "node_scrape_collector_success",
+        "node_exporter: Whether a collector succeeded.",
+    );
+    pub const SCRAPE_COLLECTOR_DURATION: (&str, &str) = (
+        "node_scrape_collector_duration_seconds",
+        "node_exporter: Duration of a collector scrape.",
     );
     pub const CYCLE_DURATION: (&str, &str) = (
         "hostpulse_agent_cycle_duration_seconds",
@@ -132,6 +143,8 @@ struct Slot {
     timeouts: u64,
     /// A result received but not yet put into a cycle.
     pending: Option<Done>,
+    /// Samples the source emitted in its last inline collection.
+    last_len: usize,
 }
 
 /// Runs a fixed set of sources against one `HostPaths`.
@@ -148,6 +161,11 @@ pub struct Sampler {
     reported_denied: HashSet<&'static str>,
     reported_timeout: HashSet<&'static str>,
     procfs_self: PathBuf,
+    /// Kept descriptors of the agent's own `status` and `stat`, read every
+    /// cycle for the self metrics.
+    self_files: Files,
+    /// Samples in the last cycle, to size the next one's vector.
+    last_cycle_len: usize,
     publish: Option<Arc<LatestCycle>>,
 }
 
@@ -221,6 +239,7 @@ impl Sampler {
                     counted_timeout: false,
                     timeouts: 0,
                     pending: None,
+                    last_len: 0,
                 }
             })
             .collect();
@@ -236,6 +255,8 @@ impl Sampler {
             // The agent's own usage is read from its own process, never from
             // the (possibly fixture) procfs it samples.
             procfs_self: PathBuf::from("/proc/self"),
+            self_files: Files::default(),
+            last_cycle_len: 0,
             publish: None,
         }
     }
@@ -320,7 +341,7 @@ impl Sampler {
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        let mut out = Emitter::new();
+        let mut out = Emitter::with_capacity(self.last_cycle_len);
         for i in 0..self.slots.len() {
             let (name, ok, elapsed) = self.finish_source(i, &mut out);
             let labels = [("source", name)];
@@ -342,6 +363,19 @@ impl Sampler {
                 &labels,
                 self.slots[i].timeouts as f64,
             );
+            let collector = [("collector", name)];
+            out.gauge(
+                self_metrics::SCRAPE_COLLECTOR_SUCCESS.0,
+                self_metrics::SCRAPE_COLLECTOR_SUCCESS.1,
+                &collector,
+                if ok { 1.0 } else { 0.0 },
+            );
+            out.gauge(
+                self_metrics::SCRAPE_COLLECTOR_DURATION.0,
+                self_metrics::SCRAPE_COLLECTOR_DURATION.1,
+                &collector,
+                elapsed.as_secs_f64(),
+            );
         }
         self.emit_self(&mut out);
         out.gauge(
@@ -352,6 +386,7 @@ impl Sampler {
         );
         let events = out.take_events();
         let (samples, meta) = out.take();
+        self.last_cycle_len = samples.len();
         let cycle = Cycle {
             timestamp_ms,
             samples,
@@ -372,7 +407,8 @@ impl Sampler {
         let Runner::Inline(Some(source)) = &mut slot.runner else {
             return;
         };
-        let done = collect_once(index, source.as_mut(), &self.paths);
+        let done = collect_once(index, source.as_mut(), &self.paths, slot.last_len);
+        slot.last_len = done.output.samples().len();
         let overran = done.elapsed > budget;
         slot.pending = Some(done);
         if !overran {
@@ -434,10 +470,12 @@ impl Sampler {
         }
     }
 
-    fn emit_self(&self, out: &mut Emitter) {
-        if let Some(rss) = std::fs::read_to_string(self.procfs_self.join("status"))
+    fn emit_self(&mut self, out: &mut Emitter) {
+        if let Some(rss) = self
+            .self_files
+            .read_text(&self.procfs_self.join("status"))
             .ok()
-            .and_then(|t| parse_status_rss_bytes(&t))
+            .and_then(parse_status_rss_bytes)
         {
             out.gauge(
                 self_metrics::RESIDENT_MEMORY.0,
@@ -446,9 +484,11 @@ impl Sampler {
                 rss as f64,
             );
         }
-        if let Some(cpu) = std::fs::read_to_string(self.procfs_self.join("stat"))
+        if let Some(cpu) = self
+            .self_files
+            .read_text(&self.procfs_self.join("stat"))
             .ok()
-            .and_then(|t| parse_stat_cpu_seconds(&t))
+            .and_then(parse_stat_cpu_seconds)
         {
             out.counter(self_metrics::CPU_SECONDS.0, self_metrics::CPU_SECONDS.1, &[], cpu);
         }
@@ -456,8 +496,10 @@ impl Sampler {
 }
 
 /// Runs one collection of `source`, turning a panic into a failure.
-fn collect_once(index: usize, source: &mut dyn Source, paths: &HostPaths) -> Done {
-    let mut output = Emitter::new();
+/// `capacity` is how many samples it emitted last time, so the output
+/// vector is allocated once rather than grown.
+fn collect_once(index: usize, source: &mut dyn Source, paths: &HostPaths, capacity: usize) -> Done {
+    let mut output = Emitter::with_capacity(capacity);
     let started = Instant::now();
     let name = source.name();
     let result =
@@ -495,8 +537,11 @@ fn spawn_worker(
         .stack_size(WORKER_STACK_BYTES)
         .spawn(move || {
             // Ends when the sampler (the job sender) is dropped.
+            let mut last_len = 0;
             while jobs.recv().is_ok() {
-                if done.send(collect_once(index, source.as_mut(), &paths)).is_err() {
+                let collected = collect_once(index, source.as_mut(), &paths, last_len);
+                last_len = collected.output.samples().len();
+                if done.send(collected).is_err() {
                     return;
                 }
             }
@@ -609,6 +654,45 @@ mod tests {
             .iter()
             .find(|x| x.name == name && x.labels.iter().any(|(k, v)| k == "source" && v == source))
             .map(|x| x.value)
+    }
+
+    /// The value of `name{collector=source}` (node_exporter's label).
+    fn get_collector(cycle: &Cycle, name: &str, source: &str) -> Option<f64> {
+        cycle
+            .samples
+            .iter()
+            .find(|x| x.name == name && x.labels.iter().any(|(k, v)| k == "collector" && v == source))
+            .map(|x| x.value)
+    }
+
+    #[test]
+    fn node_exporter_scrape_series_mirror_the_source_series() {
+        let mut s = Sampler::with_sources(HostPaths::default(), vec![Box::new(Fails), Box::new(Works)]);
+        let cycle = s.sample();
+        for source in ["fails", "works"] {
+            assert_eq!(
+                get_collector(&cycle, "node_scrape_collector_success", source),
+                get(&cycle, "hostpulse_source_success", source),
+                "{source}"
+            );
+            assert_eq!(
+                get_collector(&cycle, "node_scrape_collector_duration_seconds", source),
+                get(&cycle, "hostpulse_source_duration_seconds", source),
+                "{source}"
+            );
+        }
+        assert_eq!(
+            get_collector(&cycle, "node_scrape_collector_success", "fails"),
+            Some(0.0)
+        );
+        assert_eq!(
+            get_collector(&cycle, "node_scrape_collector_success", "works"),
+            Some(1.0)
+        );
+        assert_eq!(
+            cycle.meta["node_scrape_collector_success"].help,
+            "node_exporter: Whether a collector succeeded."
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ mod netdev;
 mod netstat;
 mod nvme;
 mod os_release;
+// Every source parser by name, for the fuzz targets and their corpus replay.
+pub mod parsers;
 mod power_supply;
 mod pressure;
 mod process;

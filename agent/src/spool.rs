@@ -743,6 +743,7 @@ impl Spool {
             timestamp_deltas_ms: Vec::new(),
             values: samples.iter().map(|s| s.value).collect(),
             events: events.iter().map(event_to_wire).collect(),
+            ..Default::default()
         };
         (encode_record(&batch), assigned.into_iter().collect())
     }

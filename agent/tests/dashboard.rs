@@ -117,6 +117,9 @@ const EVERY_LINUX_HOST: &[&str] = &[
     "node_network_up",
     "node_procs_blocked",
     "node_procs_running",
+    // The sampler's per-source self-telemetry, under node_exporter's names.
+    "node_scrape_collector_duration_seconds",
+    "node_scrape_collector_success",
     "node_sockstat_FRAG_inuse",
     "node_sockstat_FRAG_memory",
     "node_sockstat_RAW_inuse",
@@ -311,14 +314,6 @@ const NOT_PRODUCED: &[(&str, &str)] = &[
     (
         "node_processes_threads",
         "processes source is off by default, as node_exporter's collector (--only processes)",
-    ),
-    (
-        "node_scrape_collector_duration_seconds",
-        "exporter self-telemetry: the sampler reports hostpulse_source_duration_seconds{source} instead (an alias needs a sampler change)",
-    ),
-    (
-        "node_scrape_collector_success",
-        "exporter self-telemetry: the sampler reports hostpulse_source_success{source} instead (an alias needs a sampler change)",
     ),
     (
         "node_tcp_connection_states",

@@ -303,7 +303,7 @@ mod hot {
         };
         let series = parse_exposition(&render(paths));
         for (key, v) in &series {
-            if key.0 == "hostpulse_source_success" {
+            if key.0 == "hostpulse_source_success" || key.0 == "node_scrape_collector_success" {
                 assert_eq!(v, "1", "{key:?}");
             }
         }
@@ -311,8 +311,12 @@ mod hot {
             !series
                 .keys()
                 // The clock and its discipline (adjtimex) are the running
-                // kernel's whatever the roots point at, as in node_exporter.
-                .any(|k| k.0.starts_with("node_") && k.0 != "node_time_seconds" && !k.0.starts_with("node_timex_"))
+                // kernel's whatever the roots point at, as in node_exporter;
+                // the per-source self-telemetry is always there, as there.
+                .any(|k| k.0.starts_with("node_")
+                    && k.0 != "node_time_seconds"
+                    && !k.0.starts_with("node_timex_")
+                    && !k.0.starts_with("node_scrape_collector_"))
         );
     }
 }

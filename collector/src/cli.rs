@@ -40,7 +40,7 @@ pub struct Cli {
     /// Do not run the built-in hardware rule pack
     #[arg(long)]
     no_builtin_rules: bool,
-    /// Quiet time after which a host that reported counts as silent [default: 3m]
+    /// Least quiet time before a host counts as silent [default: two of the host's own sampling intervals]
     #[arg(long, env = "HOSTPULSE_HOST_SILENT_AFTER")]
     host_silent_after: Option<String>,
     /// How often alert rules are evaluated [default: 10s]

@@ -16,8 +16,6 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9470";
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:9471";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./hostpulse-data";
-/// Default quiet time before `HostpulseHostSilent` fires.
-pub const DEFAULT_HOST_SILENT_AFTER: Duration = Duration::from_secs(180);
 /// Default rule evaluation interval.
 pub const DEFAULT_RULE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -48,8 +46,9 @@ pub struct FileConfig {
     pub rule_file: Option<Vec<PathBuf>>,
     /// Whether the built-in hardware rule pack runs (default true).
     pub builtin_rules: Option<bool>,
-    /// How long a host that reported may stay quiet before
-    /// `HostpulseHostSilent` fires, e.g. `3m`.
+    /// Least quiet time before `HostpulseHostSilent` fires, e.g. `3m`.
+    /// Unset (the default), a host is silent after two of its own sampling
+    /// intervals on an open stream; set, no host pages sooner than this.
     pub host_silent_after: Option<String>,
     /// How often alert rules are evaluated, e.g. `10s`.
     pub rule_interval: Option<String>,
@@ -138,8 +137,9 @@ pub struct Settings {
     pub rule_files: Vec<PathBuf>,
     /// Whether the built-in hardware rule pack runs.
     pub builtin_rules: bool,
-    /// Quiet time before a host counts as silent.
-    pub host_silent_after: Duration,
+    /// Floor under every host-silence grace (`None`: two of the host's
+    /// own sampling intervals decide).
+    pub host_silent_after: Option<Duration>,
     /// Rule evaluation interval.
     pub rule_interval: Duration,
     /// Run an in-process agent for this machine.
@@ -195,7 +195,7 @@ impl Settings {
             alertmanager_urls: Vec::new(),
             rule_files: Vec::new(),
             builtin_rules: true,
-            host_silent_after: DEFAULT_HOST_SILENT_AFTER,
+            host_silent_after: None,
             rule_interval: DEFAULT_RULE_INTERVAL,
             local_agent: false,
             local_agent_interval: Duration::from_secs(10),
@@ -268,11 +268,7 @@ impl Settings {
         }
         let mut rule_files = file.rule_file.unwrap_or_default();
         rule_files.extend(flags.rule_file.unwrap_or_default());
-        let host_silent_after = duration(
-            "host_silent_after",
-            flags.host_silent_after.or(file.host_silent_after),
-            DEFAULT_HOST_SILENT_AFTER,
-        )?;
+        let host_silent_after = optional("host_silent_after", flags.host_silent_after.or(file.host_silent_after))?;
         let mut webhook_urls = file.webhook_url.unwrap_or_default();
         webhook_urls.extend(flags.webhook_url.unwrap_or_default());
         for url in &webhook_urls {
@@ -345,7 +341,7 @@ impl Settings {
             detectors: {
                 let d = flags.detectors.or(file.detectors).unwrap_or_default();
                 // Built once here so a bad knob stops the start with its key.
-                d.build(Duration::ZERO, 0).map_err(|e| ConfigError::Invalid {
+                d.build(None, 0).map_err(|e| ConfigError::Invalid {
                     key: e.key,
                     message: e.message,
                 })?;
@@ -572,7 +568,7 @@ mod tests {
     fn alerting_keys() {
         let s = resolve(FileConfig::default()).unwrap();
         assert!(s.builtin_rules, "the hardware pack is on by default");
-        assert_eq!(s.host_silent_after, DEFAULT_HOST_SILENT_AFTER);
+        assert_eq!(s.host_silent_after, None, "host silence follows each host's interval");
         let text = "rule_file = [\"a.yml\"]\nalertmanager_url = [\"http://am1:9093\"]\nbuiltin_rules = false\nhost_silent_after = \"5m\"\nwebhook_secret_file = \"/s\"\n";
         let file = FileConfig::parse(Path::new("c.toml"), text).unwrap();
         let flags = FileConfig {
@@ -584,7 +580,7 @@ mod tests {
         assert_eq!(s.rule_files, vec![PathBuf::from("a.yml"), PathBuf::from("b.yml")]);
         assert_eq!(s.alertmanager_urls, vec!["http://am1:9093", "http://am2:9093"]);
         assert!(!s.builtin_rules);
-        assert_eq!(s.host_silent_after, Duration::from_secs(300));
+        assert_eq!(s.host_silent_after, Some(Duration::from_secs(300)));
         assert_eq!(s.webhook_secret_file, Some(PathBuf::from("/s")));
         let e = resolve(FileConfig {
             alertmanager_url: Some(vec!["am:9093".into()]),

@@ -85,11 +85,12 @@ pub trait Detector: Send + Sync {
 
 /// The detectors the collector runs, in evaluation order. Host silence
 /// comes first: the others are inhibited for hosts it finds silent.
-pub fn default_detectors(host_silent_after: Duration) -> Vec<Arc<dyn Detector>> {
+/// `host_silent_after` is the floor under its graces (`None`: none).
+pub fn default_detectors(host_silent_after: Option<Duration>) -> Vec<Arc<dyn Detector>> {
     vec![
         Arc::new(HostSilent {
-            grace_ms: i64::try_from(host_silent_after.as_millis()).unwrap_or(i64::MAX),
-            started_ms: 0,
+            min_grace_ms: host_silent_after.map_or(0, |a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX)),
+            ..HostSilent::default()
         }),
         Arc::new(peer_outlier::PeerOutlier::default()),
         Arc::new(trend::TimeToFailure::default()),

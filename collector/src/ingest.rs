@@ -18,6 +18,7 @@ pub mod budget;
 pub mod limits_file;
 pub mod session;
 pub mod validate;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -31,7 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use self::budget::{HostRates, InflightBudget};
 use self::session::Session;
 use crate::auth::{Authenticator, Identity};
-use crate::store::{AppendOutcome, AppendReport, HostRecord, Store};
+use crate::store::{AppendOutcome, AppendReport, BatchReport, HostRecord, Store, StreamState};
 use crate::telemetry::{Counter, Gauge, Telemetry};
 
 /// Limits on what one agent stream may send. Exceeding one is refused with
@@ -171,7 +172,9 @@ impl Ingest for IngestService {
             let _active = active;
             svc.run_stream(inbound, identity, tx).await;
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let mut response = Response::new(ReceiverStream::new(rx));
+        wire::announce(&mut response);
+        Ok(response)
     }
 }
 
@@ -207,10 +210,17 @@ impl IngestService {
         tx: mpsc::Sender<Reply>,
     ) {
         let mut session: Option<Session> = None;
+        // When the Hello was recorded (names the stream in the store) and
+        // how the stream ended, for host-silence detection.
+        let mut opened_ms = 0;
+        let mut end = StreamState::Dropped;
         loop {
             let message = match inbound.message().await {
                 Ok(Some(message)) => message,
-                Ok(None) => break,
+                Ok(None) => {
+                    end = StreamState::Goodbye;
+                    break;
+                }
                 Err(status) => {
                     // Undecodable or oversized frames, resets, disconnects.
                     self.telemetry.inc(Counter::IngestStreamErrors);
@@ -220,22 +230,25 @@ impl IngestService {
                 }
             };
             let flow = match (message.kind, session.as_mut()) {
-                (Some(agent_message::Kind::Hello(hello)), None) => match self.hello(hello, identity.as_ref()) {
-                    Ok(mut s) => {
-                        // Tell the agent what is already durable, so it can
-                        // drop those batches and resume after them.
-                        let resume = match self.store.last_seq(s.host()) {
-                            Ok(Some(seq)) => Some(s.ack(seq)),
-                            _ => None,
-                        };
-                        session = Some(s);
-                        match resume {
-                            Some(ack) => send(&tx, ack, Flow::Continue).await,
-                            None => Flow::Continue,
+                (Some(agent_message::Kind::Hello(hello)), None) => {
+                    opened_ms = crate::store::now_ms();
+                    match self.hello(hello, identity.as_ref(), opened_ms) {
+                        Ok(mut s) => {
+                            // Tell the agent what is already durable, so it can
+                            // drop those batches and resume after them.
+                            let resume = match self.store.last_seq(s.host()) {
+                                Ok(Some(seq)) => Some(s.ack(seq)),
+                                _ => None,
+                            };
+                            session = Some(s);
+                            match resume {
+                                Some(ack) => send(&tx, ack, Flow::Continue).await,
+                                None => Flow::Continue,
+                            }
                         }
+                        Err(reply) => send(&tx, reply, Flow::End).await,
                     }
-                    Err(reply) => send(&tx, reply, Flow::End).await,
-                },
+                }
                 (Some(agent_message::Kind::Hello(_)), Some(_)) => self.protocol_error(&tx, "a second Hello").await,
                 (Some(agent_message::Kind::Batch(_)), None) => {
                     self.protocol_error(&tx, "a Batch before the Hello").await
@@ -244,15 +257,29 @@ impl IngestService {
                 (Some(agent_message::Kind::Batch(batch)), Some(s)) => self.batch(s, batch, &tx).await,
             };
             if let Flow::End = flow {
+                // A closed reply channel is the agent gone; otherwise this
+                // collector ended the stream with a fatal error.
+                end = if tx.is_closed() {
+                    StreamState::Dropped
+                } else {
+                    StreamState::Refused
+                };
                 break;
             }
+        }
+        if let Some(s) = &session
+            && let Err(e) = self
+                .store
+                .record_stream_end(s.host(), opened_ms, end, crate::store::now_ms())
+        {
+            tracing::warn!(host = s.host(), error = %e, "could not record the stream's end");
         }
     }
 
     /// Checks and records a Hello; on refusal, the fatal error to send.
     /// With a proved `identity`, the Hello must name that host: an agent
     /// can never write series as another host.
-    fn hello(&self, hello: Hello, identity: Option<&Identity>) -> Result<Session, CollectorMessage> {
+    fn hello(&self, hello: Hello, identity: Option<&Identity>, now_ms: i64) -> Result<Session, CollectorMessage> {
         if let Err(why) = validate::check_host(&hello.host) {
             self.telemetry.inc(Counter::RejectedHello);
             return Err(CollectorMessage::error(ErrorCode::BadHello, why, 0, true));
@@ -271,7 +298,8 @@ impl IngestService {
             agent_version: hello.agent_version,
             cpu_model: inventory.cpu_model,
             kernel_release: inventory.kernel_release,
-            last_report_ms: crate::store::now_ms(),
+            last_report_ms: now_ms,
+            interval_ms: hello.interval_ms,
             ..Default::default()
         };
         // Host facts are for the status page only; failing to save them must
@@ -299,8 +327,13 @@ impl IngestService {
     /// that mean "resend it" (overload, storage) end the stream: acks are
     /// cumulative, so acknowledging a later batch on the same stream would
     /// cover the one that was not stored.
-    async fn batch(&self, session: &mut Session, batch: hostpulse_proto::Batch, tx: &mpsc::Sender<Reply>) -> Flow {
+    async fn batch(&self, session: &mut Session, mut batch: hostpulse_proto::Batch, tx: &mpsc::Sender<Reply>) -> Flow {
         let seq = batch.seq;
+        // Compact columns become plain ones before anything counts them.
+        if let Err(reply) = session.wire().decode(&mut batch, &self.limits) {
+            self.telemetry.inc(Counter::RejectedBatch);
+            return send(tx, reply, Flow::End).await;
+        }
         if !self
             .rates
             .admit(session.host(), batch.refs.len(), std::time::Instant::now())
@@ -344,11 +377,17 @@ impl IngestService {
                 return Flow::End;
             }
         }
-        let reply = match self.store.append_detailed(session.host(), seq, prepared.series).await {
-            Ok(AppendReport {
-                outcome,
-                rejected_out_of_order,
+        let reply = match self.store.append_batch(session.host(), seq, prepared.batch).await {
+            Ok(BatchReport {
+                report:
+                    AppendReport {
+                        outcome,
+                        rejected_out_of_order,
+                    },
+                new_ids,
             }) => {
+                // Later batches name these series by the store's id.
+                session.stored(&prepared.refs, &new_ids);
                 if rejected_out_of_order > 0 {
                     self.telemetry
                         .add(Counter::RejectedOutOfOrder, rejected_out_of_order as u64);

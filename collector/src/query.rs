@@ -7,7 +7,7 @@
 //! is the only place that knows HTTP and JSON (handlers, response shapes,
 //! the error-to-status mapping). This file holds the shared context, the
 //! routes, the store as an evaluation `Source` (long ranges read in
-//! parallel time slices), and the glue that runs an evaluation on the
+//! parallel, whole hosts per thread), and the glue that runs an evaluation on the
 //! blocking pool with a deadline.
 
 mod api;
@@ -115,39 +115,22 @@ where
     }
 }
 
-/// Ranges at least this long are read in parallel slices.
+/// Ranges at least this long are read in parallel (whole hosts per thread).
 const PARALLEL_SELECT_MIN_MS: i64 = 2 * 3_600_000;
 
 impl eval::Source for Store {
-    /// Long ranges are cut into one time slice per core, read on scoped
-    /// threads and stitched back together per series: decoding stored
-    /// samples is most of a long range query's cost, and the slices are
-    /// independent.
+    /// Long ranges over several hosts are read on one scoped thread per
+    /// core, whole hosts per thread: decoding (or copying out of the
+    /// decoded-section cache) is most of a long range query's cost, hosts
+    /// are independent, and every series comes back in one piece, so
+    /// nothing is stitched together afterwards.
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<SeriesSamples>, StoreError> {
         let cores = std::thread::available_parallelism().map_or(1, usize::from).min(8);
         let span = end_ms.saturating_sub(start_ms);
         if cores < 2 || span < PARALLEL_SELECT_MIN_MS {
             return Store::select(self, matchers, start_ms, end_ms);
         }
-        let width = span / cores as i64 + 1;
-        let slices: Vec<(i64, i64)> = (0..cores as i64)
-            .map(|i| {
-                let from = start_ms + i * width;
-                (from, (from + width - 1).min(end_ms))
-            })
-            .filter(|(from, to)| from <= to)
-            .collect();
-        let parts = std::thread::scope(|scope| {
-            let handles: Vec<_> = slices
-                .iter()
-                .map(|&(from, to)| scope.spawn(move || Store::select(self, matchers, from, to)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
-        Ok(stitch(parts))
+        Store::select_parallel(self, matchers, start_ms, end_ms, cores)
     }
 
     /// Stored buckets, unless raw retention dropped samples in the range
@@ -180,25 +163,6 @@ impl eval::Source for Store {
     fn rollup_resolutions(&self) -> &'static [Resolution] {
         &[]
     }
-}
-
-/// Joins per-slice selections (in time order) into one series list; the
-/// same series' samples are concatenated, which keeps them ascending.
-fn stitch(parts: Vec<Vec<SeriesSamples>>) -> Vec<SeriesSamples> {
-    let mut index: std::collections::HashMap<crate::model::Labels, usize> = std::collections::HashMap::new();
-    let mut out: Vec<SeriesSamples> = Vec::new();
-    for part in parts {
-        for s in part {
-            match index.get(&s.labels) {
-                Some(&i) => out[i].samples.extend(s.samples),
-                None => {
-                    index.insert(s.labels.clone(), out.len());
-                    out.push(s);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Evaluates `expr` as an instant query at `t`, reading what it needs from

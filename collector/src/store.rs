@@ -35,7 +35,9 @@ mod backup;
 mod block;
 pub(crate) mod codec;
 mod compact;
-mod fasthash;
+// Decoders of on-disk values, public for the fuzz targets and their corpus replay.
+pub mod decode;
+pub(crate) mod fasthash;
 mod files;
 mod head;
 mod index;
@@ -53,6 +55,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::backup::{BackupError, restore_from};
+use self::codec::decoded_cache::CachedRun;
 pub use self::codec::decoded_cache::DecodedCacheStats;
 pub use self::compact::{CompactReport, compact_dir, dir_bytes};
 use self::head::{Heads, window_start};
@@ -81,6 +84,9 @@ pub enum StoreError {
     /// The writer task is gone (store shutting down).
     #[error("store is shutting down")]
     Closed,
+    /// An append named a series id the store never gave out.
+    #[error("append names unknown series id {0}")]
+    UnknownSeries(u64),
 }
 
 /// Tuning of the store.
@@ -151,6 +157,111 @@ pub struct AppendReport {
     pub rejected_out_of_order: usize,
 }
 
+/// A series an append names: by its labels, or by the id an earlier
+/// append returned for them ([`BatchReport::new_ids`]), which spares the
+/// store resolving (and the caller copying) the label set on every batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SeriesKey {
+    /// A store series id.
+    Id(u64),
+    /// A full label set.
+    Labels(Labels),
+}
+
+/// One append's samples grouped by series, kept flat: one vector for every
+/// sample rather than one per series, so a batch costs a few allocations
+/// however many series it touches.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AppendBatch {
+    keys: Vec<SeriesKey>,
+    /// End of each series' samples in `samples`.
+    ends: Vec<usize>,
+    samples: Vec<(i64, f64)>,
+}
+
+impl AppendBatch {
+    /// An empty batch with room for `series` series and `samples` samples.
+    pub fn with_capacity(series: usize, samples: usize) -> Self {
+        AppendBatch {
+            keys: Vec::with_capacity(series),
+            ends: Vec::with_capacity(series),
+            samples: Vec::with_capacity(samples),
+        }
+    }
+
+    /// Adds a series with its samples, ascending by timestamp with one
+    /// value per timestamp (as in [`SeriesSamples`]).
+    pub fn push(&mut self, key: SeriesKey, samples: &[(i64, f64)]) {
+        self.begin(key);
+        self.samples.extend_from_slice(samples);
+        self.close();
+    }
+
+    /// Starts a series whose samples follow through [`AppendBatch::sample`].
+    pub fn begin(&mut self, key: SeriesKey) {
+        self.keys.push(key);
+        self.ends.push(self.samples.len());
+    }
+
+    /// Adds a sample to the series last begun (ascending timestamps).
+    pub fn sample(&mut self, ts: i64, value: f64) {
+        self.samples.push((ts, value));
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if let Some(end) = self.ends.last_mut() {
+            *end = self.samples.len();
+        }
+    }
+
+    /// Series in the batch.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether it holds no series.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Samples over all series.
+    pub fn sample_count(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Each series with its samples, in the order pushed.
+    pub fn iter(&self) -> impl Iterator<Item = (&SeriesKey, &[(i64, f64)])> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        self.keys
+            .iter()
+            .zip(starts.zip(self.ends.iter().copied()))
+            .map(|(key, (from, to))| (key, self.samples.get(from..to).unwrap_or_default()))
+    }
+}
+
+impl From<Vec<SeriesSamples>> for AppendBatch {
+    fn from(series: Vec<SeriesSamples>) -> Self {
+        let total = series.iter().map(|s| s.samples.len()).sum();
+        let mut batch = AppendBatch::with_capacity(series.len(), total);
+        for s in series {
+            batch.push(SeriesKey::Labels(s.labels), &s.samples);
+        }
+        batch
+    }
+}
+
+/// What [`Store::append_batch`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Stored or duplicate, and what was refused.
+    pub report: AppendReport,
+    /// For each series the batch named by labels (its position in the
+    /// batch), the id it has now; later appends may name it by that id.
+    /// Empty for a duplicate; series with no samples get none.
+    pub new_ids: Vec<(usize, u64)>,
+}
+
 /// Facts about a host that reported, for the status page.
 #[derive(Clone, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct HostRecord {
@@ -168,6 +279,36 @@ pub struct HostRecord {
     pub cpu_model: String,
     /// Kernel release from its inventory.
     pub kernel_release: String,
+    /// Sampling interval the agent announced in its Hello, ms (0: unknown,
+    /// an older record or agent). Host silence is judged against it.
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// How its ingest stream stands, as this collector last saw it.
+    #[serde(default)]
+    pub stream: StreamState,
+    /// When `stream` last changed, ms since epoch: the Hello's time while
+    /// the stream is open, the end's time after.
+    #[serde(default)]
+    pub stream_since_ms: i64,
+}
+
+/// The state of a host's ingest stream, for host-silence detection: an
+/// open stream that carries nothing is a host gone quiet; a stream that
+/// ended is an agent that is expected to reconnect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum StreamState {
+    /// No stream seen (a record written before streams were tracked).
+    #[default]
+    Unknown,
+    /// A stream is open.
+    Open,
+    /// The agent closed it cleanly (agent stop, restart or host shutdown).
+    Goodbye,
+    /// It broke: transport error, reset, keepalive timeout, agent crash.
+    Dropped,
+    /// This collector ended it (overload, storage or protocol error); the
+    /// agent backs off and may fail over to another collector.
+    Refused,
 }
 
 /// Counts for `/metrics` and the status page.
@@ -430,7 +571,7 @@ impl Store {
                     tree: keys::TREE,
                     detail: format!("series page at {first} runs past the last id"),
                 })?;
-                if !index.insert(id, labels) {
+                if !index.insert(id, &labels) {
                     return Err(StoreError::Corrupt {
                         tree: keys::TREE,
                         detail: format!("series {id} defined twice or its labels reused"),
@@ -535,7 +676,15 @@ impl Store {
         seq: u64,
         series: Vec<SeriesSamples>,
     ) -> Result<AppendReport, StoreError> {
-        self.queue(host.to_owned(), Some(seq), series).await
+        Ok(self.queue(host.to_owned(), Some(seq), series.into()).await?.report)
+    }
+
+    /// [`Store::append_detailed`] for a batch whose series may be named by
+    /// id (ingest streams resolve each series once, then send ids). An id
+    /// the store never gave out fails the append with
+    /// [`StoreError::UnknownSeries`] and stores nothing of it.
+    pub async fn append_batch(&self, host: &str, seq: u64, batch: AppendBatch) -> Result<BatchReport, StoreError> {
+        self.queue(host.to_owned(), Some(seq), batch).await
     }
 
     /// Stores samples durably with no per-host seq (bulk import, remote
@@ -543,18 +692,13 @@ impl Store {
     /// of samples stored after the flush covering them. Samples too far out
     /// of order are not stored (and are counted in [`StoreStats`]).
     pub async fn append_unsequenced(&self, series: Vec<SeriesSamples>) -> Result<usize, StoreError> {
-        match self.queue(String::new(), None, series).await?.outcome {
+        match self.queue(String::new(), None, series.into()).await?.report.outcome {
             AppendOutcome::Stored { samples } => Ok(samples),
             AppendOutcome::Duplicate { .. } => Ok(0),
         }
     }
 
-    async fn queue(
-        &self,
-        host: String,
-        seq: Option<u64>,
-        series: Vec<SeriesSamples>,
-    ) -> Result<AppendReport, StoreError> {
+    async fn queue(&self, host: String, seq: Option<u64>, series: AppendBatch) -> Result<BatchReport, StoreError> {
         let tx = self.writer.tx.as_ref().ok_or(StoreError::Closed)?;
         let (reply, outcome) = oneshot::channel();
         tx.send(AppendRequest {
@@ -615,10 +759,40 @@ impl Store {
         entry.record.cpu_model = record.cpu_model;
         entry.record.kernel_release = record.kernel_release;
         entry.record.last_report_ms = entry.record.last_report_ms.max(record.last_report_ms);
+        // A Hello opens a stream; its time names the stream for
+        // `record_stream_end`.
+        entry.record.interval_ms = record.interval_ms;
+        entry.record.stream = StreamState::Open;
+        entry.record.stream_since_ms = record.last_report_ms;
         self.shared
             .tree
             .insert(keys::host_key(&record.host), keys::encode_host(&entry))?;
         hosts.insert(record.host, entry);
+        Ok(())
+    }
+
+    /// Records how the stream whose Hello was recorded at `opened_ms` ended.
+    /// A newer stream of the same host (a reconnect that raced this end)
+    /// keeps its state. Not flushed, like `record_hello`.
+    pub fn record_stream_end(
+        &self,
+        host: &str,
+        opened_ms: i64,
+        end: StreamState,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut hosts = self.shared.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = hosts.get_mut(host) else {
+            return Ok(());
+        };
+        if entry.record.stream != StreamState::Open || entry.record.stream_since_ms != opened_ms {
+            return Ok(());
+        }
+        entry.record.stream = end;
+        entry.record.stream_since_ms = at_ms;
+        self.shared
+            .tree
+            .insert(keys::host_key(host), keys::encode_host(entry))?;
         Ok(())
     }
 
@@ -631,6 +805,66 @@ impl Store {
         }
         let matched = self.matching(matchers);
         let mut samples = self.read_samples(&matched, start_ms, end_ms, &HashSet::new())?;
+        Ok(matched
+            .into_iter()
+            .filter_map(|(id, labels)| {
+                let s = samples.remove(&id).unwrap_or_default();
+                (!s.is_empty()).then_some(SeriesSamples { labels, samples: s })
+            })
+            .collect())
+    }
+
+    /// [`Store::select`] with the matching series read in up to `parts`
+    /// parts on scoped threads, whole hosts per part (a block holds one
+    /// host's series, so no block is read twice); same result and order.
+    pub fn select_parallel(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        parts: usize,
+    ) -> Result<Vec<SeriesSamples>, StoreError> {
+        if start_ms > end_ms {
+            return Ok(Vec::new());
+        }
+        let matched = self.matching(matchers);
+        let mut by_group: Vec<(u64, usize)> = matched
+            .iter()
+            .enumerate()
+            .map(|(i, (_, labels))| (keys::group_hash(labels.get("instance")), i))
+            .collect();
+        by_group.sort_unstable();
+        // Cut at host boundaries into parts of about equal series counts.
+        let per_part = matched.len().div_ceil(parts.max(1)).max(1);
+        let mut chunks: Vec<Vec<(u64, Labels)>> = vec![Vec::new()];
+        for (k, &(group, i)) in by_group.iter().enumerate() {
+            let cut = k > 0 && by_group[k - 1].0 != group;
+            if cut && chunks.last().is_some_and(|c| c.len() >= per_part) {
+                chunks.push(Vec::new());
+            }
+            if let Some(c) = chunks.last_mut() {
+                c.push(matched[i].clone());
+            }
+        }
+        let mut samples: HashMap<u64, Vec<(i64, f64)>> = HashMap::with_capacity(matched.len());
+        if chunks.len() < 2 {
+            samples = self.read_samples(&matched, start_ms, end_ms, &HashSet::new())?;
+        } else {
+            let none = HashSet::new();
+            let results = std::thread::scope(|scope| {
+                let handles: Vec<_> = chunks
+                    .iter()
+                    .map(|c| scope.spawn(|| self.read_samples(c, start_ms, end_ms, &none)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                    .collect::<Vec<_>>()
+            });
+            for r in results {
+                samples.extend(r?);
+            }
+        }
         Ok(matched
             .into_iter()
             .filter_map(|(id, labels)| {
@@ -873,10 +1107,13 @@ impl Store {
 
     /// Counts for self-telemetry.
     pub fn stats(&self) -> StoreStats {
-        let series = self.index().len() as u64;
+        let (series, index_bytes) = {
+            let index = self.index();
+            (index.len() as u64, index.heap_bytes() as u64)
+        };
         let (active, head_samples, head_bytes) = {
             let heads = self.shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
-            let active = heads.series.values().filter(|h| !h.samples.is_empty()).count() as u64;
+            let active = heads.active() as u64;
             (active, heads.samples as u64, heads.bytes() as u64)
         };
         let (blocks, block_bytes) = {
@@ -886,9 +1123,6 @@ impl Store {
                 .filter(|e| e.raw)
                 .fold((0u64, 0u64), |(n, b), e| (n + 1, b + e.bytes))
         };
-        // Index: labels (assumed ~200 bytes per series) in two maps plus
-        // postings; a rough figure, shown next to the heads' exact count.
-        const INDEX_BYTES_PER_SERIES: u64 = 400;
         let c = &self.shared.counters;
         StoreStats {
             series,
@@ -896,7 +1130,10 @@ impl Store {
             disk_bytes: self.shared.db.size_on_disk().unwrap_or(0) + self.shared.files.bytes(),
             active_series: active,
             head_samples,
-            ram_bytes_per_active_series: head_bytes.checked_div(active).map_or(0, |b| b + INDEX_BYTES_PER_SERIES),
+            // The heads' and the index's own accounting of their heap (not
+            // the allocator's overhead; `bench/src/bin/series_ram.rs`
+            // measures the process).
+            ram_bytes_per_active_series: (head_bytes + index_bytes).checked_div(active).unwrap_or(0),
             blocks,
             block_bytes,
             rejected_out_of_order: c.rejected_out_of_order.load(Ordering::Relaxed),
@@ -960,7 +1197,7 @@ impl Store {
             }
         }
         // Per series, runs in write order (blocks by lsn, then the head).
-        let mut runs: HashMap<u64, Vec<Vec<(i64, f64)>>> = HashMap::new();
+        let mut runs: HashMap<u64, Vec<CachedRun>> = HashMap::new();
         {
             let catalog = self.shared.catalog.read().unwrap_or_else(PoisonError::into_inner);
             for (group, ids) in &groups {
@@ -982,7 +1219,7 @@ impl Store {
                 for id in in_range {
                     // Cached decoded sections spare the sled read, the
                     // checksum and the decoding (`codec/decoded_cache.rs`).
-                    if let Some(parts) = self.shared.decoded.get(id, ids, start, end) {
+                    if let Some(parts) = self.shared.decoded.get_runs(id, ids, start, end) {
                         for (series, part) in parts.into_iter().filter(|(_, p)| !p.is_empty()) {
                             runs.entry(series).or_default().push(part);
                         }
@@ -1009,7 +1246,7 @@ impl Store {
                                 let from = samples.partition_point(|x| x.0 < start);
                                 let to = samples.partition_point(|x| x.0 <= end);
                                 if let Some(part) = samples.get(from..to) {
-                                    runs.entry(s.series).or_default().push(part.to_vec());
+                                    runs.entry(s.series).or_default().push(CachedRun::Owned(part.to_vec()));
                                 }
                                 if self.shared.decoded.enabled() {
                                     decoded.push((i, codec::decoded_cache::DecodedSection::from_samples(&samples)));
@@ -1034,7 +1271,7 @@ impl Store {
             }
         }
         for (id, s) in from_heads {
-            runs.entry(id).or_default().push(s);
+            runs.entry(id).or_default().push(CachedRun::Owned(s));
         }
         Ok(runs.into_iter().map(|(id, r)| (id, merge_runs(r))).collect())
     }
@@ -1042,26 +1279,28 @@ impl Store {
 
 /// Merges sorted runs given oldest write first into one sorted run; on
 /// equal timestamps the later run wins.
-fn merge_runs(mut runs: Vec<Vec<(i64, f64)>>) -> Vec<(i64, f64)> {
+fn merge_runs(mut runs: Vec<CachedRun>) -> Vec<(i64, f64)> {
     runs.retain(|r| !r.is_empty());
     if runs.len() == 1 {
-        return runs.pop().unwrap_or_default();
+        return runs.pop().map(CachedRun::into_vec).unwrap_or_default();
     }
     // The usual case, one run per window: runs that do not overlap share no
     // timestamp, so concatenating them in time order is the merge, without
     // the sort below (which was a tenth of a long range query's time).
-    let mut by_time: Vec<&Vec<(i64, f64)>> = runs.iter().collect();
-    by_time.sort_by_key(|r| r.first().map_or(i64::MIN, |s| s.0));
+    // Cached runs are copied out of the cache here, once.
+    let mut by_time: Vec<&CachedRun> = runs.iter().collect();
+    by_time.sort_by_key(|r| r.first_ts().unwrap_or(i64::MIN));
     if by_time
         .windows(2)
-        .all(|w| matches!((w[0].last(), w[1].first()), (Some(a), Some(b)) if a.0 < b.0))
+        .all(|w| matches!((w[0].last_ts(), w[1].first_ts()), (Some(a), Some(b)) if a < b))
     {
         let mut out = Vec::with_capacity(by_time.iter().map(|r| r.len()).sum());
         for r in by_time {
-            out.extend_from_slice(r);
+            r.append_to(&mut out);
         }
         return out;
     }
+    let runs: Vec<Vec<(i64, f64)>> = runs.into_iter().map(CachedRun::into_vec).collect();
     let mut all: Vec<(i64, usize, f64)> = runs
         .into_iter()
         .enumerate()
@@ -1102,7 +1341,7 @@ fn replay_wal(
         match entries {
             Ok(entries) => {
                 for (id, samples) in entries {
-                    let group = index.labels_of(id).map_or(0, |l| keys::group_hash(l.get("instance")));
+                    let group = index.value_of(id, "instance").map_or(0, keys::group_hash);
                     for (ts, v) in samples {
                         heads.insert(id, group, ts, v);
                     }

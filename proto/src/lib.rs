@@ -3,7 +3,8 @@
 //!
 //! The types are generated at build time from `proto/hostpulse/v1/ingest.proto`
 //! (see `build.rs`); this crate knows nothing of sampling or storage.
-//! Hand-written helpers sit in [`ext`] beside the generated code.
+//! Hand-written helpers sit in [`ext`] beside the generated code, and the
+//! compact batch encoding both ends share in [`columns`].
 
 #![allow(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod v1 {
     tonic::include_proto!("hostpulse.v1");
 }
 
+pub mod columns;
 pub mod ext;
 
 pub use v1::*;

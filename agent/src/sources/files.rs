@@ -74,6 +74,39 @@ type PathMap<V> = HashMap<OsString, V, BuildHasherDefault<Fnv>>;
 struct Kept {
     file: File,
     used: u64,
+    /// A read that returns less than asked for has the whole file (see
+    /// [`whole_in_one_read`]), so no second `pread` looks for the end.
+    one_read: bool,
+}
+
+/// Whether one `pread` from offset 0 that comes back short has read the
+/// whole file: true on sysfs, whose attribute files are produced by one
+/// `show()` into a single page and handed out whole, and on the ordinary
+/// disk and memory filesystems fixtures live on, where a short read of a
+/// regular file means end of file. Not on procfs (a seq_file table stops a
+/// read where its next record does not fit its buffer, well before the end)
+/// nor anything unknown (cgroupfs, debugfs): those are read until `pread`
+/// returns 0. Half of a cycle's reads were that final empty `pread`.
+#[cfg(target_os = "linux")]
+// `f_type`'s integer type differs between architectures.
+#[allow(clippy::unnecessary_cast)]
+fn whole_in_one_read(file: &File) -> bool {
+    /// `f_type` of filesystems with the property, from `statfs(2)`.
+    const SINGLE_READ_FILESYSTEMS: [i64; 7] = [
+        0x6265_6572, // sysfs
+        0xef53,      // ext2, ext3, ext4
+        0x0102_1994, // tmpfs
+        0x5846_5342, // xfs
+        0x9123_683e, // btrfs
+        0x794c_7630, // overlayfs
+        0x2fc1_2fc1, // zfs
+    ];
+    rustix::fs::fstatfs(file).is_ok_and(|s| SINGLE_READ_FILESYSTEMS.contains(&(s.f_type as i64)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn whole_in_one_read(_file: &File) -> bool {
+    false
 }
 
 /// Per-source cache of descriptors and static file contents; see the
@@ -146,7 +179,7 @@ impl Files {
         let cycle = self.cycle;
         if let Some(kept) = self.kept.get_mut(path.as_os_str()) {
             kept.used = cycle;
-            if read_at_zero(&kept.file, &mut self.buf).is_ok() {
+            if read_at_zero(&kept.file, &mut self.buf, kept.one_read).is_ok() {
                 return Ok(&self.buf);
             }
             // The file may have been replaced (device re-added): forget the
@@ -155,10 +188,17 @@ impl Files {
             release_slots(1);
         }
         let file = File::open(path)?;
-        read_at_zero(&file, &mut self.buf)?;
+        read_at_zero(&file, &mut self.buf, false)?;
         if reserve_slot() {
-            self.kept
-                .insert(path.as_os_str().to_os_string(), Kept { file, used: cycle });
+            let one_read = whole_in_one_read(&file);
+            self.kept.insert(
+                path.as_os_str().to_os_string(),
+                Kept {
+                    file,
+                    used: cycle,
+                    one_read,
+                },
+            );
         }
         Ok(&self.buf)
     }
@@ -264,8 +304,9 @@ impl Files {
 }
 
 /// Reads a whole file from offset 0 into `buf` (cleared first), with as few
-/// `pread` calls as its size allows.
-fn read_at_zero(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+/// `pread` calls as its size allows: until one returns 0, or, when
+/// `one_read` (see [`whole_in_one_read`]), until one returns less than asked.
+fn read_at_zero(file: &File, buf: &mut Vec<u8>, one_read: bool) -> io::Result<()> {
     buf.clear();
     if buf.capacity() < 4096 {
         buf.reserve(4096);
@@ -292,7 +333,7 @@ fn read_at_zero(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
             }
         };
         buf.truncate(start + n);
-        if n == 0 {
+        if n == 0 || (one_read && n < spare) {
             return Ok(());
         }
     }
@@ -329,6 +370,33 @@ mod tests {
         let mut files = Files::default();
         assert_eq!(files.read_bytes(&path).unwrap(), text.as_bytes());
         assert_eq!(files.read_bytes(&path).unwrap(), text.as_bytes());
+    }
+
+    #[test]
+    fn one_read_files_are_read_whole_at_every_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table");
+        let mut files = Files::default();
+        // Sizes around the buffer's first and later capacities.
+        for len in [0, 1, 4095, 4096, 4097, 8191, 8192, 8193, 70_000, 5] {
+            let text: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            std::fs::write(&path, &text).unwrap();
+            assert_eq!(files.read_bytes(&path).unwrap(), &text[..], "{len}");
+        }
+        if let Some(kept) = files.kept.get(path.as_os_str()) {
+            // The temp dir is on one of the listed filesystems on Linux CI.
+            assert_eq!(kept.one_read, whole_in_one_read(&kept.file));
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn procfs_is_read_to_the_end_and_sysfs_in_one_read() {
+        // A seq_file table may stop a read short of its end.
+        assert!(!whole_in_one_read(&File::open("/proc/self/mountinfo").unwrap()));
+        if let Ok(file) = File::open("/sys/kernel/mm/transparent_hugepage/enabled") {
+            assert!(whole_in_one_read(&file));
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use crate::emit::Emitter;
 use crate::paths::HostPaths;
 use crate::source::{Source, SourceError};
+use crate::sources::files::Files;
 
 /// Page size when the auxiliary vector cannot be read (every common Linux
 /// platform but some arm64/ppc64 kernels).
@@ -125,6 +126,8 @@ fn emit(stat: &Sockstat, ipv4: bool, page_size: u64, out: &mut Emitter) {
 #[derive(Debug)]
 pub struct SockstatSource {
     page_size: u64,
+    /// Kept descriptors of the two tables.
+    files: Files,
 }
 
 impl Default for SockstatSource {
@@ -135,7 +138,10 @@ impl Default for SockstatSource {
             .ok()
             .and_then(|bytes| parse_auxv_page_size(&bytes))
             .unwrap_or(FALLBACK_PAGE_SIZE);
-        SockstatSource { page_size }
+        SockstatSource {
+            page_size,
+            files: Files::default(),
+        }
     }
 }
 
@@ -147,13 +153,13 @@ impl Source for SockstatSource {
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
         for (file, ipv4) in [("net/sockstat", true), ("net/sockstat6", false)] {
             let path = paths.proc(file);
-            let text = match std::fs::read_to_string(&path) {
+            let text = match self.files.read_text(&path) {
                 Ok(text) => text,
                 // IPv4 or IPv6 may be disabled in this kernel.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(SourceError::io(&path, e)),
             };
-            let stat = parse_sockstat(&text).map_err(|m| SourceError::parse(&path, m))?;
+            let stat = parse_sockstat(text).map_err(|m| SourceError::parse(&path, m))?;
             emit(&stat, ipv4, self.page_size, out);
         }
         Ok(())

@@ -14,16 +14,26 @@
 //! `--verify`; without it `stored`, `lost` and `duplicated` are not
 //! measured and the line is `acked=A`). The exit status is 1 when
 //! anything acknowledged was lost or duplicated.
+//!
+//! With `--count-bytes` the agents connect through a relay inside this
+//! process that forwards to the collector and counts the TCP payload each
+//! way (HTTP/2 frames with the compressed gRPC messages, connection setup
+//! included; no TLS), so the report can say how many bytes a sample costs
+//! on the wire. The relay costs a little CPU and two small buffers per
+//! connection.
 
 #[path = "loadgen/fleet.rs"]
 mod fleet;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use self::fleet::{FleetConfig, FleetStats};
 
@@ -63,6 +73,119 @@ struct Args {
     /// duplicated samples
     #[arg(long)]
     verify: bool,
+    /// Relay the agents' connections through this process and count the
+    /// bytes each way
+    #[arg(long)]
+    count_bytes: bool,
+    /// Process id of the collector (on this machine): its CPU time over the
+    /// run (until the fleet ends, before --verify reads back) and its peak
+    /// RSS are reported
+    #[arg(long)]
+    collector_pid: Option<u32>,
+}
+
+/// CPU seconds (user + system) a process has used and its peak RSS (KiB),
+/// from `/proc/PID/stat` and `/proc/PID/status`.
+fn process_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    Some((ticks as f64 / 100.0, hwm))
+}
+
+/// TCP payload bytes the relay carried, each way.
+#[derive(Debug, Default)]
+struct WireBytes {
+    to_collector: AtomicU64,
+    from_collector: AtomicU64,
+    /// Connections relayed.
+    connections: AtomicU64,
+}
+
+/// Per-direction copy buffer of the relay: a compressed batch of a few
+/// hundred samples is a few KB, and 10,000 connections x 2 directions must
+/// stay small.
+const RELAY_BUFFER: usize = 4096;
+
+/// The `host:port` of an `http://host:port` URL, resolved.
+async fn resolve(url: &str) -> Result<SocketAddr, String> {
+    let authority = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: --count-bytes needs an http:// collector URL"))?
+        .trim_end_matches('/');
+    tokio::net::lookup_host(authority)
+        .await
+        .map_err(|e| format!("{authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{authority}: no address"))
+}
+
+/// Starts the counting relay in front of `target`; returns its address.
+async fn start_relay(target: SocketAddr, bytes: Arc<WireBytes>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let client = match listener.accept().await {
+                Ok((client, _)) => client,
+                Err(e) => {
+                    // Out of descriptors: wait for some to be released
+                    // instead of spinning on the error.
+                    eprintln!("loadgen: relay accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let bytes = Arc::clone(&bytes);
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                bytes.connections.fetch_add(1, Ordering::Relaxed);
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let _ = tokio::join!(
+                    copy_counting(client_read, server_write, &bytes.to_collector),
+                    copy_counting(server_read, client_write, &bytes.from_collector),
+                );
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Copies until end of stream or an error, adding every byte to `counter`
+/// as it passes (runs that end with connections still open are counted
+/// too).
+async fn copy_counting(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    counter: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        to.write_all(&buf[..n]).await?;
+    }
 }
 
 /// A duration with a unit: `250ms`, `10s`, `2m`, `1h`.
@@ -95,8 +218,24 @@ fn now_ms() -> i64 {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let t0_ms = now_ms();
+    let wire = Arc::new(WireBytes::default());
+    let collector_url = if args.count_bytes {
+        let relayed = match resolve(&args.collector).await {
+            Ok(target) => start_relay(target, Arc::clone(&wire)).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match relayed {
+            Ok(addr) => format!("http://{addr}"),
+            Err(e) => {
+                eprintln!("loadgen: cannot start the byte-counting relay: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        args.collector.clone()
+    };
     let cfg = Arc::new(FleetConfig {
-        collector: args.collector.clone(),
+        collector: collector_url,
         agents: args.agents,
         series: args.series,
         interval: args.interval,
@@ -115,9 +254,10 @@ async fn main() -> ExitCode {
         cfg.interval,
         cfg.duration,
         cfg.batches(),
-        cfg.collector
+        args.collector
     );
     let stats = Arc::new(FleetStats::default());
+    let cpu_before = args.collector_pid.and_then(process_usage);
     let started = Instant::now();
     let progress = {
         let stats = Arc::clone(&stats);
@@ -139,6 +279,7 @@ async fn main() -> ExitCode {
     let reports = fleet::run(Arc::clone(&cfg), Arc::clone(&stats)).await;
     progress.abort();
     let elapsed = started.elapsed();
+    let cpu_after = args.collector_pid.and_then(process_usage);
 
     let mut latencies: Vec<u32> = reports
         .iter()
@@ -163,6 +304,26 @@ async fn main() -> ExitCode {
         stats.collector_errors.load(Ordering::Relaxed),
         stats.shed.load(Ordering::Relaxed),
     );
+    if let (Some((before, _)), Some((after, hwm_kib))) = (cpu_before, cpu_after) {
+        println!(
+            "loadgen: collector cpu={:.1}s over {:.1}s = {:.1}% of one core; peak RSS (VmHWM)={:.1} MiB",
+            after - before,
+            elapsed.as_secs_f64(),
+            (after - before) / elapsed.as_secs_f64().max(1e-9) * 100.0,
+            hwm_kib as f64 / 1024.0
+        );
+    }
+    if args.count_bytes {
+        let up = wire.to_collector.load(Ordering::Relaxed);
+        let down = wire.from_collector.load(Ordering::Relaxed);
+        let samples = (acked_batches * u64::from(cfg.series)).max(1);
+        println!(
+            "loadgen: wire bytes agents->collector={up} ({:.2} B/sample acked) collector->agents={down} ({:.2} B/sample); connections={}",
+            up as f64 / samples as f64,
+            down as f64 / samples as f64,
+            wire.connections.load(Ordering::Relaxed),
+        );
+    }
     if !args.verify {
         println!("acked={}", acked_batches * u64::from(cfg.series));
         return ExitCode::SUCCESS;
@@ -199,5 +360,36 @@ mod tests {
         for bad in ["", "s", "10", "10x", "0s", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn usage_of_this_process_is_read() {
+        let (cpu, hwm_kib) = process_usage(std::process::id()).unwrap();
+        assert!(cpu >= 0.0);
+        assert!(hwm_kib > 0);
+        assert!(process_usage(u32::MAX).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_relay_forwards_and_counts_both_ways() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = echo.accept().await.unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(b"pong!!").await.unwrap();
+        });
+        let bytes = Arc::new(WireBytes::default());
+        let relay = start_relay(target, Arc::clone(&bytes)).await.unwrap();
+        let mut c = TcpStream::connect(relay).await.unwrap();
+        c.write_all(b"ping!").await.unwrap();
+        let mut got = [0u8; 6];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong!!");
+        assert_eq!(bytes.to_collector.load(Ordering::Relaxed), 5);
+        assert_eq!(bytes.from_collector.load(Ordering::Relaxed), 6);
+        assert_eq!(resolve(&format!("http://{target}")).await.unwrap(), target);
+        assert!(resolve("https://x:1").await.is_err());
     }
 }

@@ -55,11 +55,23 @@ struct Args {
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// Also run the broader battery of queries.
-    #[arg(long, default_value_t = true)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     battery: bool,
     /// Also time hostpulse cold: a fresh collector process per query.
-    #[arg(long, default_value_t = true)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cold: bool,
+    /// Which servers to run, comma-separated (`hostpulse`, `vm`,
+    /// `prometheus`); hostpulse always runs.
+    #[arg(long, value_delimiter = ',', default_value = "hostpulse,vm,prometheus")]
+    servers: Vec<String>,
+    /// Only the queries containing one of these substrings (repeatable)
+    /// [default: every query].
+    #[arg(long = "query")]
+    query_filter: Vec<String>,
+    /// Reuse stores already loaded in the work dir instead of loading the
+    /// fleet again (for iterating; the first run with a work dir loads).
+    #[arg(long)]
+    reuse: bool,
 }
 
 /// fleetgen's default first timestamp (unix seconds).
@@ -153,8 +165,14 @@ fn to_prometheus_text(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn start_hostpulse(bin: &Path, dir: &Path, data: &Path, client: &reqwest::Client) -> Result<Server> {
+async fn start_hostpulse(bin: &Path, dir: &Path, data: &Path, client: &reqwest::Client, reuse: bool) -> Result<Server> {
     let store = dir.join("hostpulse");
+    if reuse && store.exists() {
+        return launch_hostpulse(bin, dir, client).await;
+    }
+    if store.exists() {
+        std::fs::remove_dir_all(&store)?;
+    }
     run(
         Command::new(bin).arg("import").arg("--data-dir").arg(&store).arg(data),
         "hostpulse import",
@@ -186,7 +204,11 @@ async fn launch_hostpulse(bin: &Path, dir: &Path, client: &reqwest::Client) -> R
     Ok(s)
 }
 
-async fn start_victoria(dir: &Path, data: &Path, client: &reqwest::Client) -> Result<Server> {
+async fn start_victoria(dir: &Path, data: &Path, client: &reqwest::Client, reuse: bool) -> Result<Server> {
+    let loaded = reuse && dir.join("vm").exists();
+    if !loaded && dir.join("vm").exists() {
+        std::fs::remove_dir_all(dir.join("vm"))?;
+    }
     let port = free_port()?;
     let child = Command::new("victoria-metrics")
         .arg(format!("-storageDataPath={}", dir.join("vm").display()))
@@ -204,6 +226,9 @@ async fn start_victoria(dir: &Path, data: &Path, client: &reqwest::Client) -> Re
         base: format!("http://127.0.0.1:{port}"),
     };
     wait_ready(client, &format!("{}/health", s.base), Duration::from_secs(60)).await?;
+    if loaded {
+        return Ok(s);
+    }
     let text = dir.join("fleet.prom");
     to_prometheus_text(data, &text)?;
     let started = Instant::now();
@@ -217,19 +242,26 @@ async fn start_victoria(dir: &Path, data: &Path, client: &reqwest::Client) -> Re
         bail!("VictoriaMetrics import: {}", resp.status());
     }
     client.get(format!("{}/internal/force_flush", s.base)).send().await?;
+    // As large as the fleet file itself; not needed once loaded.
+    let _ = std::fs::remove_file(&text);
     eprintln!("VictoriaMetrics import: {:.1} s", started.elapsed().as_secs_f64());
     Ok(s)
 }
 
-async fn start_prometheus(dir: &Path, data: &Path, client: &reqwest::Client) -> Result<Server> {
+async fn start_prometheus(dir: &Path, data: &Path, client: &reqwest::Client, reuse: bool) -> Result<Server> {
     let tsdb = dir.join("prometheus");
-    run(
-        Command::new("promtool")
-            .args(["tsdb", "create-blocks-from", "openmetrics"])
-            .arg(data)
-            .arg(&tsdb),
-        "promtool backfill",
-    )?;
+    if !(reuse && tsdb.exists()) {
+        if tsdb.exists() {
+            std::fs::remove_dir_all(&tsdb)?;
+        }
+        run(
+            Command::new("promtool")
+                .args(["tsdb", "create-blocks-from", "openmetrics"])
+                .arg(data)
+                .arg(&tsdb),
+            "promtool backfill",
+        )?;
+    }
     let config = dir.join("prometheus.yml");
     std::fs::write(&config, "global:\n  scrape_interval: 15s\n")?;
     let port = free_port()?;
@@ -303,6 +335,13 @@ async fn time_query(
     Ok((elapsed, series))
 }
 
+/// The 1/5/15-minute load averages, for the record (noisy machines).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -337,26 +376,38 @@ async fn main() -> Result<()> {
         eprintln!("fleetgen: {:.1} s", started.elapsed().as_secs_f64());
     }
     let client = reqwest::Client::builder().timeout(Duration::from_secs(300)).build()?;
-    let servers = vec![
-        start_hostpulse(&bin, &dir, &data, &client).await?,
-        start_victoria(&dir, &data, &client).await?,
-        start_prometheus(&dir, &data, &client).await?,
-    ];
+    let wants = |name: &str| args.servers.iter().any(|s| s == name);
+    let mut servers = vec![start_hostpulse(&bin, &dir, &data, &client, args.reuse).await?];
+    let mut slots: [Option<usize>; 2] = [None, None];
+    if wants("vm") {
+        slots[0] = Some(servers.len());
+        servers.push(start_victoria(&dir, &data, &client, args.reuse).await?);
+    }
+    if wants("prometheus") {
+        slots[1] = Some(servers.len());
+        servers.push(start_prometheus(&dir, &data, &client, args.reuse).await?);
+    }
     let start = FLEET_START;
     let end = FLEET_START + (args.hours * 3600.0) as i64 - i64::from(args.step);
     let mut queries: Vec<&str> = HEADLINE.to_vec();
     if args.battery {
         queries.extend_from_slice(BATTERY);
     }
+    if !args.query_filter.is_empty() {
+        queries.retain(|q| args.query_filter.iter().any(|f| q.contains(f.as_str())));
+    }
     println!(
-        "range queries over {} h at a {} s step, {} hosts; median of {} runs (ms)",
-        args.hours, args.step, args.hosts, args.runs
+        "range queries over {} h at a {} s step, {} hosts; median of {} runs (ms); load average {}",
+        args.hours,
+        args.step,
+        args.hosts,
+        args.runs,
+        load_average()
     );
     println!(
         "{:<100} {:>10} {:>10} {:>16} {:>11} {:>8} {:>8} {:>8}",
         "query", "hp warm", "hp cold", "VictoriaMetrics", "Prometheus", "warm/VM", "cold/VM", "series"
     );
-    let mut servers = servers;
     for q in queries {
         let cold = if args.cold {
             // A fresh process: nothing decoded is cached yet. The old one
@@ -380,6 +431,8 @@ async fn main() -> Result<()> {
             medians.push(median(times));
         }
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let peer = |slot: Option<usize>| slot.map_or(f64::NAN, |i| ms(medians[i]));
+        let vm = peer(slots[0]);
         let series_text = if series.iter().all(|n| *n == series[0]) {
             series[0].to_string()
         } else {
@@ -391,12 +444,13 @@ async fn main() -> Result<()> {
             q,
             ms(medians[0]),
             cold_ms,
-            ms(medians[1]),
-            ms(medians[2]),
-            ms(medians[0]) / ms(medians[1]),
-            cold_ms / ms(medians[1]),
+            vm,
+            peer(slots[1]),
+            ms(medians[0]) / vm,
+            cold_ms / vm,
             series_text
         );
     }
+    println!("load average at the end: {}", load_average());
     Ok(())
 }

@@ -555,6 +555,7 @@ async fn stream_host(
                 timestamp_deltas_ms: Vec::new(),
                 values,
                 events: Vec::new(),
+                ..Default::default()
             };
             let msg = AgentMessage {
                 kind: Some(agent_message::Kind::Batch(batch)),

@@ -9,13 +9,24 @@
 //! sender does it. For hostpulse that is the agent's `Batch` in an
 //! `AgentMessage`, compressed per message with zstd at the level tonic uses
 //! (`zstd::DEFAULT_COMPRESSION_LEVEL`; the agent sends zstd) plus the 5-byte
-//! gRPC length prefix and the 9-byte HTTP/2 DATA frame header. The series
+//! gRPC length prefix and the 9-byte HTTP/2 DATA frame header — once with
+//! plain columns (what older agents send) and once with the compact columns
+//! of `hostpulse_proto::columns` (the agent's default), encoded by the very
+//! encoder the agent uses and checked to decode bit-exactly with the
+//! collector's decoder. "Steady" is a batch in the middle of a stream (the
+//! encoder has seen the previous interval); "first" is the first batch of a
+//! new stream (series definitions, and compact columns with nothing to
+//! refer to). The series
 //! mix is what a hardware agent sends (CPU and disk counters, hwmon
 //! temperatures, fans and voltages, EDAC/AER error counters that are
 //! almost always 0, SMART attributes, info gauges), with values evolving
 //! deterministically from one interval to the next.
 //!
-//! `cargo run --release -p hostpulse-bench --bin wire -- [--agents 10000] [--series 300] [--intervals 60]`
+//! With `--fleet-file FILE` it also measures the reference fleet dataset
+//! (`../shared/bench/fleetgen.py` output, OpenMetrics text: random walks
+//! and bursty counters) the same way, one batch per host and timestamp.
+//!
+//! `cargo run --release -p hostpulse-bench --bin wire -- [--agents 10000] [--series 300] [--intervals 60] [--fleet-file fleet.om]`
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -23,6 +34,7 @@ use std::io::Write as _;
 use anyhow::Result;
 use clap::Parser;
 use hostpulse_collector::remote_write::proto as rw;
+use hostpulse_proto::columns::{StreamDecoder, StreamEncoder};
 use hostpulse_proto::{AgentMessage, Batch, Label, SeriesDefinition, agent_message};
 use prost::Message as _;
 
@@ -44,6 +56,144 @@ struct Args {
     /// Distinct simulated hosts encoded (figures are averaged over them)
     #[arg(long, default_value_t = 20)]
     hosts: u64,
+    /// Also measure this fleetgen.py dataset (OpenMetrics text)
+    #[arg(long)]
+    fleet_file: Option<std::path::PathBuf>,
+}
+
+/// One host of a fleetgen dataset: its series (name, labels including
+/// `instance`) and, per timestamp, the samples as (series index, value).
+#[derive(Default)]
+struct FleetHost {
+    series: Vec<(String, Vec<(String, String)>)>,
+    index: std::collections::HashMap<String, u32>,
+    at: std::collections::BTreeMap<i64, Vec<(u32, f64)>>,
+}
+
+/// Parses fleetgen.py's OpenMetrics text (`name{k="v",...} value ts` lines
+/// and `#` comments) into hosts keyed by their `instance` label.
+fn parse_fleet(text: &str) -> Result<std::collections::BTreeMap<String, FleetHost>> {
+    let mut hosts: std::collections::BTreeMap<String, FleetHost> = std::collections::BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let bad = || anyhow::anyhow!("line {}: cannot parse {line:?}", n + 1);
+        let mut parts = line.rsplitn(3, ' ');
+        let (Some(ts), Some(value), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        let ts: i64 = ts.parse().map_err(|_| bad())?;
+        let value: f64 = value.parse().map_err(|_| bad())?;
+        let (name, rest) = key.split_once('{').ok_or_else(bad)?;
+        let mut labels = Vec::new();
+        let mut instance = String::new();
+        for pair in rest.trim_end_matches('}').split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(bad)?;
+            let v = v.trim_matches('"').to_string();
+            if k == "instance" {
+                instance = v.clone();
+            }
+            labels.push((k.to_string(), v));
+        }
+        let host = hosts.entry(instance).or_default();
+        let next = host.series.len() as u32;
+        let idx = *host.index.entry(key.to_string()).or_insert(next);
+        if idx == next {
+            host.series.push((name.to_string(), labels));
+        }
+        host.at.entry(ts * 1000).or_default().push((idx, value));
+    }
+    Ok(hosts)
+}
+
+/// Bytes per sample of a fleetgen dataset: rows as in the main table
+/// (steady only: every host's first timestamp primes its stream).
+fn measure_fleet(hosts: &std::collections::BTreeMap<String, FleetHost>) -> Result<(u64, Vec<(&'static str, u64)>)> {
+    let framing = GRPC_PREFIX + HTTP2_FRAME_HEADER;
+    let mut rows: Vec<(&'static str, u64)> = vec![
+        ("hostpulse, compact columns + zstd (agent default)", 0),
+        ("hostpulse, compact columns + gzip", 0),
+        ("hostpulse, plain columns + zstd (older agents)", 0),
+        ("hostpulse, plain columns + gzip", 0),
+        ("Prometheus remote write 1.0, protobuf + snappy", 0),
+    ];
+    let mut samples = 0u64;
+    for host in hosts.values() {
+        let mut encoder = StreamEncoder::new();
+        let mut decoder = StreamDecoder::new(usize::MAX);
+        for (i, (t, at)) in host.at.iter().enumerate() {
+            let mut at = at.clone();
+            at.sort_by_key(|(idx, _)| *idx);
+            let plain = Batch {
+                seq: SEQ_BASE + i as u64,
+                base_timestamp_ms: *t,
+                refs: at.iter().map(|(idx, _)| idx + 1).collect(),
+                values: at.iter().map(|(_, v)| *v).collect(),
+                ..Default::default()
+            };
+            let mut compact = plain.clone();
+            encoder.encode(&mut compact);
+            let mut decoded = compact.clone();
+            decoder.decode(&mut decoded)?;
+            let bits = |b: &Batch| b.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            anyhow::ensure!(
+                decoded.refs == plain.refs && bits(&decoded) == bits(&plain),
+                "fleet file: round trip failed"
+            );
+            if i == 0 {
+                continue;
+            }
+            let msg = |b: Batch| {
+                AgentMessage {
+                    kind: Some(agent_message::Kind::Batch(b)),
+                }
+                .encode_to_vec()
+            };
+            let rw_body = rw::WriteRequest {
+                timeseries: at
+                    .iter()
+                    .map(|(idx, v)| {
+                        let (name, labels) = &host.series[*idx as usize];
+                        let mut labels: Vec<rw::Label> = labels
+                            .iter()
+                            .map(|(n, v)| rw::Label {
+                                name: n.clone(),
+                                value: v.clone(),
+                            })
+                            .chain([rw::Label {
+                                name: "__name__".into(),
+                                value: name.clone(),
+                            }])
+                            .collect();
+                        labels.sort_by(|a, b| a.name.cmp(&b.name));
+                        rw::TimeSeries {
+                            labels,
+                            samples: vec![rw::Sample {
+                                value: *v,
+                                timestamp: *t,
+                            }],
+                            histograms: Vec::new(),
+                        }
+                    })
+                    .collect(),
+            }
+            .encode_to_vec();
+            let (c, p) = (msg(compact), msg(plain));
+            let figures = [
+                zstd_len(&c)? + framing,
+                gzip_len(&c)? + framing,
+                zstd_len(&p)? + framing,
+                gzip_len(&p)? + framing,
+                snappy_len(&rw_body)?,
+            ];
+            for (row, bytes) in rows.iter_mut().zip(figures) {
+                row.1 += bytes;
+            }
+            samples += at.len() as u64;
+        }
+    }
+    Ok((samples, rows))
 }
 
 /// How a series' value moves from one interval to the next.
@@ -273,8 +423,46 @@ fn snappy_len(bytes: &[u8]) -> Result<u64> {
     Ok(snap::raw::Encoder::new().compress_vec(bytes)?.len() as u64)
 }
 
-/// The agent's message for one interval.
-fn hostpulse_batch(mix: &[Series], host: u64, step: u64, t_ms: i64, define: bool) -> Vec<u8> {
+/// Nanoseconds per sample to encode and to decode the compact columns of
+/// every host's intervals (values computed beforehand, so only the codec is
+/// timed).
+fn codec_speed(mix: &[Series], args: &Args) -> Result<(f64, f64)> {
+    let refs: Vec<u32> = (1..=mix.len() as u32).collect();
+    let mut encode = std::time::Duration::ZERO;
+    let mut decode = std::time::Duration::ZERO;
+    let mut samples = 0u64;
+    for host in 0..args.hosts {
+        let steps: Vec<Vec<f64>> = (0..=args.intervals).map(|step| values(mix, host, step)).collect();
+        let mut encoder = StreamEncoder::new();
+        let start = std::time::Instant::now();
+        let encoded: Vec<_> = steps.iter().map(|v| encoder.encode_columns(refs.clone(), v)).collect();
+        encode += start.elapsed();
+        let mut decoder = StreamDecoder::new(usize::MAX);
+        let start = std::time::Instant::now();
+        for c in &encoded {
+            let (r, v) = decoder.decode_columns(c)?;
+            anyhow::ensure!(r.len() == v.len(), "decoded columns differ in length");
+        }
+        decode += start.elapsed();
+        samples += (steps.len() * refs.len()) as u64;
+    }
+    let per = |d: std::time::Duration| d.as_nanos() as f64 / samples.max(1) as f64;
+    Ok((per(encode), per(decode)))
+}
+
+/// Sequence numbers of a real agent start from the wall clock in ms.
+const SEQ_BASE: u64 = 1_767_225_600_000;
+
+/// The agent's message for one interval, with compact columns when an
+/// `encoder` is given (and checked against `decoder`).
+fn hostpulse_batch(
+    mix: &[Series],
+    host: u64,
+    step: u64,
+    t_ms: i64,
+    define: bool,
+    codec: Option<(&mut StreamEncoder, &mut StreamDecoder)>,
+) -> Result<Vec<u8>> {
     let new_series = if define {
         mix.iter()
             .enumerate()
@@ -294,18 +482,31 @@ fn hostpulse_batch(mix: &[Series], host: u64, step: u64, t_ms: i64, define: bool
     } else {
         Vec::new()
     };
-    AgentMessage {
-        kind: Some(agent_message::Kind::Batch(Batch {
-            seq: step + 1,
-            new_series,
-            base_timestamp_ms: t_ms,
-            refs: (1..=mix.len() as u32).collect(),
-            timestamp_deltas_ms: Vec::new(),
-            values: values(mix, host, step),
-            events: Vec::new(),
-        })),
+    let mut batch = Batch {
+        seq: SEQ_BASE + step,
+        new_series,
+        base_timestamp_ms: t_ms,
+        refs: (1..=mix.len() as u32).collect(),
+        timestamp_deltas_ms: Vec::new(),
+        values: values(mix, host, step),
+        events: Vec::new(),
+        compact: None,
+    };
+    if let Some((encoder, decoder)) = codec {
+        let plain = batch.clone();
+        encoder.encode(&mut batch);
+        let mut decoded = batch.clone();
+        decoder.decode(&mut decoded)?;
+        let bits = |b: &Batch| b.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        anyhow::ensure!(
+            decoded.refs == plain.refs && bits(&decoded) == bits(&plain),
+            "host {host} step {step}: compact columns did not decode to the plain ones"
+        );
     }
-    .encode_to_vec()
+    Ok(AgentMessage {
+        kind: Some(agent_message::Kind::Batch(batch)),
+    }
+    .encode_to_vec())
 }
 
 /// Remote write 1.0 as Prometheus sends one host's scrape: every series
@@ -373,12 +574,12 @@ fn main() -> Result<()> {
     let t0: i64 = 1_767_225_600_000;
     let step_ms = i64::try_from(args.interval_s * 1000)?;
     let mut rows: Vec<(&str, Bytes)> = vec![
-        ("hostpulse gRPC stream, protobuf, no compression", Bytes::default()),
-        (
-            "hostpulse gRPC stream, protobuf + zstd (agent default)",
-            Bytes::default(),
-        ),
-        ("hostpulse gRPC stream, protobuf + gzip", Bytes::default()),
+        ("hostpulse, compact columns, no compression", Bytes::default()),
+        ("hostpulse, compact columns + zstd (agent default)", Bytes::default()),
+        ("hostpulse, compact columns + gzip", Bytes::default()),
+        ("hostpulse, plain columns, no compression", Bytes::default()),
+        ("hostpulse, plain columns + zstd (older agents)", Bytes::default()),
+        ("hostpulse, plain columns + gzip", Bytes::default()),
         ("Prometheus remote write 1.0, protobuf + snappy", Bytes::default()),
         (
             "Prometheus remote write 1.0, protobuf, no compression",
@@ -390,13 +591,24 @@ fn main() -> Result<()> {
     let n = args.hosts * args.intervals;
     let framing = GRPC_PREFIX + HTTP2_FRAME_HEADER;
     for host in 0..args.hosts {
-        for step in 0..args.intervals {
+        // One stream per host: its encoder has seen interval 0 before the
+        // measured intervals 1..=N.
+        let mut encoder = StreamEncoder::new();
+        let mut decoder = StreamDecoder::new(usize::MAX);
+        hostpulse_batch(&mix, host, 0, t0, true, Some((&mut encoder, &mut decoder)))?;
+        for step in 1..=args.intervals {
             let t = t0 + i64::try_from(step)? * step_ms;
-            let steady = hostpulse_batch(&mix, host, step, t, false);
-            let first = hostpulse_batch(&mix, host, step, t, true);
+            let c_steady = hostpulse_batch(&mix, host, step, t, false, Some((&mut encoder, &mut decoder)))?;
+            let (mut fresh_enc, mut fresh_dec) = (StreamEncoder::new(), StreamDecoder::new(usize::MAX));
+            let c_first = hostpulse_batch(&mix, host, step, t, true, Some((&mut fresh_enc, &mut fresh_dec)))?;
+            let steady = hostpulse_batch(&mix, host, step, t, false, None)?;
+            let first = hostpulse_batch(&mix, host, step, t, true, None)?;
             let rw_body = remote_write(&mix, host, step, t);
             let text = exposition(&mix, host, step);
             let figures = [
+                (c_steady.len() as u64 + framing, c_first.len() as u64 + framing),
+                (zstd_len(&c_steady)? + framing, zstd_len(&c_first)? + framing),
+                (gzip_len(&c_steady)? + framing, gzip_len(&c_first)? + framing),
                 (steady.len() as u64 + framing, first.len() as u64 + framing),
                 (zstd_len(&steady)? + framing, zstd_len(&first)? + framing),
                 (gzip_len(&steady)? + framing, gzip_len(&first)? + framing),
@@ -432,12 +644,50 @@ fn main() -> Result<()> {
         "\nhostpulse framing counted: {GRPC_PREFIX} B gRPC prefix + {HTTP2_FRAME_HEADER} B HTTP/2 frame header per batch; \
          remote write and text: body only (their HTTP request/response headers would add more)."
     );
+    let (encode_ns, decode_ns) = codec_speed(&mix, &args)?;
+    println!(
+        "\ncompact columns, CPU per sample on this machine (this build's profile): encode {encode_ns:.1} ns, decode {decode_ns:.1} ns"
+    );
+    if let Some(path) = &args.fleet_file {
+        let hosts = parse_fleet(&std::fs::read_to_string(path)?)?;
+        let (samples, rows) = measure_fleet(&hosts)?;
+        let series: usize = hosts.values().map(|h| h.series.len()).sum();
+        println!(
+            "\nreference fleet dataset {}: {} hosts, {series} series, {samples} samples (steady batches)\n",
+            path.display(),
+            hosts.len()
+        );
+        println!("| format | B/sample (steady) |");
+        println!("|---|---:|");
+        for (name, bytes) in rows {
+            println!("| {name} | {:.2} |", bytes as f64 / samples.max(1) as f64);
+        }
+    }
     Ok(())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_steady_batches_decode_and_are_smaller_than_plain() {
+        let mix = series_mix(300);
+        let mut enc = StreamEncoder::new();
+        let mut dec = StreamDecoder::new(1000);
+        hostpulse_batch(&mix, 3, 0, 0, true, Some((&mut enc, &mut dec))).unwrap();
+        for step in 1..10 {
+            let compact = hostpulse_batch(&mix, 3, step, 0, false, Some((&mut enc, &mut dec))).unwrap();
+            let plain = hostpulse_batch(&mix, 3, step, 0, false, None).unwrap();
+            assert!(
+                zstd_len(&compact).unwrap() * 2 < zstd_len(&plain).unwrap(),
+                "step {step}: {} vs {}",
+                compact.len(),
+                plain.len()
+            );
+        }
+    }
 
     #[test]
     fn the_mix_has_the_asked_size_and_values_move() {

@@ -34,6 +34,8 @@ pub struct KnobError {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
+    /// `[detectors.host_silent]`.
+    pub host_silent: HostSilentConfig,
     /// `[detectors.peer_outlier]`.
     pub peer_outlier: PeerOutlierConfig,
     /// `[detectors.baseline]`.
@@ -42,6 +44,26 @@ pub struct DetectorConfig {
     pub trend: TrendConfig,
     /// `[detectors.smart_verdict]`.
     pub smart_verdict: SmartVerdictConfig,
+}
+
+/// `[detectors.host_silent]`: how long a host that disconnected may stay
+/// away. A host whose stream stays open is silent after two of its own
+/// sampling intervals (never below the top-level `host_silent_after` when
+/// that is set); these graces cover agents that are expected back.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostSilentConfig {
+    /// After a stream dropped while the host was reporting (the agent
+    /// reconnects with backoff, capped at 30 s by default) [default: 1m].
+    pub reconnect_grace: Option<String>,
+    /// After this collector ended a stream itself (overload, storage error)
+    /// and after it starts: agents may have failed over to another
+    /// collector and come back at their next failback probe (5 min by
+    /// default) [default: 6m].
+    pub failback_grace: Option<String>,
+    /// After an agent closed its stream cleanly (agent stop or restart,
+    /// host reboot) [default: 15m].
+    pub shutdown_grace: Option<String>,
 }
 
 /// `[detectors.peer_outlier]`: a host far hotter than its same-model peers.
@@ -157,11 +179,33 @@ pub fn two_sided_z(c: f64) -> f64 {
 
 impl DetectorConfig {
     /// The detectors to run, host silence first (it inhibits the others),
-    /// or the first knob with a bad value. `started_ms` is when the
-    /// collector started watching (see [`HostSilent::started_ms`]).
-    pub fn build(&self, host_silent_after: Duration, started_ms: i64) -> Result<Vec<Arc<dyn Detector>>, KnobError> {
+    /// or the first knob with a bad value. `host_silent_after` is the
+    /// floor under every host-silence grace (`None`: none); `started_ms` is
+    /// when the collector started watching (see [`HostSilent::started_ms`]).
+    pub fn build(
+        &self,
+        host_silent_after: Option<Duration>,
+        started_ms: i64,
+    ) -> Result<Vec<Arc<dyn Detector>>, KnobError> {
+        let h = &self.host_silent;
+        let d = HostSilent::default();
         let mut out: Vec<Arc<dyn Detector>> = vec![Arc::new(HostSilent {
-            grace_ms: i64::try_from(host_silent_after.as_millis()).unwrap_or(i64::MAX),
+            min_grace_ms: host_silent_after.map_or(0, |a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX)),
+            reconnect_grace_ms: millis(
+                "detectors.host_silent.reconnect_grace",
+                &h.reconnect_grace,
+                d.reconnect_grace_ms,
+            )?,
+            failback_grace_ms: millis(
+                "detectors.host_silent.failback_grace",
+                &h.failback_grace,
+                d.failback_grace_ms,
+            )?,
+            shutdown_grace_ms: millis(
+                "detectors.host_silent.shutdown_grace",
+                &h.shutdown_grace,
+                d.shutdown_grace_ms,
+            )?,
             started_ms,
         })];
 
@@ -257,11 +301,7 @@ mod tests {
     }
 
     fn names(c: &DetectorConfig) -> Vec<&'static str> {
-        c.build(Duration::from_secs(180), 0)
-            .unwrap()
-            .iter()
-            .map(|d| d.name())
-            .collect()
+        c.build(None, 0).unwrap().iter().map(|d| d.name()).collect()
     }
 
     #[test]
@@ -269,10 +309,7 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c, DetectorConfig::default());
         let built = names(&c);
-        let defaults: Vec<&str> = super::super::default_detectors(Duration::from_secs(180))
-            .iter()
-            .map(|d| d.name())
-            .collect();
+        let defaults: Vec<&str> = super::super::default_detectors(None).iter().map(|d| d.name()).collect();
         assert_eq!(built, defaults);
         assert_eq!(built[0], super::super::host_silent::NAME, "host silence first");
     }
@@ -288,7 +325,7 @@ mod tests {
         assert_eq!(c.peer_outlier.min_peers, Some(7));
         let built = names(&c);
         assert!(!built.contains(&super::super::baseline::NAME), "{built:?}");
-        let detectors = c.build(Duration::from_secs(180), 0).unwrap();
+        let detectors = c.build(Some(Duration::from_secs(180)), 0).unwrap();
         let peer = detectors
             .iter()
             .find(|d| d.name() == super::super::peer_outlier::NAME)
@@ -307,7 +344,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let check = |text: &str, key: &str, says: &str| {
-            let e = parse(text).unwrap().build(Duration::from_secs(180), 0).err().unwrap();
+            let e = parse(text).unwrap().build(None, 0).err().unwrap();
             assert_eq!(e.key, key);
             assert!(e.message.contains(says), "{e}");
         };
@@ -327,6 +364,11 @@ mod tests {
             "unknown unit",
         );
         check("[trend]\nconfidence = 1.5", "detectors.trend.confidence", "between");
+        check(
+            "[host_silent]\nshutdown_grace = \"0s\"",
+            "detectors.host_silent.shutdown_grace",
+            "minimum",
+        );
         check(
             "[smart_verdict]\nwindow = \"0s\"",
             "detectors.smart_verdict.window",

@@ -484,3 +484,123 @@ async fn history_past_its_retention_is_pruned() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].state, AlertState::Resolved);
 }
+
+/// Polls `store` until the record of db1 satisfies `want` (a stream's
+/// end is recorded by the server task after the client is gone).
+async fn record_when(store: &Store, what: &str, want: impl Fn(&HostRecord) -> bool) -> HostRecord {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(r) = store.hosts().unwrap().into_iter().find(|h| h.host == "db1")
+            && want(&r)
+        {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host record never {what}: {:?}",
+            store.hosts().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Host silence over the real ingest service and store: the Hello's
+/// interval and the way each stream ends reach the host record, and the
+/// detector judges from them (issue 6: two of the host's own intervals on
+/// an open stream, time to come back after a goodbye or a drop).
+#[tokio::test]
+async fn stream_ends_reach_host_silence() {
+    use crate::store::StreamState;
+    use hostpulse_proto::ingest_client::IngestClient;
+    use hostpulse_proto::{AgentMessage, Hello, agent_message};
+    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let svc = crate::ingest::IngestService::new(
+        store.clone(),
+        Arc::new(Telemetry::default()),
+        crate::ingest::IngestLimits::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(crate::ingest::server(svc))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let hello = |interval_ms| AgentMessage {
+        kind: Some(agent_message::Kind::Hello(Hello {
+            host: "db1".into(),
+            interval_ms,
+            ..Default::default()
+        })),
+    };
+    let open = |to: std::net::SocketAddr| async move {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{to}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let replies = IngestClient::new(channel)
+            .stream(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        (tx, replies)
+    };
+    // A TCP relay to the collector whose task, aborted, cuts the
+    // connection the way a broken network or a crashed agent does.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let cable = tokio::spawn(async move {
+        let (mut agent_side, _) = relay.accept().await.unwrap();
+        let mut collector_side = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut agent_side, &mut collector_side).await;
+    });
+
+    // A 60 s agent says hello: open stream, its interval kept.
+    let (tx, replies) = open(addr).await;
+    tx.send(hello(60_000)).await.unwrap();
+    let r = record_when(&store, "open", |r| r.stream == StreamState::Open).await;
+    assert_eq!(r.interval_ms, 60_000);
+    let d = HostSilent::default();
+    let j = d.judge_stream(&r);
+    assert_eq!((j.since_ms, j.grace_ms), (r.last_report_ms, 120_000));
+
+    // It closes its stream cleanly: a goodbye, with the shutdown grace.
+    drop(tx);
+    let r = record_when(&store, "said goodbye", |r| r.stream == StreamState::Goodbye).await;
+    drop(replies);
+    assert_eq!(d.judge_stream(&r).grace_ms, host_silent::DEFAULT_SHUTDOWN_GRACE_MS);
+
+    // It comes back through the relay, then the connection is cut: a drop.
+    let (tx, replies) = open(relay_addr).await;
+    tx.send(hello(10_000)).await.unwrap();
+    let r = record_when(&store, "reopened", |r| {
+        r.stream == StreamState::Open && r.interval_ms == 10_000
+    })
+    .await;
+    let opened = r.stream_since_ms;
+    cable.abort();
+    let r = record_when(&store, "dropped", |r| r.stream != StreamState::Open).await;
+    assert_eq!(r.stream, StreamState::Dropped);
+    assert!(r.stream_since_ms >= opened);
+    drop((tx, replies));
+
+    // An end reported for an older stream does not touch a newer one.
+    let (tx, _replies) = open(addr).await;
+    tx.send(hello(10_000)).await.unwrap();
+    let r = record_when(&store, "reopened again", |r| r.stream == StreamState::Open).await;
+    store
+        .record_stream_end("db1", r.stream_since_ms - 1, StreamState::Goodbye, r.stream_since_ms)
+        .unwrap();
+    assert_eq!(record_when(&store, "kept", |_| true).await.stream, StreamState::Open);
+
+    // A second Hello is a protocol error: this collector ends the stream.
+    tx.send(hello(10_000)).await.unwrap();
+    let r = record_when(&store, "refused", |r| r.stream != StreamState::Open).await;
+    assert_eq!(r.stream, StreamState::Refused);
+    assert_eq!(d.judge_stream(&r).grace_ms, host_silent::DEFAULT_FAILBACK_GRACE_MS);
+}

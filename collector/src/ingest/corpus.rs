@@ -76,6 +76,7 @@ fn valid_batch_message() -> Vec<u8> {
             timestamp_deltas_ms: vec![0, 1000],
             values: vec![41.0, 42.5],
             events: vec![],
+            ..Default::default()
         })),
     }
     .encode_to_vec()
@@ -184,6 +185,7 @@ fn hostile_batches_get_the_error_the_agent_needs() {
         timestamp_deltas_ms: vec![i64::MAX, i64::MIN],
         values: vec![1.0, 2.0],
         events: vec![],
+        ..Default::default()
     };
     let prepared = session.prepare(batch, &limits, NOW).unwrap();
     assert_eq!(prepared.dropped.out_of_range, 2);

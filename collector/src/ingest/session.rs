@@ -6,14 +6,24 @@
 //! A session maps the stream-local series references of `new_series` to
 //! full label sets. The collector, not the agent, sets `instance` (to the
 //! Hello's host) and `job`, so an agent cannot write series for another host.
+//!
+//! Once a batch naming a series is stored, the store's id for it replaces
+//! the label set ([`Session::stored`]): later batches name the series by id,
+//! so neither the labels nor a per-batch copy of them are kept, and the
+//! store does not resolve them again (issue 4: an owned label set per series
+//! per batch cost ~12 % of ingest in allocation and freeing).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 
 use hostpulse_proto::{Batch, CollectorMessage, ErrorCode, SeriesDefinition};
 
 use super::IngestLimits;
 use super::validate::{check_label_name, check_metric_name};
-use crate::model::{Labels, METRIC_NAME, SeriesSamples, is_stale_marker};
+use crate::model::{Labels, METRIC_NAME, is_stale_marker};
+use crate::store::fasthash::FastMap;
+use crate::store::{AppendBatch, SeriesKey};
 
 /// The `job` label of every series agents send.
 pub const JOB: &str = "hostpulse";
@@ -32,10 +42,33 @@ pub struct Rejection {
 pub struct Prepared {
     /// The batch's sequence number.
     pub seq: u64,
-    /// Its samples by series, ascending in time, one value per timestamp.
-    pub series: Vec<SeriesSamples>,
+    /// Its samples by series, ascending in time, one value per timestamp;
+    /// series the store already gave an id are named by it.
+    pub batch: AppendBatch,
+    /// The stream refs behind `batch`, for [`Session::stored`].
+    pub refs: BatchRefs,
     /// Samples dropped individually, and why; the rest is still stored.
     pub dropped: DroppedSamples,
+}
+
+/// The stream refs of a prepared batch's series, by position in the batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchRefs {
+    /// The first ref seen for each series.
+    first: Vec<u32>,
+    /// Further refs naming the same series, as (position, ref).
+    aliases: Vec<(usize, u32)>,
+}
+
+/// What a stream reference stands for.
+#[derive(Clone, Debug)]
+enum SeriesRef {
+    /// Defined, not yet stored: its labels go with every batch until the
+    /// store answers with an id.
+    Pending(Labels),
+    /// Stored: the store's id, and a keyed hash of the labels so a resent
+    /// definition can be told from a redefinition without keeping them.
+    Stored { id: u64, labels_hash: u64 },
 }
 
 /// Counts of samples dropped from an otherwise good batch.
@@ -68,11 +101,16 @@ impl DroppedSamples {
 #[derive(Debug)]
 pub struct Session {
     host: String,
-    refs: HashMap<u32, Labels>,
+    /// Looked up for every sample: the store's keyed fast hash, not SipHash
+    /// (SipHash and rehashing were ~8 % of ingest CPU, perf 2026-11-26).
+    refs: FastMap<u32, SeriesRef>,
+    hasher: RandomState,
     /// Highest seq acknowledged on this stream, so acks never go backwards
     /// (a replayed batch below the host's stored seq is acked with the
     /// higher figure, which is just as true).
     acked: u64,
+    /// Decoder of this stream's compact batches (see `super::wire`).
+    wire: super::wire::WireDecoder,
 }
 
 impl Session {
@@ -80,9 +118,16 @@ impl Session {
     pub fn new(host: String) -> Self {
         Session {
             host,
-            refs: HashMap::new(),
+            refs: FastMap::default(),
+            hasher: RandomState::new(),
             acked: 0,
+            wire: Default::default(),
         }
+    }
+
+    /// The stream's compact-batch decoder, which every batch passes first.
+    pub fn wire(&mut self) -> &mut super::wire::WireDecoder {
+        &mut self.wire
     }
 
     /// The ack to send for a durable `seq`: never below an earlier ack.
@@ -106,17 +151,23 @@ impl Session {
         let mut defined: HashMap<u32, Labels> = HashMap::new();
         for def in &batch.new_series {
             let labels = self.labels_of(def, limits, seq)?;
-            let earlier = self.refs.get(&def.r#ref).or_else(|| defined.get(&def.r#ref));
-            if let Some(earlier) = earlier {
-                if *earlier != labels {
+            let same = match (self.refs.get(&def.r#ref), defined.get(&def.r#ref)) {
+                (Some(SeriesRef::Pending(earlier)), _) | (None, Some(earlier)) => Some(*earlier == labels),
+                (Some(SeriesRef::Stored { labels_hash, .. }), _) => Some(*labels_hash == self.hasher.hash_one(&labels)),
+                (None, None) => None,
+            };
+            match same {
+                Some(true) => continue,
+                Some(false) => {
                     return Err(bad_batch(format!(
-                        "batch {seq}: series ref {} redefined as {labels}, was {earlier}",
+                        "batch {seq}: series ref {} redefined as {labels}, unlike its first definition",
                         def.r#ref
                     )));
                 }
-                continue;
+                None => {
+                    defined.insert(def.r#ref, labels);
+                }
             }
-            defined.insert(def.r#ref, labels);
         }
         let total = self.refs.len() + defined.len();
         if total > limits.max_series_per_stream {
@@ -129,14 +180,47 @@ impl Session {
         let oldest = now_ms.saturating_sub(limits.max_past_ms);
         let newest = now_ms.saturating_add(limits.max_future_ms);
         let mut dropped = DroppedSamples::default();
-        // Keyed by labels so two refs naming one series merge; a later value
-        // at the same timestamp wins, as a later write would in the store.
-        let mut by_series: BTreeMap<&Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+        // Each ref is looked up once per batch; two refs naming one series
+        // (same labels, or same stored id) share a slot, so their samples
+        // merge and a later value at the same timestamp wins, as a later
+        // write would in the store.
+        let distinct = batch.refs.len().min(self.refs.len() + defined.len());
+        let mut slot_of_ref: FastMap<u32, u32> = FastMap::with_capacity_and_hasher(distinct, Default::default());
+        let mut slot_by_id: FastMap<u64, u32> = FastMap::with_capacity_and_hasher(distinct, Default::default());
+        let mut slot_by_labels: FastMap<&Labels, u32> = FastMap::default();
+        // Per slot: how the store is told the series, and its first ref.
+        let mut slots: Vec<(SlotKey<'_>, u32)> = Vec::with_capacity(distinct);
+        let mut aliases: Vec<(u32, u32)> = Vec::new();
+        let mut entries: Vec<(u32, i64, u32, f64)> = Vec::with_capacity(batch.refs.len());
         for (i, (&r, &value)) in batch.refs.iter().zip(&batch.values).enumerate() {
-            let Some(labels) = self.refs.get(&r).or_else(|| defined.get(&r)) else {
-                return Err(bad_batch(format!(
-                    "batch {seq}: sample {i} uses undefined series ref {r}"
-                )));
+            let slot = match slot_of_ref.get(&r) {
+                Some(&slot) => slot,
+                None => {
+                    let key = match self.refs.get(&r) {
+                        Some(SeriesRef::Stored { id, .. }) => SlotKey::Id(*id),
+                        Some(SeriesRef::Pending(labels)) => SlotKey::Labels(labels),
+                        None => match defined.get(&r) {
+                            Some(labels) => SlotKey::Labels(labels),
+                            None => {
+                                return Err(bad_batch(format!(
+                                    "batch {seq}: sample {i} uses undefined series ref {r}"
+                                )));
+                            }
+                        },
+                    };
+                    let next = u32::try_from(slots.len()).unwrap_or(u32::MAX);
+                    let existing = match key {
+                        SlotKey::Id(id) => *slot_by_id.entry(id).or_insert(next),
+                        SlotKey::Labels(labels) => *slot_by_labels.entry(labels).or_insert(next),
+                    };
+                    if existing == next {
+                        slots.push((key, r));
+                    } else {
+                        aliases.push((existing, r));
+                    }
+                    slot_of_ref.insert(r, existing);
+                    existing
+                }
             };
             let ts = batch.timestamp_of(i);
             if ts < oldest || ts > newest {
@@ -147,17 +231,73 @@ impl Session {
                 dropped.non_finite += 1;
                 continue;
             }
-            by_series.entry(labels).or_default().insert(ts, value);
+            entries.push((slot, ts, u32::try_from(i).unwrap_or(u32::MAX), value));
         }
-        let series = by_series
-            .into_iter()
-            .map(|(labels, samples)| SeriesSamples {
-                labels: labels.clone(),
-                samples: samples.into_iter().collect(),
-            })
-            .collect();
-        self.refs.extend(defined);
-        Ok(Prepared { seq, series, dropped })
+        // By series, then time, then arrival, so the last of equal
+        // timestamps is the one kept.
+        entries.sort_unstable_by_key(|&(slot, ts, i, _)| (slot, ts, i));
+        let mut out = AppendBatch::with_capacity(slots.len(), entries.len());
+        let mut refs = BatchRefs::default();
+        let mut position_of_slot: FastMap<u32, usize> = FastMap::default();
+        let mut current: Option<(u32, i64)> = None;
+        for (n, &(slot, ts, _, value)) in entries.iter().enumerate() {
+            // Only the last entry of a run of equal (slot, ts) is kept.
+            if entries.get(n + 1).is_some_and(|next| next.0 == slot && next.1 == ts) {
+                continue;
+            }
+            if current.map(|c| c.0) != Some(slot) {
+                let Some((key, first)) = slots.get(slot as usize) else {
+                    continue;
+                };
+                if !aliases.is_empty() {
+                    position_of_slot.insert(slot, refs.first.len());
+                }
+                refs.first.push(*first);
+                out.begin(match key {
+                    SlotKey::Id(id) => SeriesKey::Id(*id),
+                    SlotKey::Labels(labels) => SeriesKey::Labels((*labels).clone()),
+                });
+            }
+            current = Some((slot, ts));
+            out.sample(ts, value);
+        }
+        for (slot, r) in aliases {
+            if let Some(&position) = position_of_slot.get(&slot) {
+                refs.aliases.push((position, r));
+            }
+        }
+        self.refs
+            .extend(defined.into_iter().map(|(r, labels)| (r, SeriesRef::Pending(labels))));
+        Ok(Prepared {
+            seq,
+            batch: out,
+            refs,
+            dropped,
+        })
+    }
+
+    /// Records the ids the store gave a stored batch's series (its
+    /// [`crate::store::BatchReport::new_ids`]): from now on those refs are
+    /// sent by id and their labels are dropped.
+    pub fn stored(&mut self, refs: &BatchRefs, new_ids: &[(usize, u64)]) {
+        let ids: HashMap<usize, u64> = new_ids.iter().copied().collect();
+        let named = refs
+            .first
+            .iter()
+            .copied()
+            .enumerate()
+            .chain(refs.aliases.iter().copied());
+        for (position, r) in named {
+            let Some(&id) = ids.get(&position) else {
+                continue;
+            };
+            if let Some(entry) = self.refs.get_mut(&r)
+                && let SeriesRef::Pending(labels) = entry
+            {
+                let labels_hash = self.hasher.hash_one(&*labels);
+                *entry = SeriesRef::Stored { id, labels_hash };
+            }
+        }
     }
 
     /// The full label set of a definition, after checking names and limits.
@@ -202,6 +342,14 @@ impl Session {
         pairs.push(("job".to_owned(), JOB.to_owned()));
         Ok(Labels::new(pairs))
     }
+}
+
+/// How a prepared batch names a series to the store (borrowing the
+/// session's labels until the batch is built).
+#[derive(Clone, Copy)]
+enum SlotKey<'a> {
+    Id(u64),
+    Labels(&'a Labels),
 }
 
 fn bad_batch(message: String) -> Rejection {
@@ -251,6 +399,7 @@ mod tests {
             timestamp_deltas_ms: samples.iter().map(|s| s.1).collect(),
             values: samples.iter().map(|s| s.2).collect(),
             events: vec![],
+            ..Default::default()
         }
     }
 
@@ -273,15 +422,74 @@ mod tests {
             &[(1, 5, 2.0), (1, 0, 1.0), (1, 5, 3.0)],
         );
         let p = check(&mut s, b).unwrap();
-        assert_eq!(p.series.len(), 1);
         assert_eq!(
-            p.series[0].labels.to_string(),
-            r#"m{chip="c0",instance="web-1",job="hostpulse"}"#
+            series(&p),
+            vec![(
+                r#"m{chip="c0",instance="web-1",job="hostpulse"}"#.to_string(),
+                vec![(NOW, 1.0), (NOW + 5, 3.0)]
+            )]
         );
-        assert_eq!(p.series[0].samples, vec![(NOW, 1.0), (NOW + 5, 3.0)]);
         // The ref stays defined for later batches.
         let p = check(&mut s, batch(2, vec![], &[(1, 0, 4.0)])).unwrap();
-        assert_eq!(p.series[0].samples, vec![(NOW, 4.0)]);
+        assert_eq!(series(&p)[0].1, vec![(NOW, 4.0)]);
+    }
+
+    /// Issue 4: once stored, a series goes by the store's id, its
+    /// definition may be resent unchanged, and aliases share its slot.
+    #[test]
+    fn stored_series_are_sent_by_id() {
+        let mut s = Session::new("h".into());
+        let p = check(
+            &mut s,
+            batch(
+                1,
+                vec![def(1, "m", &[]), def(2, "n", &[]), def(3, "m", &[])],
+                &[(1, 0, 1.0), (2, 0, 2.0), (3, 0, 3.0), (3, 5, 4.0)],
+            ),
+        )
+        .unwrap();
+        // Refs 1 and 3 name one series: one entry, the later value wins.
+        assert_eq!(
+            series(&p),
+            vec![
+                (
+                    r#"m{instance="h",job="hostpulse"}"#.to_string(),
+                    vec![(NOW, 3.0), (NOW + 5, 4.0)]
+                ),
+                (r#"n{instance="h",job="hostpulse"}"#.to_string(), vec![(NOW, 2.0)]),
+            ]
+        );
+        s.stored(&p.refs, &[(0, 40), (1, 41)]);
+        let p = check(
+            &mut s,
+            batch(2, vec![def(2, "n", &[])], &[(2, 0, 5.0), (3, 0, 6.0), (1, 1, 7.0)]),
+        )
+        .unwrap();
+        assert_eq!(
+            series(&p),
+            vec![
+                ("#41".to_string(), vec![(NOW, 5.0)]),
+                ("#40".to_string(), vec![(NOW, 6.0), (NOW + 1, 7.0)])
+            ]
+        );
+        rejected(
+            check(&mut s, batch(3, vec![def(2, "other", &[])], &[])),
+            ErrorCode::BadBatch,
+            "redefined",
+        );
+    }
+
+    fn series(p: &Prepared) -> Vec<(String, Vec<(i64, f64)>)> {
+        p.batch
+            .iter()
+            .map(|(key, samples)| {
+                let name = match key {
+                    SeriesKey::Labels(l) => l.to_string(),
+                    SeriesKey::Id(id) => format!("#{id}"),
+                };
+                (name, samples.to_vec())
+            })
+            .collect()
     }
 
     #[test]
@@ -379,8 +587,9 @@ mod tests {
                 non_finite: 2
             }
         );
-        assert_eq!(p.series[0].samples.len(), 2);
-        assert!(is_stale_marker(p.series[0].samples[1].1));
+        let samples = &series(&p)[0].1;
+        assert_eq!(samples.len(), 2);
+        assert!(is_stale_marker(samples[1].1));
         assert!(p.dropped.describe(1).contains("dropped 4 samples"));
     }
 }

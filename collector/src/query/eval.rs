@@ -354,6 +354,53 @@ pub(crate) enum Val {
     String(String),
 }
 
+/// How an instant vector selector picks each step's sample: the newest
+/// in the lookback window before the step's reference time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InstantWalk {
+    grid: Grid,
+    offset: i64,
+    at: Option<i64>,
+}
+
+impl InstantWalk {
+    /// The reference time of the step at `t`.
+    fn reference(&self, t: i64) -> i64 {
+        self.at.unwrap_or(t).saturating_sub(self.offset)
+    }
+
+    /// One series' values at every step into `vals` (cleared first); with
+    /// `timestamps`, the chosen samples' times in seconds. Whether any
+    /// step has a value.
+    fn values(&self, samples: &[(i64, f64)], timestamps: bool, vals: &mut Vec<Option<f64>>) -> bool {
+        let n = self.grid.len();
+        vals.clear();
+        vals.reserve(n);
+        let pick = |(ts, v): (i64, f64)| if timestamps { ts as f64 / 1000.0 } else { v };
+        if self.at.is_some() {
+            let v = instant_sample(samples, self.reference(self.grid.start)).map(pick);
+            vals.resize(n, v);
+            return v.is_some();
+        }
+        // Reference times ascend, so one cursor walks the samples.
+        let mut any = false;
+        let mut idx = 0;
+        for t in self.grid.times() {
+            let r = t.saturating_sub(self.offset);
+            while idx < samples.len() && samples[idx].0 <= r {
+                idx += 1;
+            }
+            let v = idx.checked_sub(1).and_then(|i| {
+                let (ts, v) = samples[i];
+                (ts >= r.saturating_sub(LOOKBACK_MS) && !is_stale_marker(v)).then(|| pick((ts, v)))
+            });
+            any |= v.is_some();
+            vals.push(v);
+        }
+        any
+    }
+}
+
 /// A range vector argument: series with their samples (stale markers
 /// removed) and how each step's window is placed.
 #[derive(Debug)]
@@ -629,49 +676,38 @@ impl<'a> Evaluator<'a> {
         grid: Grid,
         timestamps: bool,
     ) -> Result<Vec<VSeries>, EvalError> {
-        let matchers = selector_matchers(vs)?;
-        let offset = offset_ms(&vs.offset);
-        let at = self.at_ms(&vs.at);
-        let reference = |t: i64| at.unwrap_or(t).saturating_sub(offset);
-        let n = grid.len();
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let first = reference(grid.start);
-        let last = reference(grid.time(n - 1));
-        let data = self.select(&matchers, first.saturating_sub(LOOKBACK_MS), last)?;
+        let (data, walk) = self.selector_data(vs, grid)?;
         let mut out = Vec::with_capacity(data.len());
         for s in data {
-            let vals: Vec<Option<f64>> = match at {
-                Some(_) => {
-                    let v = instant_sample(&s.samples, first)
-                        .map(|(ts, v)| if timestamps { ts as f64 / 1000.0 } else { v });
-                    vec![v; n]
-                }
-                None => {
-                    // Reference times ascend, so one cursor walks the samples.
-                    let mut vals = Vec::with_capacity(n);
-                    let mut idx = 0;
-                    for t in grid.times() {
-                        let r = t.saturating_sub(offset);
-                        while idx < s.samples.len() && s.samples[idx].0 <= r {
-                            idx += 1;
-                        }
-                        let v = idx.checked_sub(1).and_then(|i| {
-                            let (ts, v) = s.samples[i];
-                            (ts >= r.saturating_sub(LOOKBACK_MS) && !is_stale_marker(v))
-                                .then(|| if timestamps { ts as f64 / 1000.0 } else { v })
-                        });
-                        vals.push(v);
-                    }
-                    vals
-                }
-            };
-            if vals.iter().any(Option::is_some) {
+            let mut vals = Vec::new();
+            if walk.values(&s.samples, timestamps, &mut vals) {
                 out.push(VSeries { labels: s.labels, vals });
             }
         }
         Ok(out)
+    }
+
+    /// The series an instant vector selector reads over `grid`, and how
+    /// to turn each into values per step.
+    fn selector_data(
+        &mut self,
+        vs: &VectorSelector,
+        grid: Grid,
+    ) -> Result<(Vec<SeriesSamples>, InstantWalk), EvalError> {
+        let matchers = selector_matchers(vs)?;
+        let walk = InstantWalk {
+            grid,
+            offset: offset_ms(&vs.offset),
+            at: self.at_ms(&vs.at),
+        };
+        let n = grid.len();
+        if n == 0 {
+            return Ok((Vec::new(), walk));
+        }
+        let first = walk.reference(grid.start);
+        let last = walk.reference(grid.time(n - 1));
+        let data = self.select(&matchers, first.saturating_sub(LOOKBACK_MS), last)?;
+        Ok((data, walk))
     }
 
     /// A range vector selector whose windows end at each step of `grid`.

@@ -540,8 +540,9 @@ async fn promtool_queries_work() {
     assert!(ok && text.contains("{} => 3.5 @[1700000020]"), "{text}");
 }
 
-/// Long ranges are read in parallel time slices; the stitched answer must
-/// equal one sequential read.
+/// Long ranges are read in parallel, whole hosts per thread; the answer
+/// must equal one sequential read, from heads, from sealed blocks and from
+/// the decoded-section cache.
 #[tokio::test]
 async fn parallel_slices_read_the_same_as_one_select() {
     use crate::model::Matcher;
@@ -571,6 +572,13 @@ async fn parallel_slices_read_the_same_as_one_select() {
     parallel.sort_by(|a, b| a.labels.cmp(&b.labels));
     assert_eq!(parallel.len(), 3);
     assert_eq!(parallel, sequential);
+    store.seal_all().unwrap();
+    for _ in 0..2 {
+        let mut sealed = Source::select(&store, &matchers, from, to).unwrap();
+        sealed.sort_by(|a, b| a.labels.cmp(&b.labels));
+        assert_eq!(sealed, sequential);
+    }
+    assert!(store.stats().decoded_cache.hits > 0);
 }
 
 /// Issue 5: reads served from the decoded-section cache equal reads that

@@ -50,10 +50,20 @@ impl Head {
     }
 }
 
+/// Ids may run at most this far past the dense table before their heads
+/// go to the sparse map: ids are allocated consecutively, so only damaged
+/// records name ids far beyond, and those must not allocate the gap.
+const MAX_DENSE_GAP: u64 = 1 << 24;
+
 /// All heads plus what a seal needs to know.
 #[derive(Debug, Default)]
 pub(crate) struct Heads {
-    pub series: FastMap<u64, Head>,
+    /// Heads by series id. Ids are dense, so a table indexed by id costs
+    /// 40 bytes a series where a hash map cost ~100 (measured with
+    /// `bench/src/bin/series_ram.rs`).
+    dense: Vec<Option<Head>>,
+    /// Heads of ids far past the dense table (see [`MAX_DENSE_GAP`]).
+    sparse: FastMap<u64, Head>,
     /// Samples held, for the memory bound.
     pub samples: usize,
     /// Highest timestamp accepted for any series.
@@ -62,25 +72,69 @@ pub(crate) struct Heads {
     pub wal_keys: Vec<super::keys::WalKey>,
 }
 
-/// Approximate heap bytes of one head besides its samples (map slot, Vec
-/// header, group and max).
-pub(crate) const HEAD_OVERHEAD_BYTES: usize = 64;
+/// Approximate heap bytes of one head besides its samples (table slot:
+/// Vec header, group and max).
+pub(crate) const HEAD_OVERHEAD_BYTES: usize = 40;
 /// Bytes per held sample.
 pub(crate) const SAMPLE_BYTES: usize = 16;
 
 impl Heads {
+    fn get(&self, id: u64) -> Option<&Head> {
+        match usize::try_from(id) {
+            Ok(i) if i < self.dense.len() => self.dense.get(i).and_then(Option::as_ref),
+            _ => self.sparse.get(&id),
+        }
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut Head> {
+        match usize::try_from(id) {
+            Ok(i) if i < self.dense.len() => self.dense.get_mut(i).and_then(Option::as_mut),
+            _ => self.sparse.get_mut(&id),
+        }
+    }
+
+    /// The head of `id`, created (in `group`) if missing.
+    fn head(&mut self, id: u64, group: u64) -> &mut Head {
+        let fresh = || Head {
+            group,
+            samples: Vec::new(),
+            max_ts: i64::MIN,
+        };
+        let len = self.dense.len() as u64;
+        match usize::try_from(id) {
+            Ok(i) if id < len.saturating_add(MAX_DENSE_GAP) && !self.sparse.contains_key(&id) => {
+                if i >= self.dense.len() {
+                    self.dense.resize_with(i + 1, || None);
+                }
+                self.dense[i].get_or_insert_with(fresh)
+            }
+            _ => self.sparse.entry(id).or_insert_with(fresh),
+        }
+    }
+
+    /// Every head with its series id.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &Head)> + '_ {
+        let dense = self
+            .dense
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.as_ref().map(|h| (i as u64, h)));
+        dense.chain(self.sparse.iter().map(|(&id, h)| (id, h)))
+    }
+
+    /// Series with unsealed samples.
+    pub(crate) fn active(&self) -> usize {
+        self.iter().filter(|(_, h)| !h.samples.is_empty()).count()
+    }
+
     /// Highest timestamp of a series, if it has a head.
     pub(crate) fn max_ts(&self, id: u64) -> Option<i64> {
-        self.series.get(&id).map(|h| h.max_ts)
+        self.get(id).map(|h| h.max_ts)
     }
 
     /// Adds a sample.
     pub(crate) fn insert(&mut self, id: u64, group: u64, ts: i64, v: f64) {
-        let head = self.series.entry(id).or_insert_with(|| Head {
-            group,
-            samples: Vec::new(),
-            max_ts: i64::MIN,
-        });
+        let head = self.head(id, group);
         if head.insert(ts, v) {
             self.samples += 1;
         }
@@ -91,13 +145,9 @@ impl Heads {
     /// writer's per-commit path; `insert` per sample looked the head up
     /// once per sample).
     pub(crate) fn insert_run(&mut self, id: u64, group: u64, samples: &[(i64, f64)]) {
-        let head = self.series.entry(id).or_insert_with(|| Head {
-            group,
-            samples: Vec::new(),
-            max_ts: i64::MIN,
-        });
-        let mut grew = 0;
         let mut max = self.global_max;
+        let head = self.head(id, group);
+        let mut grew = 0;
         for &(ts, v) in samples {
             grew += usize::from(head.insert(ts, v));
             max = max.max(ts);
@@ -108,7 +158,7 @@ impl Heads {
 
     /// Samples of `id` in `[start, end]`.
     pub(crate) fn range(&self, id: u64, start: i64, end: i64) -> Vec<(i64, f64)> {
-        let Some(h) = self.series.get(&id) else {
+        let Some(h) = self.get(id) else {
             return Vec::new();
         };
         let from = h.samples.partition_point(|s| s.0 < start);
@@ -118,7 +168,7 @@ impl Heads {
 
     /// Whether `id` has a sample in `[start, end]`.
     pub(crate) fn has_sample_in(&self, id: u64, start: i64, end: i64) -> bool {
-        self.series.get(&id).is_some_and(|h| {
+        self.get(id).is_some_and(|h| {
             let from = h.samples.partition_point(|s| s.0 < start);
             h.samples.get(from).is_some_and(|s| s.0 <= end)
         })
@@ -126,7 +176,7 @@ impl Heads {
 
     /// Estimated heap bytes held.
     pub(crate) fn bytes(&self) -> usize {
-        self.samples * SAMPLE_BYTES + self.series.len() * HEAD_OVERHEAD_BYTES
+        self.samples * SAMPLE_BYTES + (self.dense.capacity() + self.sparse.len()) * HEAD_OVERHEAD_BYTES
     }
 
     /// Copies out, per series, the samples a seal should move to blocks:
@@ -135,7 +185,7 @@ impl Heads {
     /// or the whole store has by one more window (a series that stopped).
     pub(crate) fn sealable(&self, window_ms: i64, ooo_ms: i64, all: bool) -> Vec<Sealable> {
         let mut out = Vec::new();
-        for (&id, h) in &self.series {
+        for (id, h) in self.iter() {
             let cut = if all {
                 i64::MAX
             } else {
@@ -158,20 +208,21 @@ impl Heads {
 
     /// Drops sealed samples: those of `series` at or before `through`.
     pub(crate) fn remove_through(&mut self, series: u64, through: i64) {
-        if let Some(h) = self.series.get_mut(&series) {
+        let removed = self.get_mut(series).map_or(0, |h| {
             let n = h.samples.partition_point(|s| s.0 <= through);
             h.samples.drain(..n);
-            self.samples -= n;
             if h.samples.is_empty() {
                 h.samples = Vec::new();
             }
-        }
+            n
+        });
+        self.samples -= removed;
     }
 
     /// Every unsealed sample, for the checkpoint WAL record a seal writes.
     pub(crate) fn checkpoint(&self, except: &HashMap<u64, i64>) -> super::keys::WalEntries {
         let mut out = Vec::new();
-        for (&id, h) in &self.series {
+        for (id, h) in self.iter() {
             let from = except.get(&id).map_or(0, |&t| h.samples.partition_point(|s| s.0 <= t));
             if from < h.samples.len() {
                 out.push((id, h.samples[from..].to_vec()));
@@ -226,7 +277,12 @@ mod tests {
         assert_eq!(many.range(7, 0, 100), one.range(7, 0, 100));
         assert_eq!((many.samples, many.global_max), (one.samples, one.global_max));
         assert_eq!(many.max_ts(7), Some(40));
-        assert_eq!(many.series.get(&7).map(|h| h.group), Some(3));
+        assert_eq!(many.get(7).map(|h| h.group), Some(3));
+        // An id far past the dense table is kept aside, not allocated for.
+        many.insert(u64::MAX - 1, 5, 10, 1.0);
+        assert_eq!(many.range(u64::MAX - 1, 0, 100), vec![(10, 1.0)]);
+        assert_eq!(many.iter().map(|(id, _)| id).collect::<Vec<_>>(), vec![7, u64::MAX - 1]);
+        assert_eq!(many.active(), 2);
     }
 
     #[test]

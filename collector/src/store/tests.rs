@@ -990,3 +990,55 @@ async fn open_moves_blocks_out_of_sled_and_drops_unlisted_files() {
     assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
     assert_eq!(store.stats().corrupt_blocks, 0);
 }
+
+/// Issue 4: a series stored once by labels can be appended to by the id the
+/// store returned; the samples and the group (host) are the same, they
+/// survive a reopen, and an id the store never gave out stores nothing.
+#[tokio::test]
+async fn appends_by_series_id_match_appends_by_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (owned(&temp("h", "t1")), owned(&temp("h", "t2")));
+    let mut first = AppendBatch::default();
+    first.push(SeriesKey::Labels(a.clone()), &[(1_000, 1.0)]);
+    first.push(SeriesKey::Labels(b.clone()), &[]);
+    let r = store.append_batch("h", 1, first).await.unwrap();
+    assert_eq!(r.report.outcome, AppendOutcome::Stored { samples: 1 });
+    assert_eq!(r.new_ids.len(), 1, "a series without samples gets no id");
+    let (position, id) = r.new_ids[0];
+    assert_eq!(position, 0);
+
+    let mut next = AppendBatch::default();
+    next.begin(SeriesKey::Id(id));
+    next.sample(2_000, 2.0);
+    next.sample(3_000, 3.0);
+    next.push(SeriesKey::Labels(b.clone()), &[(2_000, 20.0)]);
+    let r = store.append_batch("h", 2, next).await.unwrap();
+    assert_eq!(r.report.outcome, AppendOutcome::Stored { samples: 3 });
+    assert_eq!(r.new_ids.len(), 1);
+    assert_ne!(r.new_ids[0].1, id);
+
+    let mut bad = AppendBatch::default();
+    bad.push(SeriesKey::Id(id), &[(4_000, 4.0)]);
+    bad.push(SeriesKey::Id(9_999), &[(4_000, 4.0)]);
+    assert!(matches!(
+        store.append_batch("h", 3, bad).await,
+        Err(StoreError::UnknownSeries(9_999))
+    ));
+    assert_eq!(store.last_seq("h").unwrap(), Some(2), "the failed batch is not stored");
+
+    let check = |store: &Store| {
+        let got = store.select(&[Matcher::equal("instance", "h")], 0, 10_000).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].labels, a);
+        assert_eq!(got[0].samples, vec![(1_000, 1.0), (2_000, 2.0), (3_000, 3.0)]);
+        assert_eq!(got[1].labels, b);
+        assert_eq!(got[1].samples, vec![(2_000, 20.0)]);
+    };
+    check(&store);
+    drop(store);
+    let store = reopen(dir.path());
+    check(&store);
+    store.seal_all().unwrap();
+    check(&store);
+}

@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::fasthash::FastMap;
 use super::keys::{self, HostEntry};
-use super::{AppendOutcome, AppendReport, Shared, StoreError, WriterState};
-use crate::model::{Labels, SeriesSamples};
+use super::{AppendBatch, AppendOutcome, AppendReport, BatchReport, SeriesKey, Shared, StoreError, WriterState};
+use crate::model::Labels;
 
 /// Upper bound on appends per group, so one commit's sled batch stays a
 /// bounded amount of memory however far the queue fell behind.
@@ -34,8 +34,8 @@ pub(crate) struct AppendRequest {
     /// `None` for unsequenced appends (import, remote write): no host
     /// record, no duplicate check.
     pub seq: Option<u64>,
-    pub series: Vec<SeriesSamples>,
-    pub reply: oneshot::Sender<Result<AppendReport, StoreError>>,
+    pub series: AppendBatch,
+    pub reply: oneshot::Sender<Result<BatchReport, StoreError>>,
 }
 
 /// The writer loop; returns when every sender is gone (the store closed).
@@ -44,7 +44,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppendRequest>) {
     // about a tenth of this thread's time during gRPC ingest (perf,
     // 2026-11-26); this thread is the ingest bottleneck, so a helper frees
     // them. Bounded, and when it is full or missing we free here.
-    let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel::<Vec<Vec<SeriesSamples>>>(16);
+    let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel::<Vec<AppendBatch>>(16);
     let freer = std::thread::Builder::new()
         .name("hostpulse-store-free".into())
         .spawn(move || spent_rx.into_iter().for_each(drop))
@@ -82,7 +82,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppendRequest>) {
 }
 
 /// Applies and flushes one group; one outcome per request, in order.
-fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> Vec<Result<AppendReport, StoreError>> {
+fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> Vec<Result<BatchReport, StoreError>> {
     if shared.poisoned.load(Ordering::Acquire) {
         // After a failed fsync the kernel may have dropped dirty pages we can
         // no longer tell apart, so nothing more is acknowledged until restart.
@@ -91,8 +91,8 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
     let now = now_ms();
     let ooo = shared.opts.out_of_order_ms;
     let mut batch = sled::Batch::default();
-    let mut reports: Vec<AppendReport> = Vec::with_capacity(group.len());
-    let mut new_series: Vec<(u64, Labels)> = Vec::new();
+    let mut reports: Vec<Result<BatchReport, StoreError>> = Vec::with_capacity(group.len());
+    let mut new_series: Vec<(u64, &Labels)> = Vec::new();
     let mut staged_ids: FastMap<&Labels, u64> = FastMap::default();
     let mut staged_hosts: HashMap<&str, HostEntry> = HashMap::new();
     // The WAL record: accepted samples per series, in arrival order, with
@@ -128,45 +128,67 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
                     },
                 };
                 if e.stored_any && seq <= e.record.last_seq {
-                    reports.push(AppendReport {
-                        outcome: AppendOutcome::Duplicate {
-                            last_seq: e.record.last_seq,
+                    reports.push(Ok(BatchReport {
+                        report: AppendReport {
+                            outcome: AppendOutcome::Duplicate {
+                                last_seq: e.record.last_seq,
+                            },
+                            rejected_out_of_order: 0,
                         },
-                        rejected_out_of_order: 0,
-                    });
+                        new_ids: Vec::new(),
+                    }));
                     continue;
                 }
                 entry = Some(e);
             }
+            // Checked before anything of the request is staged, so a bad id
+            // fails the request alone.
+            let unknown = req.series.iter().find_map(|(key, _)| match key {
+                SeriesKey::Id(id) if !index.contains(*id) => Some(*id),
+                _ => None,
+            });
+            if let Some(id) = unknown {
+                reports.push(Err(StoreError::UnknownSeries(id)));
+                continue;
+            }
+            let mut new_ids = Vec::new();
             let (mut samples, mut rejected) = (0usize, 0usize);
             let mut newest = entry.as_ref().map_or(i64::MIN, |e| e.record.last_sample_ms);
-            for s in &req.series {
-                if s.samples.is_empty() {
+            for (position, (key, series_samples)) in req.series.iter().enumerate() {
+                if series_samples.is_empty() {
                     continue;
                 }
-                let id = match index.id_of(&s.labels).or_else(|| staged_ids.get(&s.labels).copied()) {
-                    Some(id) => id,
-                    None => {
-                        let id = next_id;
-                        next_id += 1;
-                        staged_ids.insert(&s.labels, id);
-                        new_series.push((id, s.labels.clone()));
+                let id = match key {
+                    SeriesKey::Id(id) => *id,
+                    SeriesKey::Labels(labels) => {
+                        let id = match index.id_of(labels).or_else(|| staged_ids.get(labels).copied()) {
+                            Some(id) => id,
+                            None => {
+                                let id = next_id;
+                                next_id += 1;
+                                staged_ids.insert(labels, id);
+                                new_series.push((id, labels));
+                                id
+                            }
+                        };
+                        new_ids.push((position, id));
                         id
                     }
                 };
                 let (slot, max) = staged.entry(id).or_insert_with(|| {
                     let head_max = heads.max_ts(id);
-                    wal.push((id, Vec::with_capacity(s.samples.len())));
-                    wal_group.push(match head_max {
-                        Some(_) => 0,
-                        None => keys::group_hash(s.labels.get("instance")),
+                    wal.push((id, Vec::with_capacity(series_samples.len())));
+                    wal_group.push(match (head_max, key) {
+                        (Some(_), _) => 0,
+                        (None, SeriesKey::Labels(labels)) => keys::group_hash(labels.get("instance")),
+                        (None, SeriesKey::Id(id)) => index.value_of(*id, "instance").map_or(0, keys::group_hash),
                     });
                     (wal.len() - 1, head_max)
                 });
                 let Some((_, list)) = wal.get_mut(*slot) else {
                     continue;
                 };
-                for &(ts, v) in &s.samples {
+                for &(ts, v) in series_samples {
                     if let Some(m) = *max
                         && ts < m.saturating_sub(ooo)
                     {
@@ -188,17 +210,20 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
                 batch.insert(keys::host_key(&req.host), keys::encode_host(&e));
                 staged_hosts.insert(&req.host, e);
             }
-            reports.push(AppendReport {
-                outcome: AppendOutcome::Stored { samples },
-                rejected_out_of_order: rejected,
-            });
+            reports.push(Ok(BatchReport {
+                report: AppendReport {
+                    outcome: AppendOutcome::Stored { samples },
+                    rejected_out_of_order: rejected,
+                },
+                new_ids,
+            }));
         }
     }
     // New series (consecutive ids) as pages: one record per commit, not
     // one per series (`keys::encode_series_page`).
     for page in new_series.chunks(keys::SERIES_PAGE) {
         if let Some((first, _)) = page.first() {
-            let labels: Vec<&Labels> = page.iter().map(|(_, l)| l).collect();
+            let labels: Vec<&Labels> = page.iter().map(|(_, l)| *l).collect();
             batch.insert(&keys::series_key(*first), keys::encode_series_page(&labels));
         }
     }
@@ -227,9 +252,6 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
             index.insert(id, labels);
         }
         drop(index);
-        for (host, entry) in staged_hosts {
-            hosts.insert(host.to_owned(), entry);
-        }
         if !wal_keys.is_empty() {
             let mut heads = shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
             for ((id, samples), g) in wal.iter().zip(&wal_group) {
@@ -240,7 +262,6 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
             heads.wal_keys.extend(wal_keys);
         }
     }
-    drop(hosts);
 
     // Duplicates are answered after the flush too: the batch they repeat may
     // be in this very group, not yet durable.
@@ -251,8 +272,18 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
             return group.iter().map(|_| Err(StoreError::Sled(e.clone()))).collect();
         }
         shared.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        // Hosts' seqs change in memory only once durable: `Store::last_seq`
+        // answers a Hello with a resume ack, and a seq whose flush failed
+        // (disk full) must never be acknowledged that way (issue 7 chaos
+        // test `a_full_disk_pauses_ingest_and_loses_nothing` lost a batch
+        // so). The lock is held through the flush so `record_hello` cannot
+        // write an older seq after this group's.
+        for (host, entry) in staged_hosts {
+            hosts.insert(host.to_owned(), entry);
+        }
     }
-    reports.into_iter().map(Ok).collect()
+    drop(hosts);
+    reports
 }
 
 fn poisoned() -> StoreError {

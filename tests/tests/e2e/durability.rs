@@ -40,6 +40,7 @@ fn batch(t0: i64, seq: u64, define: bool) -> AgentMessage {
             timestamp_deltas_ms: Vec::new(),
             values: (0..SERIES).map(|n| value(seq, n)).collect(),
             events: Vec::new(),
+            ..Default::default()
         })),
     }
 }

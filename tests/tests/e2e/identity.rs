@@ -122,6 +122,7 @@ async fn exchange(
         timestamp_deltas_ms: vec![],
         values: vec![1.5],
         events: vec![],
+        ..Default::default()
     };
     tx.send(AgentMessage {
         kind: Some(agent_message::Kind::Batch(batch)),

@@ -13,3 +13,4 @@ mod promql_diff;
 mod remote_write;
 mod spool;
 mod support;
+mod wire;

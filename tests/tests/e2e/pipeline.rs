@@ -198,3 +198,40 @@ async fn agent_keeps_sampling_while_collector_is_down_and_catches_up() {
     agent.await.unwrap();
     collector.shutdown().await;
 }
+
+/// A stopping agent says goodbye: the collector records a clean end of the
+/// stream (not a dropped connection), which host-silence detection treats
+/// as a planned stop rather than a host that may have died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_agent_ends_its_stream_cleanly() {
+    use hostpulse_collector::store::StreamState;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = copy_fixture("hot", &tmp.path().join("tree"));
+    let collector = server::start(Settings::ephemeral(tmp.path().join("data")))
+        .await
+        .unwrap();
+    let (status, stop, agent) = start_agent(agent_settings(
+        format!("http://{}", collector.grpc_addr),
+        &tree,
+        "delta",
+    ));
+    poll("first acknowledgement", Duration::from_secs(30), || async {
+        (status.acked_seq.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
+    let open = collector.store.hosts().unwrap();
+    let open = open.iter().find(|h| h.host == "delta").unwrap();
+    assert_eq!(open.stream, StreamState::Open);
+
+    stop.send(true).unwrap();
+    agent.await.unwrap();
+    let ended = poll("the stream's end recorded", Duration::from_secs(10), || async {
+        let hosts = collector.store.hosts().unwrap();
+        let h = hosts.into_iter().find(|h| h.host == "delta").unwrap();
+        (h.stream != StreamState::Open).then_some(h.stream)
+    })
+    .await;
+    assert_eq!(ended, StreamState::Goodbye);
+    collector.shutdown().await;
+}

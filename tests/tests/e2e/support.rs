@@ -146,9 +146,15 @@ impl CollectorProcess {
     /// lock for a moment (its background thread ends on its next tick), so a
     /// child that exits early is started again until a deadline.
     pub async fn start(data_dir: &Path) -> CollectorProcess {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// [`CollectorProcess::start`] with more command-line arguments (a
+    /// `--config` file, cache sizes).
+    pub async fn start_with(data_dir: &Path, extra: &[&str]) -> CollectorProcess {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match Self::try_start(data_dir).await {
+            match Self::try_start(data_dir, extra).await {
                 Some(p) => return p,
                 None => {
                     assert!(
@@ -161,7 +167,7 @@ impl CollectorProcess {
         }
     }
 
-    async fn try_start(data_dir: &Path) -> Option<CollectorProcess> {
+    async fn try_start(data_dir: &Path, extra: &[&str]) -> Option<CollectorProcess> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_e2e-collector"))
             .args([
                 "--data-dir",
@@ -171,6 +177,7 @@ impl CollectorProcess {
                 "--grpc-addr",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

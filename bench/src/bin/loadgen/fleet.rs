@@ -12,6 +12,10 @@
 //! [`verify`] can read everything back through the Prometheus query API and
 //! say, per sample, whether it is present, missing or stored twice.
 //!
+//! Like the real agent, a simulated agent sends compact sample columns
+//! (`hostpulse_proto::columns`, one encoder per stream) to a collector that
+//! announces them, and plain ones otherwise.
+//!
 //! This file is the `fleet` module of the `hostpulse-loadgen` binary and is
 //! also compiled into the chaos end-to-end test (`tests/tests/e2e/chaos.rs`)
 //! by path, so the benchmark and the CI chaos suite drive the collector with
@@ -22,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use hostpulse_proto::columns::{self, StreamEncoder};
 use hostpulse_proto::ingest_client::IngestClient;
 use hostpulse_proto::{
     AgentMessage, Batch, CollectorMessage, ErrorCode, Hello, Label, SeriesDefinition, agent_message, collector_message,
@@ -121,7 +126,8 @@ pub struct FleetStats {
     pub resent_batches: AtomicU64,
     /// Typed errors the collector sent, any code.
     pub collector_errors: AtomicU64,
-    /// Streams the collector ended with `RESOURCE_EXHAUSTED` (load shed).
+    /// Streams the collector shed (an `OVERLOADED` error, then
+    /// `RESOURCE_EXHAUSTED`), counted once per stream.
     pub shed: AtomicU64,
 }
 
@@ -179,6 +185,8 @@ struct Conn {
     tx: mpsc::Sender<AgentMessage>,
     /// Whether the series definitions went out on this stream yet.
     defined: bool,
+    /// This stream's compact-column encoder, when the collector takes them.
+    encoder: Option<StreamEncoder>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -248,7 +256,11 @@ async fn run_agent(cfg: &FleetConfig, index: usize, stats: &FleetStats) -> Agent
                     continue;
                 };
                 let seq = pending[i].seq;
-                permit.send(batch(cfg, seq, !c.defined));
+                let mut msg = batch(cfg, seq, !c.defined);
+                if let (Some(encoder), Some(agent_message::Kind::Batch(b))) = (c.encoder.as_mut(), msg.kind.as_mut()) {
+                    encoder.encode(b);
+                }
+                permit.send(msg);
                 c.defined = true;
                 pending[i].sent = Some(Instant::now());
             }
@@ -288,6 +300,12 @@ async fn run_agent(cfg: &FleetConfig, index: usize, stats: &FleetStats) -> Agent
                                     e.fatal
                                 }
                                 Ok(ErrorCode::SampleRejected) => e.fatal,
+                                Ok(ErrorCode::Overloaded) => {
+                                    // The stream ends next with RESOURCE_EXHAUSTED,
+                                    // which this agent no longer reads.
+                                    stats.shed.fetch_add(1, Ordering::Relaxed);
+                                    true
+                                }
                                 _ => true,
                             }
                         }
@@ -361,6 +379,11 @@ async fn open(
     let response = tokio::time::timeout(Duration::from_secs(5), client.stream(ReceiverStream::new(rx)))
         .await
         .map_err(|_| tonic::Status::deadline_exceeded("stream open timed out"))??;
+    let compact = response
+        .metadata()
+        .get(columns::ENCODINGS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(columns::announces_compact);
     let mut inbound = response.into_inner();
     let reader = tokio::spawn(async move {
         loop {
@@ -379,6 +402,7 @@ async fn open(
         id,
         tx,
         defined: false,
+        encoder: compact.then(StreamEncoder::new),
         reader,
     })
 }
@@ -409,6 +433,7 @@ pub fn batch(cfg: &FleetConfig, seq: u64, define: bool) -> AgentMessage {
             timestamp_deltas_ms: Vec::new(),
             values: (0..cfg.series).map(|s| value(s, seq)).collect(),
             events: Vec::new(),
+            ..Default::default()
         })),
     }
 }

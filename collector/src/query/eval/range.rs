@@ -67,6 +67,51 @@ struct Window {
 
 /// Evaluates a call of a range function over `grid`.
 pub(super) fn eval_range_function(ev: &mut Evaluator<'_>, call: &Call, grid: Grid) -> Result<Val, super::EvalError> {
+    let p = match prepare(ev, call, grid)? {
+        Prepared::Done(out) => return Ok(Val::Vector(out)),
+        Prepared::PerSeries(p) => p,
+    };
+    Ok(Val::Vector(run_per_series(&p, ev.deadline)?))
+}
+
+/// Every series' values of a range function call, as an instant vector.
+pub(super) fn run_per_series(
+    p: &RangeCall,
+    deadline: Option<std::time::Instant>,
+) -> Result<Vec<VSeries>, super::EvalError> {
+    let out = map_series_parallel(&p.arg.series, deadline, p.grid.len(), |s| {
+        let mut vals = Vec::new();
+        p.values(s, &mut vals).then(|| VSeries {
+            labels: p.labels(s),
+            vals,
+        })
+    })?;
+    check_unique_labels(&out)?;
+    Ok(out)
+}
+
+/// A range function call ready to run series by series, or its whole
+/// answer when it is not computed per series.
+pub(super) enum Prepared {
+    /// The answer (rollups, `absent_over_time`).
+    Done(Vec<VSeries>),
+    /// Run [`RangeCall::values`] on every series of `arg`.
+    PerSeries(RangeCall),
+}
+
+/// A range function applied to one series at a time.
+pub(super) struct RangeCall {
+    /// The range vector: series and window placement.
+    pub(super) arg: RangeArg,
+    name: &'static str,
+    grid: Grid,
+    params: Vec<f64>,
+    events_kind: Events,
+    query_start: i64,
+}
+
+/// Reads the arguments of a range function call over `grid`.
+pub(super) fn prepare(ev: &mut Evaluator<'_>, call: &Call, grid: Grid) -> Result<Prepared, super::EvalError> {
     let name = call.func.name;
     let args = &call.args.args;
     // The range vector is the first argument except for quantile_over_time.
@@ -84,35 +129,98 @@ pub(super) fn eval_range_function(ev: &mut Evaluator<'_>, call: &Call, grid: Gri
     // Coarse aligned steps over a plain selector: rollup buckets, when
     // they provably give what the samples give.
     if let Some(out) = super::rollup::try_rollup(ev, name, range_expr, grid)? {
-        return Ok(Val::Vector(out));
+        return Ok(Prepared::Done(out));
     }
     let arg = ev.range_arg(range_expr, grid)?;
     if name == "absent_over_time" {
-        return Ok(Val::Vector(absent_over_time(&arg, range_expr, grid)));
+        return Ok(Prepared::Done(absent_over_time(&arg, range_expr, grid)));
     }
-    let f = function(name).ok_or_else(|| bad(format!("unknown range function {name}()")))?;
-    let keep_name = name == "last_over_time";
-    let query_start = ev.query_start;
+    if function(name).is_none() {
+        return Err(bad(format!("unknown range function {name}()")));
+    }
     let events_kind = match name {
         "rate" | "increase" => Events::ResetSums,
         "resets" => Events::ResetCount,
         "changes" => Events::ChangeCount,
         _ => Events::None,
     };
-    let one_series = |s: &SeriesSamples| -> Option<VSeries> {
-        let mut vals = Vec::with_capacity(n);
+    Ok(Prepared::PerSeries(RangeCall {
+        arg,
+        name,
+        grid,
+        params,
+        events_kind,
+        query_start: ev.query_start,
+    }))
+}
+
+impl RangeCall {
+    /// The output labels of series `s`: its own without the metric name
+    /// (which `last_over_time` keeps).
+    pub(super) fn labels(&self, s: &SeriesSamples) -> crate::model::Labels {
+        if self.name == "last_over_time" {
+            s.labels.clone()
+        } else {
+            drop_name(&s.labels)
+        }
+    }
+
+    /// Whether the output labels may repeat across series (only when the
+    /// metric name is dropped and the series have different names).
+    pub(super) fn may_repeat_labels(&self) -> bool {
+        self.name != "last_over_time"
+            && self
+                .arg
+                .series
+                .windows(2)
+                .any(|w| w[0].labels.get(crate::model::METRIC_NAME) != w[1].labels.get(crate::model::METRIC_NAME))
+    }
+
+    /// The function's value at every step for series `s` into `vals`
+    /// (cleared first); whether any step has one.
+    pub(super) fn values(&self, s: &SeriesSamples, vals: &mut Vec<Option<f64>>) -> bool {
+        // The common functions get their own copy of the loop, so the
+        // function is inlined into it rather than called through a pointer
+        // at every step.
+        match self.name {
+            "rate" => self.walk(s, vals, |s, w| extrapolated_rate(s, w, true, true)),
+            "increase" => self.walk(s, vals, |s, w| extrapolated_rate(s, w, true, false)),
+            "delta" => self.walk(s, vals, |s, w| extrapolated_rate(s, w, false, false)),
+            name => match function(name) {
+                Some(f) => self.walk(s, vals, f),
+                None => {
+                    vals.clear();
+                    vals.resize(self.grid.len(), None);
+                    false
+                }
+            },
+        }
+    }
+
+    /// Slides the window over the grid for one series.
+    #[inline(always)]
+    fn walk(
+        &self,
+        s: &SeriesSamples,
+        vals: &mut Vec<Option<f64>>,
+        f: impl Fn(&[(i64, f64)], Window) -> Option<f64>,
+    ) -> bool {
+        let arg = &self.arg;
+        let samples = &s.samples[..];
+        vals.clear();
+        vals.reserve(self.grid.len());
         let mut any = false;
         // Indexes `i` of the samples that differ from sample `i - 1` in the
         // way the function counts, so each window looks up only its own
         // events instead of rescanning every sample.
-        let events: Vec<usize> = match events_kind {
+        let events: Vec<usize> = match self.events_kind {
             Events::None => Vec::new(),
-            Events::ResetSums | Events::ResetCount => (1..s.samples.len())
-                .filter(|&i| s.samples[i].1 < s.samples[i - 1].1)
+            Events::ResetSums | Events::ResetCount => (1..samples.len())
+                .filter(|&i| samples[i].1 < samples[i - 1].1)
                 .collect(),
-            Events::ChangeCount => (1..s.samples.len())
+            Events::ChangeCount => (1..samples.len())
                 .filter(|&i| {
-                    let (a, b) = (s.samples[i - 1].1, s.samples[i].1);
+                    let (a, b) = (samples[i - 1].1, samples[i].1);
                     a != b && !(a.is_nan() && b.is_nan())
                 })
                 .collect(),
@@ -120,67 +228,57 @@ pub(super) fn eval_range_function(ev: &mut Evaluator<'_>, call: &Call, grid: Gri
         // Windows only move forward (or stay put under `@`), so two
         // cursors find each window's samples.
         let (mut from, mut to) = (0_usize, 0_usize);
-        for (i, t) in grid.times().enumerate() {
+        for (i, t) in self.grid.times().enumerate() {
             let (lo, hi) = arg.window(t);
             if arg.at.is_some() || i == 0 {
-                from = s.samples.partition_point(|(ts, _)| *ts < lo);
-                to = s.samples.partition_point(|(ts, _)| *ts <= hi);
+                from = samples.partition_point(|(ts, _)| *ts < lo);
+                to = samples.partition_point(|(ts, _)| *ts <= hi);
             } else {
-                while from < s.samples.len() && s.samples[from].0 < lo {
+                while from < samples.len() && samples[from].0 < lo {
                     from += 1;
                 }
                 to = to.max(from);
-                while to < s.samples.len() && s.samples[to].0 <= hi {
+                while to < samples.len() && samples[to].0 <= hi {
                     to += 1;
                 }
             }
-            let window = &s.samples[from..to.max(from)];
-            let events = if window.len() < 2 {
-                0.0
-            } else {
-                // Events between consecutive samples of the window.
-                let a = events.partition_point(|&e| e <= from);
-                let b = events.partition_point(|&e| e < to);
-                match events_kind {
-                    Events::ResetSums => events[a..b].iter().fold(0.0, |acc, &e| acc + s.samples[e - 1].1),
-                    _ => (b - a) as f64,
-                }
-            };
+            let window = &samples[from..to.max(from)];
             let v = if window.is_empty() {
                 None
             } else {
+                let events = if window.len() < 2 || events.is_empty() {
+                    0.0
+                } else {
+                    // Events between consecutive samples of the window.
+                    let a = events.partition_point(|&e| e <= from);
+                    let b = events.partition_point(|&e| e < to);
+                    match self.events_kind {
+                        Events::ResetSums => events[a..b].iter().fold(0.0, |acc, &e| acc + samples[e - 1].1),
+                        _ => (b - a) as f64,
+                    }
+                };
                 f(
                     window,
                     Window {
                         lo,
                         hi,
                         range: arg.range,
-                        eval_t: if arg.at.is_some() { query_start } else { t },
+                        eval_t: if arg.at.is_some() { self.query_start } else { t },
                         events,
-                        param: params.get(i).copied().unwrap_or(f64::NAN),
+                        param: self.params.get(i).copied().unwrap_or(f64::NAN),
                     },
                 )
             };
             any |= v.is_some();
             vals.push(v);
         }
-        any.then(|| VSeries {
-            labels: if keep_name {
-                s.labels.clone()
-            } else {
-                drop_name(&s.labels)
-            },
-            vals,
-        })
-    };
-    let out = map_series_parallel(&arg.series, ev.deadline, n, one_series)?;
-    check_unique_labels(&out)?;
-    Ok(Val::Vector(out))
+        any
+    }
 }
 
 /// Below this many (series × steps) a range function runs on one thread:
 /// spawning costs more than it saves.
-const PARALLEL_MIN_WORK: usize = 200_000;
+pub(super) const PARALLEL_MIN_WORK: usize = 200_000;
 
 /// Applies `f` to every series, in order, on up to two threads (the
 /// machine class has two cores) when the work is large enough; each
@@ -222,7 +320,7 @@ fn map_series_parallel(
 
 /// What [`Window::events`] holds for a function.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Events {
+pub(super) enum Events {
     None,
     ResetSums,
     ResetCount,

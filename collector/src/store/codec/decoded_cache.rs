@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// One series' samples from one block: `(series id, samples)`.
+#[cfg(test)]
 pub(crate) type SeriesPart = (u64, Vec<(i64, f64)>);
 
 /// One section's place in its block: series, first and last timestamp.
@@ -111,6 +112,20 @@ impl DecodedSection {
             .collect()
     }
 
+    /// Index range of the samples with timestamps in `[start, end]`.
+    fn index_range(&self, start: i64, end: i64) -> Option<(usize, usize)> {
+        let n = self.values.len();
+        match &self.times {
+            Times::Regular { step, .. } if *step > 0 || n <= 1 => Some((
+                partition(n, |i| self.time(i) < start),
+                partition(n, |i| self.time(i) <= end),
+            )),
+            Times::List(ts) => Some((ts.partition_point(|t| *t < start), ts.partition_point(|t| *t <= end))),
+            // Not ascending: only a scan is right (see `range`).
+            Times::Regular { .. } => None,
+        }
+    }
+
     /// Bytes this section holds, for the budget.
     fn bytes(&self) -> usize {
         let times = match &self.times {
@@ -118,6 +133,107 @@ impl DecodedSection {
             Times::List(ts) => ts.len() * 8,
         };
         SECTION_OVERHEAD + times + self.values.len() * 8
+    }
+}
+
+/// The samples of one cached section inside a range, shared with the
+/// cache instead of copied out: the reader appends them straight into the
+/// series' result, so a warm read copies each sample once.
+#[derive(Debug, Clone)]
+pub(crate) enum CachedRun {
+    /// Samples `from..to` of a cached section.
+    Shared {
+        /// The section.
+        section: Arc<DecodedSection>,
+        /// First sample index.
+        from: usize,
+        /// One past the last sample index.
+        to: usize,
+    },
+    /// Samples copied out (sections whose times do not ascend).
+    Owned(Vec<(i64, f64)>),
+}
+
+impl CachedRun {
+    fn new(section: Arc<DecodedSection>, start: i64, end: i64) -> CachedRun {
+        match section.index_range(start, end) {
+            Some((from, to)) => CachedRun::Shared {
+                section,
+                from,
+                to: to.max(from),
+            },
+            None => CachedRun::Owned(section.range(start, end)),
+        }
+    }
+
+    /// How many samples.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            CachedRun::Shared { from, to, .. } => to - from,
+            CachedRun::Owned(v) => v.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Timestamp of sample `i` of the run.
+    fn ts(&self, i: usize) -> Option<i64> {
+        match self {
+            CachedRun::Shared { section, from, to } => (from + i < *to).then(|| section.time(from + i)),
+            CachedRun::Owned(v) => v.get(i).map(|s| s.0),
+        }
+    }
+
+    /// First timestamp.
+    pub(crate) fn first_ts(&self) -> Option<i64> {
+        self.ts(0)
+    }
+
+    /// Last timestamp.
+    pub(crate) fn last_ts(&self) -> Option<i64> {
+        self.ts(self.len().checked_sub(1)?)
+    }
+
+    /// Appends the samples to `out`.
+    pub(crate) fn append_to(&self, out: &mut Vec<(i64, f64)>) {
+        match self {
+            CachedRun::Shared { section, from, to } => {
+                let Some(values) = section.values.get(*from..*to) else {
+                    return;
+                };
+                match &section.times {
+                    Times::Regular { first, step } => {
+                        let mut t = first.wrapping_add(step.wrapping_mul(*from as i64));
+                        out.extend(values.iter().map(|v| {
+                            let s = (t, *v);
+                            t = t.wrapping_add(*step);
+                            s
+                        }));
+                    }
+                    Times::List(ts) => {
+                        if let Some(ts) = ts.get(*from..*to) {
+                            out.extend(ts.iter().copied().zip(values.iter().copied()));
+                        }
+                    }
+                }
+            }
+            CachedRun::Owned(v) => out.extend_from_slice(v),
+        }
+    }
+
+    /// The samples as a vector.
+    pub(crate) fn into_vec(self) -> Vec<(i64, f64)> {
+        match self {
+            CachedRun::Owned(v) => v,
+            shared => {
+                let mut out = Vec::with_capacity(shared.len());
+                shared.append_to(&mut out);
+                out
+            }
+        }
     }
 }
 
@@ -198,7 +314,24 @@ impl<K: Hash + Eq + Copy> DecodedCache<K> {
     /// series is in `wanted` and whose bounds overlap the range, as
     /// `(series, samples)` in directory order — or `None` when the block's
     /// directory or any such section is not cached.
+    #[cfg(test)]
     pub(crate) fn get(&self, key: K, wanted: &HashSet<u64>, start: i64, end: i64) -> Option<Vec<SeriesPart>> {
+        Some(
+            self.get_runs(key, wanted, start, end)?
+                .into_iter()
+                .map(|(s, r)| (s, r.into_vec()))
+                .collect(),
+        )
+    }
+
+    /// Like `get`, the samples shared with the cache rather than copied.
+    pub(crate) fn get_runs(
+        &self,
+        key: K,
+        wanted: &HashSet<u64>,
+        start: i64,
+        end: i64,
+    ) -> Option<Vec<(u64, CachedRun)>> {
         if !self.enabled() {
             return None;
         }
@@ -222,7 +355,12 @@ impl<K: Hash + Eq + Copy> DecodedCache<K> {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 // Materialized outside the lock: parallel readers only
                 // contend for the lookup.
-                Some(found.into_iter().map(|(s, d)| (s, d.range(start, end))).collect())
+                Some(
+                    found
+                        .into_iter()
+                        .map(|(s, d)| (s, CachedRun::new(d, start, end)))
+                        .collect(),
+                )
             }
             None => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
@@ -339,6 +477,19 @@ mod tests {
                 let got = d.range(start, end);
                 assert_eq!(
                     got.iter().map(|s| (s.0, s.1.to_bits())).collect::<Vec<_>>(),
+                    want.iter().map(|s| (s.0, s.1.to_bits())).collect::<Vec<_>>(),
+                    "{samples:?} [{start}, {end}]"
+                );
+                // The shared form gives the same samples without copying
+                // the section.
+                let run = CachedRun::new(Arc::new(DecodedSection::from_samples(&samples)), start, end);
+                assert_eq!(run.len(), want.len());
+                assert_eq!(run.first_ts(), want.first().map(|s| s.0));
+                assert_eq!(run.last_ts(), want.last().map(|s| s.0));
+                let mut appended = vec![(-1, 0.0)];
+                run.append_to(&mut appended);
+                assert_eq!(
+                    appended[1..].iter().map(|s| (s.0, s.1.to_bits())).collect::<Vec<_>>(),
                     want.iter().map(|s| (s.0, s.1.to_bits())).collect::<Vec<_>>(),
                     "{samples:?} [{start}, {end}]"
                 );

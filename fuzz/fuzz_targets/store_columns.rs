@@ -1,0 +1,6 @@
+//! cargo-fuzz target `store_columns`: runs each input through
+//! [`hostpulse_fuzz::store_columns`], the function the stable corpus replay runs too.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hostpulse_fuzz::store_columns(data));
