@@ -1105,6 +1105,13 @@ impl Store {
         Ok(hosts.values().map(|e| e.record.clone()).collect())
     }
 
+    /// Whether appends are accepted: false after a failed flush (a full
+    /// disk, an I/O error) until the collector restarts, so readiness can
+    /// say so.
+    pub fn accepts_writes(&self) -> bool {
+        !self.shared.poisoned.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Counts for self-telemetry.
     pub fn stats(&self) -> StoreStats {
         let (series, index_bytes) = {

@@ -751,9 +751,20 @@ pub async fn healthy() -> &'static str {
     "hostpulse collector is Healthy.\n"
 }
 
-/// `/-/ready`: the router only exists once the store is open.
-pub async fn ready() -> &'static str {
-    "hostpulse collector is Ready.\n"
+/// `/-/ready`: the router only exists once the store is open; after a
+/// failed flush the store refuses every append until a restart, so the
+/// collector is not ready (503) and a service manager or load balancer can
+/// act on it.
+pub async fn ready(State(ctx): State<ApiContext>) -> Response {
+    if ctx.store.accepts_writes() {
+        (StatusCode::OK, "hostpulse collector is Ready.\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hostpulse collector is not ready: a flush failed (disk full or I/O error); appends are refused until it restarts.\n",
+        )
+            .into_response()
+    }
 }
 
 #[cfg(test)]

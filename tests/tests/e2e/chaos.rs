@@ -1053,6 +1053,17 @@ async fn a_full_disk_pauses_ingest_and_loses_nothing() {
     );
     let paused_at = stats.acked_batches.load(Ordering::Relaxed);
     let errors = collector_metric(http, storage).await;
+    // A store that refuses appends is not ready: a service manager or load
+    // balancer can see it without reading the counters.
+    poll(
+        "/-/ready answers 503 while appends are refused",
+        Duration::from_secs(30),
+        || async move {
+            let status = reqwest::get(format!("http://{http}/-/ready")).await.ok()?.status();
+            (status == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        },
+    )
+    .await;
 
     // Space returns; the collector is restarted and ingest catches up.
     std::fs::remove_file(&filler).unwrap();
@@ -1065,6 +1076,10 @@ async fn a_full_disk_pauses_ingest_and_loses_nothing() {
     let made: u64 = reports.iter().map(|r| r.made).sum();
     let acked: u64 = reports.iter().map(|r| r.acked_seq).sum();
     assert!(collector.child.try_wait().unwrap().is_none(), "the collector exited");
+    let ready = reqwest::get(format!("http://{}/-/ready", collector.http))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::OK, "ready again after the restart");
     let verdict = fleet::verify(&cfg, &format!("http://{}", collector.http), &reports)
         .await
         .unwrap();
