@@ -8,7 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hostpulse_agent::HostPaths;
+use hostpulse_agent::config::Settings as AgentSettings;
+use hostpulse_collector::config::Settings;
+use hostpulse_collector::server::{self, RunningCollector};
 use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 /// A fixture tree of the agent's own tests, copied into `dst` so a test can
@@ -228,4 +233,70 @@ impl CollectorProcess {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+}
+
+/// An agent sampling only `loadavg` every 200 ms from a fixture tree,
+/// reconnecting quickly once a collector is back.
+pub fn loadavg_agent(collectors: Vec<String>, tree: &Path, host: &str) -> AgentSettings {
+    AgentSettings {
+        collector: collectors[0].clone(),
+        collectors,
+        host: Some(host.to_string()),
+        interval: Duration::from_millis(200),
+        // Reconnect quickly once a collector is back.
+        reconnect_max_delay: Duration::from_millis(500),
+        only: vec!["loadavg".into()],
+        paths: HostPaths {
+            sysfs: tree.join("sys"),
+            procfs: tree.join("proc"),
+            rootfs: tree.to_path_buf(),
+            udev_data: tree.join("udev"),
+            dev: tree.join("dev"),
+        },
+        ..AgentSettings::default()
+    }
+}
+
+/// A TCP forwarder on a fixed loopback port, so the collector behind it can
+/// be replaced while the agent keeps one URL.
+pub struct Proxy {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(port: u16, target: std::net::SocketAddr) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Proxy { task }
+    }
+
+    /// Stops listening and drops every forwarded connection.
+    pub async fn cut(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// A loopback port nothing listens on (yet).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn collector_on(port: u16, data: &Path) -> RunningCollector {
+    let mut settings = Settings::ephemeral(data.to_path_buf());
+    settings.grpc_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    server::start(settings).await.unwrap()
 }

@@ -18,13 +18,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hostpulse_agent::Sampler;
 use hostpulse_agent::client::{self, ClientStatus, WireEncoding};
 use hostpulse_agent::config::Settings as AgentSettings;
 use hostpulse_agent::inventory::Inventory;
-use hostpulse_agent::{HostPaths, Sampler};
-use hostpulse_collector::config::Settings;
 use hostpulse_collector::model::Matcher;
-use hostpulse_collector::server::{self, RunningCollector};
+use hostpulse_collector::server::RunningCollector;
 use hostpulse_collector::telemetry::Counter;
 use hostpulse_proto::columns::{self, StreamEncoder};
 use hostpulse_proto::ingest_client::IngestClient;
@@ -32,11 +31,11 @@ use hostpulse_proto::{
     AgentMessage, Batch, CollectorMessage, CompactColumns, ErrorCode, Hello, Label, SeriesDefinition, agent_message,
     collector_message,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::support::{copy_fixture, poll};
+use crate::support::{Proxy, collector_on, copy_fixture, free_port, loadavg_agent, poll};
 
 struct Agent {
     status: Arc<ClientStatus>,
@@ -81,64 +80,7 @@ fn compact(s: &ClientStatus) -> u64 {
 }
 
 fn agent_settings(collector: String, tree: &Path, host: &str) -> AgentSettings {
-    AgentSettings {
-        collector,
-        host: Some(host.to_string()),
-        interval: Duration::from_millis(200),
-        reconnect_max_delay: Duration::from_millis(500),
-        only: vec!["loadavg".into()],
-        paths: HostPaths {
-            sysfs: tree.join("sys"),
-            procfs: tree.join("proc"),
-            rootfs: tree.to_path_buf(),
-            udev_data: tree.join("udev"),
-            dev: tree.join("dev"),
-        },
-        ..AgentSettings::default()
-    }
-}
-
-/// A TCP forwarder on a fixed loopback port, so the collector behind it can
-/// be replaced while the agent keeps one URL.
-struct Proxy {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(port: u16, target: std::net::SocketAddr) -> Proxy {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Proxy { task }
-    }
-
-    /// Stops listening and drops every forwarded connection.
-    async fn cut(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn collector_on(port: u16, data: &Path) -> RunningCollector {
-    let mut settings = Settings::ephemeral(data.to_path_buf());
-    settings.grpc_addr = format!("127.0.0.1:{port}").parse().unwrap();
-    server::start(settings).await.unwrap()
+    loadavg_agent(vec![collector], tree, host)
 }
 
 /// Samples of one metric of one host: (timestamp, value bits).
