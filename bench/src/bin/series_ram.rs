@@ -19,10 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use hostpulse_proto::ingest_client::IngestClient;
-use hostpulse_proto::{AgentMessage, Batch, Hello, Label, SeriesDefinition, agent_message, collector_message};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use hostpulse_proto::{Label, SeriesDefinition};
 
 /// Measures the collector's RAM per active series at a given series count.
 #[derive(Parser, Debug)]
@@ -293,18 +290,6 @@ async fn hostpulse(args: &Args, collector: &Path, dir: &Path) -> anyhow::Result<
 /// One agent: a Hello, then `samples` batches covering all its series (the
 /// first defines them), waiting for the last ack.
 async fn stream_host(grpc: SocketAddr, host: String, n: u32, samples: u32, first_ts: i64) -> anyhow::Result<()> {
-    let mut client = IngestClient::connect(format!("http://{grpc}"))
-        .await?
-        .max_encoding_message_size(256 << 20);
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(AgentMessage {
-        kind: Some(agent_message::Kind::Hello(Hello {
-            host: host.clone(),
-            agent_version: "series-ram-bench".into(),
-            ..Default::default()
-        })),
-    })
-    .await?;
     let defs: Vec<SeriesDefinition> = (0..n)
         .map(|i| {
             let (name, labels) = series_of(i);
@@ -321,42 +306,14 @@ async fn stream_host(grpc: SocketAddr, host: String, n: u32, samples: u32, first
             }
         })
         .collect();
-    let (_done, done_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let mut defs = Some(defs);
-        for s in 0..samples {
-            let batch = Batch {
-                seq: u64::from(s) + 1,
-                new_series: defs.take().unwrap_or_default(),
-                base_timestamp_ms: first_ts + i64::from(s) * 10_000,
-                refs: (0..n).collect(),
-                timestamp_deltas_ms: Vec::new(),
-                values: (0..n).map(|i| f64::from(i % 1000) + f64::from(s)).collect(),
-                events: Vec::new(),
-                ..Default::default()
-            };
-            let msg = AgentMessage {
-                kind: Some(agent_message::Kind::Batch(batch)),
-            };
-            if tx.send(msg).await.is_err() {
-                return;
-            }
-        }
-        tokio::select! {
-            _ = tx.closed() => {}
-            _ = done_rx => {}
-        }
-    });
-    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-    let last = u64::from(samples);
-    while let Some(msg) = inbound.message().await? {
-        match msg.kind {
-            Some(collector_message::Kind::Ack(ack)) if ack.seq >= last => return Ok(()),
-            Some(collector_message::Kind::Error(e)) => bail!("{host}: collector error: {e:?}"),
-            _ => {}
-        }
-    }
-    bail!("{host}: stream ended before the last ack")
+    let batches = (0..samples)
+        .map(|s| {
+            let ts = first_ts + i64::from(s) * 10_000;
+            let values = (0..n).map(|i| f64::from(i % 1000) + f64::from(s)).collect();
+            (ts, (0..n).collect(), values)
+        })
+        .collect();
+    hostpulse_bench::stream_host(grpc, host, "series-ram-bench", defs, batches).await
 }
 
 /// The same series and samples into VictoriaMetrics as Prometheus text with

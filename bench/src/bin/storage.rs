@@ -23,10 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use hostpulse_collector::import::parse::{Dialect, Line, parse_line, parse_series, sniff_dialect};
-use hostpulse_proto::ingest_client::IngestClient;
-use hostpulse_proto::{AgentMessage, Batch, Hello, Label, SeriesDefinition, agent_message, collector_message};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use hostpulse_proto::{Label, SeriesDefinition};
 
 /// Loads the reference fleet dataset into hostpulse, VictoriaMetrics and
 /// Prometheus and prints bytes/sample, ingest rate and peak RSS of each.
@@ -490,9 +487,10 @@ async fn hostpulse_grpc(collector: &Path, data: &FleetData, dir: &Path) -> anyho
             .iter()
             .map(|(ts, (refs, values))| (*ts, refs.clone(), values.clone()))
             .collect();
-        tasks.push(tokio::spawn(stream_host(
+        tasks.push(tokio::spawn(hostpulse_bench::stream_host(
             grpc,
             host.name.clone(),
+            "storage-bench",
             host.defs.clone(),
             batches,
         )));
@@ -521,68 +519,6 @@ async fn hostpulse_grpc(collector: &Path, data: &FleetData, dir: &Path) -> anyho
         disk: disk_usage(dir)?,
         peak_rss_kib: peak,
     })
-}
-
-/// Streams one host's batches, one timestamp each, and waits for the ack of
-/// the last.
-async fn stream_host(
-    grpc: SocketAddr,
-    host: String,
-    defs: Vec<SeriesDefinition>,
-    batches: Vec<(i64, Vec<u32>, Vec<f64>)>,
-) -> anyhow::Result<()> {
-    let last_seq = batches.len() as u64;
-    let mut client = IngestClient::connect(format!("http://{grpc}")).await?;
-    let (tx, rx) = mpsc::channel(256);
-    tx.send(AgentMessage {
-        kind: Some(agent_message::Kind::Hello(Hello {
-            host: host.clone(),
-            agent_version: "storage-bench".into(),
-            ..Default::default()
-        })),
-    })
-    .await?;
-    // Dropped when this function returns, however it returns.
-    let (_done, done_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let mut defs = Some(defs);
-        for (i, (ts, refs, values)) in batches.into_iter().enumerate() {
-            let batch = Batch {
-                seq: i as u64 + 1,
-                new_series: defs.take().unwrap_or_default(),
-                base_timestamp_ms: ts,
-                refs,
-                timestamp_deltas_ms: Vec::new(),
-                values,
-                events: Vec::new(),
-                ..Default::default()
-            };
-            let msg = AgentMessage {
-                kind: Some(agent_message::Kind::Batch(batch)),
-            };
-            if tx.send(msg).await.is_err() {
-                return;
-            }
-        }
-        // Keep the request side open until the last ack arrived (or the
-        // stream failed), then end it so the collector can stop cleanly.
-        tokio::select! {
-            _ = tx.closed() => {}
-            _ = done_rx => {}
-        }
-    });
-    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-    if last_seq == 0 {
-        return Ok(());
-    }
-    while let Some(msg) = inbound.message().await? {
-        match msg.kind {
-            Some(collector_message::Kind::Ack(ack)) if ack.seq >= last_seq => return Ok(()),
-            Some(collector_message::Kind::Error(e)) => bail!("{host}: collector error: {e:?}"),
-            _ => {}
-        }
-    }
-    bail!("{host}: stream ended before the last ack")
 }
 
 async fn victoria_metrics(binary: &Path, file: &Path, dir: &Path, data: &FleetData) -> anyhow::Result<Figures> {
