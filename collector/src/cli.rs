@@ -90,13 +90,20 @@ pub struct Cli {
 /// Subcommands besides running the collector (the default).
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Write a consistent snapshot of a store to a file (the collector using
-    /// that data directory must be stopped: sled locks it)
+    /// Write a consistent snapshot of a store to a file: from a running
+    /// collector over HTTP (--url), or from the data directory of a stopped
+    /// one (--data-dir; sled locks a running collector's)
     Backup {
-        /// Store directory to back up
+        /// Collector to back up while it runs, e.g. http://127.0.0.1:9470 (POST /api/v1/admin/backup)
+        #[arg(long, conflicts_with = "data_dir", required_unless_present = "data_dir")]
+        url: Option<String>,
+        /// File holding the collector's admin token (with --url)
+        #[arg(long, env = "HOSTPULSE_ADMIN_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Store directory of a stopped collector to back up
         #[arg(long)]
-        data_dir: PathBuf,
-        /// Snapshot file to create (must not exist)
+        data_dir: Option<PathBuf>,
+        /// Snapshot file to create (must not exist); written beside it as OUT.partial, checked, then renamed
         out: PathBuf,
     },
     /// Load a snapshot made by `backup` into a new, empty data directory
@@ -163,12 +170,12 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Backup { data_dir, out }) => {
-            let store = crate::store::Store::open(&data_dir, crate::store::StoreOptions::default())?;
-            let written = store.backup_to(&out)?;
-            println!("backed up {} records to {}", written, out.display());
-            return Ok(());
-        }
+        Some(Command::Backup {
+            url,
+            token_file,
+            data_dir,
+            out,
+        }) => return backup(url, token_file, data_dir, &out),
         Some(Command::Restore { data_dir, input }) => {
             let loaded = crate::store::restore_from(&input, &data_dir)?;
             println!("restored {} records into {}", loaded, data_dir.display());
@@ -258,6 +265,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         running.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+/// `backup`: over HTTP from a running collector, or from a stopped one's
+/// data directory.
+fn backup(
+    url: Option<String>,
+    token_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let (records, bytes) = match (url, data_dir) {
+        (Some(url), _) => {
+            let token = token_file.as_deref().map(crate::admin::read_token).transpose()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let fetched = runtime.block_on(crate::admin::fetch_backup(&url, token.as_deref(), out))?;
+            (fetched.records, fetched.bytes)
+        }
+        (None, Some(data_dir)) => {
+            let store = crate::store::Store::open(&data_dir, crate::store::StoreOptions::default())?;
+            let records = store.backup_to(out)?;
+            (records, std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+        }
+        (None, None) => anyhow::bail!("backup needs --url (a running collector) or --data-dir (a stopped one)"),
+    };
+    println!(
+        "backed up {records} records ({bytes} bytes) to {} in {:.2}s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// `check-rules`: validates each file (the built-in pack when none is

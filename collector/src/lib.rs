@@ -1,5 +1,6 @@
 //! hostpulse collector library. `main.rs` only wires these modules.
 
+pub mod admin;
 pub mod alert;
 pub mod auth;
 pub mod certs;

@@ -238,6 +238,8 @@ pub async fn start(settings: Settings) -> Result<RunningCollector, StartError> {
     // including ones merged in later, needs the token.
     let app = query::router(api)
         .merge(remote_write)
+        // `POST /api/v1/admin/backup`; the path guard below requires the token.
+        .merge(crate::admin::router(store.clone()))
         .merge(rules.api_router())
         .merge(crate::auth::require_admin_token(rules.reload_router(), admin.clone()))
         .layer(axum::middleware::from_fn_with_state(

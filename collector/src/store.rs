@@ -8,12 +8,17 @@
 //! than the out-of-order window behind their series' newest are rejected
 //! and counted.
 //!
-//! Sealing (`store/seal.rs`): once a time window (2 h) is closed, the heads'
-//! samples in it become one block per series group (the `instance` label)
-//! and window — columnar, compressed (`store/codec/`), checksummed
-//! (`store/block.rs`) — with 1 h rollups beside it (`store/rollup.rs`; 5 m
-//! rollups are computed from the block until retention drops it, and
-//! written then); the WAL records are deleted in that same atomic batch.
+//! Sealing (`store/seal.rs`): once a time window (2 h) is closed, or the
+//! heads outgrew half their memory bound, the writer freezes the heads'
+//! samples before a cut into a generation (moved, not copied; readers keep
+//! seeing it) and a seal thread turns it into one block per series group
+//! (the `instance` label) and window — columnar, compressed
+//! (`store/codec/`), checksummed (`store/block.rs`) — with 1 h rollups
+//! beside it (`store/rollup.rs`; 5 m rollups are computed from the block
+//! until retention drops it, and written then), while group commits go on.
+//! The seal's atomic batch lists the blocks, deletes the WAL records it
+//! covered wholly and stores a seal mark saying which samples of the
+//! remaining records are sealed, so replay skips them.
 //! Several blocks of one window are compacted into one; retention drops raw
 //! blocks and each rollup resolution separately. sled keeps its files at
 //! their high-water mark, so [`compact_dir`] rewrites a closed store's
@@ -48,13 +53,13 @@ mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use self::backup::{BackupError, restore_from};
+pub use self::backup::{BackupError, Snapshot, SnapshotSummary, restore_from, verify_backup};
 use self::codec::decoded_cache::CachedRun;
 pub use self::codec::decoded_cache::DecodedCacheStats;
 pub use self::compact::{CompactReport, compact_dir, dir_bytes};
@@ -320,8 +325,12 @@ pub struct StoreStats {
     pub disk_bytes: u64,
     /// Series with samples in memory (not yet sealed).
     pub active_series: u64,
-    /// Samples in memory.
+    /// Samples in memory (live heads and a generation being sealed).
     pub head_samples: u64,
+    /// Bytes of RAM those samples and the head table take: allocated
+    /// capacity plus the allocator's overhead, the figure the head memory
+    /// bound is enforced against.
+    pub head_bytes: u64,
     /// Estimated bytes of RAM the heads and index use per active series.
     pub ram_bytes_per_active_series: u64,
     /// Sealed blocks (raw) in the catalog.
@@ -370,6 +379,12 @@ impl StoreStats {
                 "gauge",
                 "Unsealed samples in memory.",
                 self.head_samples,
+            ),
+            (
+                "hostpulse_store_head_bytes",
+                "gauge",
+                "Bytes of RAM the unsealed samples take (allocated, with allocator overhead).",
+                self.head_bytes,
             ),
             (
                 "hostpulse_store_ram_bytes_per_active_series",
@@ -472,13 +487,8 @@ pub(crate) struct Counters {
 /// What only the writer (or a caller holding its lock) touches.
 #[derive(Debug)]
 pub(crate) struct WriterState {
-    /// Next log sequence number for WAL records and blocks.
-    next_lsn: u64,
     /// Windows before this were sealed by time already.
     sealed_upto: i64,
-    /// Head samples right after the last seal: growth since then also
-    /// triggers one, so bulk loads of old data keep the WAL short.
-    samples_after_seal: usize,
 }
 
 /// State shared by the handles and the writer thread.
@@ -495,9 +505,21 @@ pub(crate) struct Shared {
     heads: Mutex<Heads>,
     /// Every block, from the `c` records.
     catalog: RwLock<BTreeMap<BlockId, CatalogEntry>>,
-    /// Held by whoever writes: the writer per group commit and seal,
-    /// [`Store::seal_all`], and backups (so they see no half-done seal).
+    /// Held by the writer per group commit (and while it freezes a
+    /// generation to seal), by [`Store::seal_all`] and by backups.
     write_lock: Mutex<WriterState>,
+    /// Held by whoever seals, compacts or applies retention (the seal
+    /// thread, a small seal on the writer thread, [`Store::seal_all`]) and
+    /// by backups (so they see no half-done seal). Taken before
+    /// `write_lock` by those that take both.
+    seal_lock: Mutex<seal::SealState>,
+    /// A frozen generation waiting for the seal thread.
+    pending_seal: Mutex<Option<Arc<head::Generation>>>,
+    /// Next log sequence number for WAL records and blocks.
+    next_lsn: AtomicU64,
+    /// `Heads::bytes` as of the last commit or seal, for the cheap
+    /// [`Store::head_pressure`].
+    head_bytes: AtomicUsize,
     counters: Counters,
     /// Blocks already reported damaged, so each is logged once.
     reported: Mutex<HashSet<BlockId>>,
@@ -619,7 +641,8 @@ impl Store {
 
         let counters = Counters::default();
         counters.corrupt_blocks.store(bad_catalog, Ordering::Relaxed);
-        let heads = replay_wal(&tree, &index, &counters, &mut max_lsn)?;
+        let marks = seal::SealMarks::load(&tree)?;
+        let heads = replay_wal(&tree, &index, &counters, &mut max_lsn, &marks)?;
         let files = files::Files::open(dir)?;
         files::reconcile(&tree, &files, &catalog)?;
 
@@ -631,13 +654,13 @@ impl Store {
             opts,
             index: RwLock::new(index),
             hosts: Mutex::new(hosts),
+            head_bytes: AtomicUsize::new(heads.bytes()),
             heads: Mutex::new(heads),
             catalog: RwLock::new(catalog),
-            write_lock: Mutex::new(WriterState {
-                next_lsn: max_lsn + 1,
-                sealed_upto: i64::MIN,
-                samples_after_seal: 0,
-            }),
+            write_lock: Mutex::new(WriterState { sealed_upto: i64::MIN }),
+            seal_lock: Mutex::new(seal::SealState { marks }),
+            pending_seal: Mutex::new(None),
+            next_lsn: AtomicU64::new(max_lsn + 1),
             counters,
             reported: Mutex::new(HashSet::new()),
             decoded: codec::decoded_cache::DecodedCache::new(decoded_cache_bytes),
@@ -717,20 +740,80 @@ impl Store {
     /// in its final form (import calls this before exiting). Blocks the
     /// calling thread while it runs.
     pub fn seal_all(&self) -> Result<(), StoreError> {
-        let mut state = self.shared.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        seal::seal(&self.shared, &mut state, true)?;
-        seal::compact(&self.shared, &mut state, true)?;
+        let mut seal_state = self.shared.seal_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        // A generation queued for the seal thread goes first, in order.
+        seal::seal_pending(&self.shared, &mut seal_state)?;
+        let _state = self.shared.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        // One the writer froze in between.
+        seal::seal_pending(&self.shared, &mut seal_state)?;
+        let through = self.shared.next_lsn.load(Ordering::SeqCst).saturating_sub(1);
+        let generation = self
+            .shared
+            .heads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .freeze(i64::MAX, through);
+        if let Some(generation) = generation
+            && let Err(e) = seal::seal_generation(&self.shared, &mut seal_state, &generation, seal::SEAL_THREADS)
+        {
+            // Left for the seal thread to retry, like any failed seal.
+            *self.shared.pending_seal.lock().unwrap_or_else(PoisonError::into_inner) = Some(generation);
+            return Err(e);
+        }
+        seal::compact(&self.shared, true)?;
         seal::apply_retention(&self.shared)?;
         self.shared.db.flush()?;
         Ok(())
     }
 
+    /// Whether the heads hold more memory than `head_max_bytes` allows
+    /// (live heads plus a generation still sealing): ingest should then
+    /// shed load until the seal catches up. Cheap (one atomic load), for
+    /// every batch.
+    pub fn head_pressure(&self) -> bool {
+        self.shared.head_bytes.load(Ordering::Relaxed) > self.shared.opts.head_max_bytes
+    }
+
+    /// Sets the head byte count as a running seal would leave it, so tests
+    /// of the ingest layer can hold the store over its bound.
+    #[cfg(test)]
+    pub(crate) fn set_head_bytes_for_test(&self, bytes: usize) {
+        self.shared.head_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Waits for a seal the writer queued (tests use it to see its blocks).
+    #[cfg(test)]
+    pub(crate) fn settle(&self) -> Result<(), StoreError> {
+        let mut seal_state = self.shared.seal_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        seal::seal_pending(&self.shared, &mut seal_state).map(|_| ())
+    }
+
     /// Writes a consistent snapshot of the whole store to `out` (which must
-    /// not exist); returns the number of records. Commits wait meanwhile.
+    /// not exist); returns the number of records. Commits wait only while
+    /// the snapshot is taken ([`Store::snapshot`]).
     pub fn backup_to(&self, out: &Path) -> Result<u64, BackupError> {
-        let _state = self.shared.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let _hosts = self.shared.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        backup::write_snapshot(&self.shared.db, &self.shared.files, out)
+        if out.exists() {
+            return Err(BackupError::Exists(out.display().to_string()));
+        }
+        Ok(self.snapshot()?.write_file(out)?.records)
+    }
+
+    /// A consistent snapshot of the whole store, to write with
+    /// [`Snapshot::write_to`] while ingest goes on: commits wait only while
+    /// the sled records are collected, not while block files are opened or
+    /// anything is written (`store/backup.rs`).
+    pub fn snapshot(&self) -> Result<Snapshot, BackupError> {
+        // No seal, compaction or retention half done (block files written
+        // but not listed, or unlisted but not yet removed), and none until
+        // every block file is open: only they change files and the catalog.
+        let _sealing = self.shared.seal_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let trees = {
+            // Group commits and Hello records write the rest.
+            let _state = self.shared.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let _hosts = self.shared.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+            Snapshot::copy_trees(&self.shared.db)?
+        };
+        trees.with_files(&self.shared.files)
     }
 
     /// Highest stored seq of `host`, if it ever stored anything.
@@ -1121,7 +1204,7 @@ impl Store {
         let (active, head_samples, head_bytes) = {
             let heads = self.shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
             let active = heads.active() as u64;
-            (active, heads.samples as u64, heads.bytes() as u64)
+            (active, heads.all_samples() as u64, heads.bytes() as u64)
         };
         let (blocks, block_bytes) = {
             let catalog = self.shared.catalog.read().unwrap_or_else(PoisonError::into_inner);
@@ -1137,6 +1220,7 @@ impl Store {
             disk_bytes: self.shared.db.size_on_disk().unwrap_or(0) + self.shared.files.bytes(),
             active_series: active,
             head_samples,
+            head_bytes,
             // The heads' and the index's own accounting of their heap (not
             // the allocator's overhead; `bench/src/bin/series_ram.rs`
             // measures the process).
@@ -1324,7 +1408,8 @@ fn merge_runs(mut runs: Vec<CachedRun>) -> Vec<(i64, f64)> {
     out
 }
 
-/// Rebuilds heads from the WAL. A record that fails its checksum or does not
+/// Rebuilds heads from the WAL, leaving out the samples the seal `marks`
+/// say are sealed already. A record that fails its checksum or does not
 /// decode — a torn or damaged tail — is reported, counted and deleted; the
 /// records before it are kept.
 fn replay_wal(
@@ -1332,6 +1417,7 @@ fn replay_wal(
     index: &SeriesIndex,
     counters: &Counters,
     max_lsn: &mut u64,
+    marks: &seal::SealMarks,
 ) -> Result<Heads, StoreError> {
     let mut heads = Heads::default();
     let mut damaged = Vec::new();
@@ -1347,13 +1433,22 @@ fn replay_wal(
             .and_then(keys::decode_wal);
         match entries {
             Ok(entries) => {
+                let sealed_below = marks.cut_for(lsn);
+                let mut max_ts = i64::MIN;
                 for (id, samples) in entries {
-                    let group = index.value_of(id, "instance").map_or(0, keys::group_hash);
-                    for (ts, v) in samples {
-                        heads.insert(id, group, ts, v);
+                    max_ts = samples.iter().fold(max_ts, |m, s| m.max(s.0));
+                    let unsealed: Vec<(i64, f64)> = samples.into_iter().filter(|s| s.0 >= sealed_below).collect();
+                    if !unsealed.is_empty() {
+                        let group = index.value_of(id, "instance").map_or(0, keys::group_hash);
+                        heads.insert_run(id, group, &unsealed);
                     }
                 }
-                heads.wal_keys.push(wal_key);
+                heads.wal.push(head::WalPart {
+                    key: wal_key,
+                    lsn,
+                    max_ts,
+                    sealed_below,
+                });
             }
             Err(e) => {
                 tracing::error!(lsn, error = %e, "damaged WAL record cut; its samples are lost");

@@ -82,6 +82,12 @@ struct Args {
     /// RSS are reported
     #[arg(long)]
     collector_pid: Option<u32>,
+    /// Also report the ack latency of batches sent after this long, per
+    /// agent (its first `warmup / interval` batches left out), so a
+    /// connect storm at the start does not hide what happens later, e.g. a
+    /// seal; without it the line is left out
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
 }
 
 /// CPU seconds (user + system) a process has used and its peak RSS (KiB),
@@ -304,6 +310,24 @@ async fn main() -> ExitCode {
         stats.collector_errors.load(Ordering::Relaxed),
         stats.shed.load(Ordering::Relaxed),
     );
+    if let Some(warmup) = args.warmup {
+        // Acks are recorded in seq order, one entry per batch sent.
+        let skip = usize::try_from(warmup.as_nanos().div_ceil(cfg.interval.as_nanos().max(1))).unwrap_or(usize::MAX);
+        let mut later: Vec<u32> = reports
+            .iter()
+            .flat_map(|r| r.ack_latencies_ms.iter().skip(skip).copied())
+            .collect();
+        later.sort_unstable();
+        let fmt = |q| fleet::quantile(&later, q).map_or("n/a".to_owned(), |ms| format!("{ms}ms"));
+        println!(
+            "loadgen: after {:.0}s warm-up ({} batches): ack latency p50={} p99={} max={}",
+            warmup.as_secs_f64(),
+            later.len(),
+            fmt(0.5),
+            fmt(0.99),
+            fmt(1.0),
+        );
+    }
     if let (Some((before, _)), Some((after, hwm_kib))) = (cpu_before, cpu_after) {
         println!(
             "loadgen: collector cpu={:.1}s over {:.1}s = {:.1}% of one core; peak RSS (VmHWM)={:.1} MiB",

@@ -70,6 +70,13 @@ impl Files {
         self.dir.join(hex(key))
     }
 
+    /// Where the record under `key` lives, for a backup that opens every
+    /// file while seals are held off and reads them after (a handle
+    /// outlives a later removal).
+    pub(crate) fn record_path(&self, key: &[u8]) -> PathBuf {
+        self.path(key)
+    }
+
     /// The record stored under `key`, if its file exists.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.path(key);

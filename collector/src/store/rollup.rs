@@ -149,9 +149,22 @@ pub(crate) enum RollupError {
     Codec(#[from] CodecError),
 }
 
+/// Most buckets a record may claim per byte of its payload. The columns
+/// are range coded, so a byte can stand for many buckets and their count
+/// cannot be checked against the column sizes; but every series costs at
+/// least two directory bytes (its id and its bucket count), and a series
+/// has at most one bucket per 5 minutes of its block's window (25 in the
+/// default 2 h window). 512 per byte allows over 1,000 buckets per series,
+/// 3.5 days of 5-minute buckets, far beyond any window, while a damaged or
+/// hostile record claiming millions of buckets in a few bytes (fuzz
+/// finding `store_rollup-timeout-7fd8e39e`: 4.2 million in 46 bytes, which
+/// took seconds to decode) is refused before any column is decoded.
+const MAX_BUCKETS_PER_BYTE: usize = 512;
+
 /// Decodes a rollup record, keeping only series `wanted` accepts.
 pub(crate) fn decode(bytes: &[u8], wanted: impl Fn(u64) -> bool) -> Result<Vec<(u64, Vec<Bucket>)>, RollupError> {
     let mut rest = keys::verify_checksum(bytes).ok_or(RollupError::Checksum)?;
+    let max_buckets = rest.len().saturating_mul(MAX_BUCKETS_PER_BYTE).min(MAX_COLUMN_LEN);
     let window = codec::unzigzag(get_varint(&mut rest)?);
     let max_series = rest.len();
     let n = get_len(&mut rest, max_series)?;
@@ -162,8 +175,8 @@ pub(crate) fn decode(bytes: &[u8], wanted: impl Fn(u64) -> bool) -> Result<Vec<(
         let count = get_len(&mut rest, MAX_COLUMN_LEN)?;
         total = total
             .checked_add(count)
-            .filter(|t| *t <= MAX_COLUMN_LEN)
-            .ok_or(CodecError::Invalid("too many buckets"))?;
+            .filter(|t| *t <= max_buckets)
+            .ok_or(CodecError::Invalid("more buckets than the record's size allows"))?;
         dir.push((id, count));
     }
     let mut lens = [0usize; 6];
@@ -237,5 +250,55 @@ mod tests {
         let mut bad = enc.clone();
         bad[5] ^= 1;
         assert!(decode(&bad, |_| true).is_err());
+    }
+
+    /// Fuzz finding `fuzz/findings/store_rollup-timeout-7fd8e39e`: 46 bytes
+    /// whose directory claims about 4.2 million buckets took seconds to
+    /// decode (six range-coded columns read past their end as zeros). The
+    /// claim is now refused from the record's size, before any column.
+    #[test]
+    fn a_short_record_claiming_millions_of_buckets_is_refused_at_once() {
+        let finding: [u8; 46] = [
+            0x7a, 0xf9, 0x09, 0x07, 0x80, 0x8e, 0xee, 0x66, 0x01, 0x07, 0xee, 0x66, 0x01, 0xa6, 0x0c, 0x30, 0xb8, 0x07,
+            0x01, 0x01, 0xff, 0xfb, 0x00, 0x00, 0x00, 0xfe, 0xfe, 0xfe, 0x01, 0x02, 0x01, 0x08, 0x00, 0x00, 0x00, 0x02,
+            0x01, 0xfc, 0x56, 0x09, 0x01, 0x04, 0x09, 0x04, 0x7f, 0xf8,
+        ];
+        // As the fuzz target reads it: a first byte other than 0 means
+        // "checksum the rest", so the record gets past the checksum.
+        let record = keys::checksummed(&finding[1..]);
+        let started = std::time::Instant::now();
+        let err = decode(&record, |_| true).unwrap_err();
+        assert_eq!(
+            err,
+            RollupError::Codec(CodecError::Invalid("more buckets than the record's size allows"))
+        );
+        // Generous for a loaded debug build; the finding took seconds.
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// The bound leaves real records alone: many constant series, whose
+    /// columns code to almost nothing, still decode.
+    #[test]
+    fn records_of_many_constant_series_still_decode() {
+        let b: Vec<Bucket> = (0..24)
+            .map(|i| Bucket {
+                start_ms: i * 300_000,
+                min: 0.0,
+                max: 0.0,
+                sum: 0.0,
+                count: 30,
+                last: 0.0,
+            })
+            .collect();
+        let series: Vec<(u64, Vec<Bucket>)> = (0..2000).map(|id| (id, b.clone())).collect();
+        let enc = encode(0, &series);
+        // The directory alone keeps such records far below the bound.
+        let per_byte = 2000 * 24 / enc.len();
+        assert!(per_byte * 16 < MAX_BUCKETS_PER_BYTE, "{per_byte} buckets per byte");
+        assert_eq!(decode(&enc, |_| true).unwrap(), series);
     }
 }

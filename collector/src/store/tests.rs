@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use super::*;
 use crate::model::{Matcher, STALE_NAN_BITS, is_stale_marker};
 use crate::store::keys::BlockId;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     Labels::from_pairs(pairs)
@@ -346,6 +347,23 @@ fn corrupt_series_record_is_an_error_not_a_panic() {
 /// Env var telling [`kill_child_appender`] where to write; unset it does nothing.
 const CHILD_DIR: &str = "HOSTPULSE_STORE_KILL_TEST_DIR";
 
+/// Series and samples per series of each batch the kill-test child appends.
+const KILL_SERIES: u64 = 20;
+const KILL_SAMPLES: i64 = 50;
+
+/// Options of the kill test's store: a window every 20 batches (20,000
+/// samples, more than a seal on the writer thread takes, so the seal
+/// thread seals them while appends go on), and a head bound small enough
+/// that seals by size happen in between.
+fn kill_options() -> StoreOptions {
+    StoreOptions {
+        window_ms: 20_000,
+        out_of_order_ms: 1_000,
+        head_max_bytes: 1 << 20,
+        ..StoreOptions::default()
+    }
+}
+
 /// Runs in a child process of [`acknowledged_appends_survive_kill_9`]: appends
 /// forever, printing each seq once `append` returned.
 #[test]
@@ -356,14 +374,15 @@ fn kill_child_appender() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = open(Path::new(&dir));
+        let store = Store::open(Path::new(&dir), kill_options()).unwrap();
         for seq in 1u64.. {
-            let samples = (0..50).map(|i| (seq as i64 * 1000 + i, seq as f64)).collect();
-            let s = SeriesSamples {
-                labels: labels(&[("__name__", "m"), ("instance", "k")]),
-                samples,
-            };
-            store.append("k", seq, vec![s]).await.unwrap();
+            let batch = (0..KILL_SERIES)
+                .map(|s| SeriesSamples {
+                    labels: labels(&[("__name__", "m"), ("instance", "k"), ("s", &s.to_string())]),
+                    samples: (0..KILL_SAMPLES).map(|i| (seq as i64 * 1000 + i, seq as f64)).collect(),
+                })
+                .collect();
+            store.append("k", seq, batch).await.unwrap();
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
             writeln!(out, "acked {seq}").unwrap();
@@ -387,26 +406,36 @@ fn acknowledged_appends_survive_kill_9() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed at a seq that varies with timing, so over the runs of this
+    // test at every point of a seal: frozen, blocks written, recorded.
+    let stop_at = 60 + u64::from(std::process::id() % 40);
     let mut acked = 0u64;
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         if let Some(seq) = line.strip_prefix("acked ") {
             acked = seq.parse().unwrap();
-            if acked >= 40 {
+            if acked >= stop_at {
                 break;
             }
         }
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(acked >= 40, "child stopped early after seq {acked}");
+    assert!(acked >= stop_at, "child stopped early after seq {acked}");
 
-    let store = open(dir.path());
+    // Whether the child's seals got as far as blocks depends on timing;
+    // what must hold either way is below.
+    let store = Store::open(dir.path(), kill_options()).unwrap();
     let last = store.last_seq("k").unwrap().unwrap();
     assert!(last >= acked, "acked {acked} but stored only up to {last}");
     let got = store.select(&[], 0, i64::MAX).unwrap();
     // Every batch that made it is whole: atomic with its seq.
-    assert_eq!(got[0].samples.len() as u64, last * 50);
+    assert_eq!(got.len() as u64, KILL_SERIES);
+    for s in &got {
+        assert_eq!(s.samples.len() as u64, last * KILL_SAMPLES as u64, "{}", s.labels);
+    }
+    // And none is stored twice (in two blocks, or in a block and the heads).
+    assert_eq!(stored_samples(&store), last * KILL_SERIES * KILL_SAMPLES as u64);
     assert_eq!(
         store.append("k", last, vec![]).await_blocking(),
         AppendOutcome::Duplicate { last_seq: last }
@@ -1041,4 +1070,309 @@ async fn appends_by_series_id_match_appends_by_labels() {
     check(&store);
     store.seal_all().unwrap();
     check(&store);
+}
+
+/// Samples the store holds, counted where they are kept (heads, live and
+/// sealing, plus every raw block's sections) without the deduplication
+/// reads do: a sample stored twice counts twice.
+fn stored_samples(store: &Store) -> u64 {
+    let heads = store.shared.heads.lock().unwrap().all_samples() as u64;
+    let catalog = store.shared.catalog.read().unwrap();
+    let mut blocks = 0u64;
+    for (id, _) in catalog.iter().filter(|(_, e)| e.raw) {
+        let bytes = store
+            .shared
+            .files
+            .get(&keys::block_key(keys::BLOCK, *id))
+            .unwrap()
+            .unwrap();
+        let view = block::parse(&bytes).unwrap();
+        for s in &view.sections {
+            blocks += view.decode(s).unwrap().len() as u64;
+        }
+    }
+    heads + blocks
+}
+
+/// Freezes every head sample before `cut` as the writer does before a seal.
+fn freeze(store: &Store, cut: i64) -> Arc<head::Generation> {
+    let _writer = store.shared.write_lock.lock().unwrap();
+    let through = store.shared.next_lsn.load(Ordering::SeqCst) - 1;
+    store.shared.heads.lock().unwrap().freeze(cut, through).unwrap()
+}
+
+fn block_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join(files::DIR)).unwrap().count()
+}
+
+/// Issue 4/7 (a seal held up every ack): a crash after a seal wrote its
+/// block files but before it recorded them leaves the WAL as it was; the
+/// files are removed at open and every sample is there exactly once.
+#[tokio::test]
+async fn a_crash_between_blocks_written_and_seal_recorded_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generated(5, 3, 4, 300, 1_000_000, 10);
+    let total: u64 = data.iter().map(|s| s.samples.len() as u64).sum();
+    {
+        let store = open(dir.path());
+        append_all(&store, &data, 7).await;
+        // A cut in the middle of records: they are sealed only in part.
+        let generation = freeze(&store, 1_001_500);
+        let mut seal_state = store.shared.seal_lock.lock().unwrap();
+        let prepared = seal::prepare(&store.shared, &seal_state, &generation, 1);
+        seal::write_files(&store.shared, &prepared).unwrap();
+        assert!(block_files(dir.path()) > 0);
+        // The crash: the batch is never applied. (Dropping the store's
+        // memory is what a kill does; nothing more reaches the disk.)
+        drop(prepared);
+        let _ = &mut seal_state;
+    }
+    let store = reopen(dir.path());
+    assert_eq!(block_files(dir.path()), 0, "unlisted block files removed at open");
+    assert_eq!(store.stats().blocks, 0);
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+    assert_eq!(stored_samples(&store), total);
+    store.seal_all().unwrap();
+    assert_eq!(stored_samples(&store), total);
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+}
+
+/// The other side of that crash: once the seal's batch is applied, a
+/// reopen replays only the samples its seal mark leaves unsealed, so the
+/// records the seal covered only in part are not stored twice, and a later
+/// seal deletes them and the mark.
+#[tokio::test]
+async fn a_partly_sealed_wal_replays_only_unsealed_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generated(6, 3, 4, 300, 1_000_000, 10);
+    let total: u64 = data.iter().map(|s| s.samples.len() as u64).sum();
+    {
+        let store = open(dir.path());
+        append_all(&store, &data, 7).await;
+        let wal_before = count_prefix(&store, keys::WAL);
+        let generation = freeze(&store, 1_001_500);
+        let mut seal_state = store.shared.seal_lock.lock().unwrap();
+        let sealed = seal::seal_generation(&store.shared, &mut seal_state, &generation, 2).unwrap();
+        assert!(sealed > 0 && (sealed as u64) < total);
+        let wal_after = count_prefix(&store, keys::WAL);
+        assert!(
+            0 < wal_after && wal_after < wal_before,
+            "wholly sealed records deleted, partly sealed kept: {wal_before} -> {wal_after}"
+        );
+        assert!(store.shared.tree.get(seal::META_SEAL_MARKS).unwrap().is_some());
+        assert_eq!(stored_samples(&store), total);
+    }
+    let store = reopen(dir.path());
+    assert!(store.stats().blocks > 0 && store.stats().head_samples > 0);
+    assert_eq!(stored_samples(&store), total, "nothing sealed is replayed again");
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+    store.seal_all().unwrap();
+    assert_eq!(count_prefix(&store, keys::WAL), 0);
+    assert!(
+        store.shared.tree.get(seal::META_SEAL_MARKS).unwrap().is_none(),
+        "no record left to mark"
+    );
+    assert_eq!(stored_samples(&store), total);
+    drop(store);
+    let store = reopen(dir.path());
+    assert_eq!(stored_samples(&store), total);
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+}
+
+/// Readers see every sample at every step of a seal: frozen, files
+/// written, recorded; and writes that arrive meanwhile (rewrites of frozen
+/// timestamps included) win over the generation being sealed.
+#[tokio::test]
+async fn queries_see_every_sample_while_a_generation_seals() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = generated(7, 2, 3, 200, 1_000_000, 10);
+    let store = open(dir.path());
+    append_all(&store, &data, 9).await;
+    let all = |store: &Store| store.select(&[], i64::MIN, i64::MAX).unwrap();
+    let generation = freeze(&store, i64::MAX);
+    assert_eq!(store.stats().head_samples as usize, generation.samples);
+    assert_same(&all(&store), &data);
+    // New samples and a rewrite of a frozen one, appended mid-seal.
+    let rewrite = (data[0].samples[10].0, -1.0);
+    data[0].samples[10] = rewrite;
+    data[0].samples.push((9_000_000, 9.0));
+    store
+        .append_unsequenced(vec![SeriesSamples {
+            labels: data[0].labels.clone(),
+            samples: vec![rewrite, (9_000_000, 9.0)],
+        }])
+        .await
+        .unwrap();
+    assert_same(&all(&store), &data);
+    let mut seal_state = store.shared.seal_lock.lock().unwrap();
+    let prepared = seal::prepare(&store.shared, &seal_state, &generation, 1);
+    seal::write_files(&store.shared, &prepared).unwrap();
+    assert_same(&all(&store), &data);
+    seal::record(&store.shared, &mut seal_state, &generation, prepared).unwrap();
+    drop(seal_state);
+    assert!(store.stats().blocks > 0);
+    assert_eq!(store.stats().head_samples, 2, "only the mid-seal writes stay in heads");
+    assert_same(&all(&store), &data);
+    drop(store);
+    let store = reopen(dir.path());
+    assert_same(&all(&store), &data);
+}
+
+/// The same with the real seal thread: a reader polling while appends go
+/// on and generations seal in the background never sees a sample go
+/// missing, and the commit path keeps answering while a seal is pending.
+#[test]
+fn readers_never_miss_samples_while_the_seal_thread_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = Store::open(dir.path(), kill_options()).unwrap();
+    let acked = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (store, acked, done) = (store.clone(), Arc::clone(&acked), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut checks = 0u64;
+            while !done.load(Ordering::Acquire) || checks == 0 {
+                // Batches acknowledged before the read must all be seen.
+                let before = acked.load(Ordering::Acquire);
+                let got = store.select(&[], 0, i64::MAX).unwrap();
+                for s in &got {
+                    let seen = s.samples.len() as u64;
+                    assert!(
+                        seen >= before * KILL_SAMPLES as u64,
+                        "{}: {seen} < {before} batches",
+                        s.labels
+                    );
+                }
+                checks += 1;
+            }
+            checks
+        })
+    };
+    rt.block_on(async {
+        for seq in 1..=120u64 {
+            let batch = (0..KILL_SERIES)
+                .map(|s| SeriesSamples {
+                    labels: labels(&[("__name__", "m"), ("instance", "k"), ("s", &s.to_string())]),
+                    samples: (0..KILL_SAMPLES).map(|i| (seq as i64 * 1000 + i, seq as f64)).collect(),
+                })
+                .collect();
+            store.append("k", seq, batch).await.unwrap();
+            acked.store(seq, Ordering::Release);
+        }
+    });
+    done.store(true, Ordering::Release);
+    assert!(reader.join().unwrap() > 0);
+    store.settle().unwrap();
+    assert!(store.stats().seals >= 2, "{:?}", store.stats());
+    assert_eq!(stored_samples(&store), 120 * KILL_SERIES * KILL_SAMPLES as u64);
+}
+
+/// Head memory is what the vectors allocated; over the bound (a seal that
+/// cannot keep up) the store says so for ingest to shed load, and once the
+/// seal is done it no longer does.
+#[test]
+fn head_pressure_follows_the_bound_and_clears_after_the_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opts = StoreOptions {
+        head_max_bytes: 256 << 10,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    let batch = |seq: u64| -> Vec<SeriesSamples> {
+        (0..50u64)
+            .map(|s| {
+                host_series(
+                    "p",
+                    &format!("m{s}"),
+                    (0..100).map(|i| (seq as i64 * 1000 + i, 1.0)).collect(),
+                )
+            })
+            .collect()
+    };
+    // Hold the sealing side: generations queue up but are not written.
+    let hold = store.shared.seal_lock.lock().unwrap();
+    let mut seq = 0;
+    while !store.head_pressure() {
+        seq += 1;
+        assert!(seq < 1000, "no pressure at {:?}", store.stats());
+        rt.block_on(store.append("p", seq, batch(seq))).unwrap();
+    }
+    let stats = store.stats();
+    assert!(stats.head_bytes > 256 << 10, "{stats:?}");
+    assert!(
+        stats.head_bytes >= stats.head_samples * head::SAMPLE_BYTES as u64,
+        "at least the samples' own bytes: {stats:?}"
+    );
+    assert!(store.shared.heads.lock().unwrap().sealing.is_some());
+    drop(hold);
+    store.settle().unwrap();
+    // The next commit freezes and seals the rest.
+    rt.block_on(store.append("p", seq + 1, batch(seq + 1))).unwrap();
+    store.settle().unwrap();
+    assert!(!store.head_pressure(), "{:?}", store.stats());
+    assert_eq!(stored_samples(&store), (seq + 1) * 5000);
+}
+
+/// Measures what a head sample costs the process (RSS) against
+/// `Heads::bytes`, filling heads the way ingest does: one sample per series
+/// per commit, round robin.
+#[test]
+#[ignore = "measurement; prints RSS against the heads' accounting"]
+fn head_bytes_match_rss() {
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+    // One case per process (memory freed by an earlier case would be
+    // reused and hide the next one's cost): HOSTPULSE_HEAD_RSS=SERIES,SAMPLES.
+    let case = std::env::var("HOSTPULSE_HEAD_RSS").unwrap_or_else(|_| "1000000,8".into());
+    let (series, per_series) = case.split_once(',').unwrap();
+    let (series, per_series): (u64, i64) = (series.parse().unwrap(), per_series.parse().unwrap());
+    {
+        let before = rss_kib();
+        let mut heads = head::Heads::default();
+        for t in 0..per_series {
+            for s in 0..series {
+                heads.insert_run(s, 0, &[(t * 10_000, t as f64)]);
+            }
+        }
+        let after = rss_kib();
+        let rss = (after - before) * 1024;
+        let samples = heads.samples as u64;
+        println!(
+            "{series} series x {per_series}: {samples} samples, RSS +{rss} B ({:.1} B/sample), accounted {} B ({:.1} B/sample), ratio {:.2}",
+            rss as f64 / samples as f64,
+            heads.bytes(),
+            heads.bytes() as f64 / samples as f64,
+            rss as f64 / heads.bytes() as f64
+        );
+        drop(heads);
+    }
+}
+
+/// A seal of many hosts writes its files on several threads
+/// (`seal::write_files`); every block and rollup file is there and reads
+/// back, before and after a reopen.
+#[tokio::test]
+async fn a_seal_of_many_hosts_writes_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generated(8, 150, 1, 30, 1_000_000, 1000);
+    let store = open(dir.path());
+    append_all(&store, &data, 30).await;
+    store.seal_all().unwrap();
+    let blocks = store.stats().blocks;
+    assert_eq!(blocks, 150, "one block per host");
+    // Block and 1 h rollup file per block, nothing else.
+    assert_eq!(block_files(dir.path()) as u64, 2 * blocks);
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
+    drop(store);
+    let store = reopen(dir.path());
+    assert_eq!(store.stats().corrupt_blocks, 0);
+    assert_same(&store.select(&[], i64::MIN, i64::MAX).unwrap(), &data);
 }

@@ -5,8 +5,10 @@
 //! waiter. So N streams appending at the same time cost one fsync (group
 //! commit), and because exactly one thread checks and advances each host's
 //! highest seq, two racing appends of one host can never both pass the
-//! duplicate check. After answering, it seals heads into blocks when windows
-//! closed or memory ran over its bound (`seal.rs`).
+//! duplicate check. After answering, it starts a seal when a window closed
+//! or the heads outgrew their share of the memory bound (`seal.rs`): it
+//! freezes a generation of head samples and hands it to the seal thread,
+//! so encoding and writing blocks never holds up the next group commit.
 //!
 //! It is a thread rather than a tokio task because the flush is a blocking
 //! fsync that must not occupy a runtime worker, and because `Store::open`
@@ -20,8 +22,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 use super::fasthash::FastMap;
+use super::head::WalPart;
 use super::keys::{self, HostEntry};
-use super::{AppendBatch, AppendOutcome, AppendReport, BatchReport, SeriesKey, Shared, StoreError, WriterState};
+use super::{AppendBatch, AppendOutcome, AppendReport, BatchReport, SeriesKey, Shared, StoreError};
 use crate::model::Labels;
 
 /// Upper bound on appends per group, so one commit's sled batch stays a
@@ -49,6 +52,19 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppendRequest>) {
         .name("hostpulse-store-free".into())
         .spawn(move || spent_rx.into_iter().for_each(drop))
         .ok();
+    // One wake-up queued is enough: the sealer takes whatever generation
+    // is pending when it wakes.
+    let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let sealer = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("hostpulse-seal".into())
+            .spawn(move || super::seal::run_sealer(shared, wake_rx))
+    };
+    if let Err(e) = &sealer {
+        // Then every seal runs on this thread (`seal::maybe_start`).
+        tracing::error!(error = %e, "cannot start the seal thread; sealing on the writer thread");
+    }
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -58,7 +74,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppendRequest>) {
             }
         }
         let mut state = shared.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let outcomes = commit(&shared, &mut state, &group);
+        let outcomes = commit(&shared, &group);
         let mut spent = Vec::with_capacity(group.len());
         for (req, outcome) in group.into_iter().zip(outcomes) {
             // The caller may have given up waiting; the data is stored anyway.
@@ -69,20 +85,23 @@ pub(crate) fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppendRequest>) {
             // A full or closed channel hands the value back, dropped here.
             let _ = spent_tx.try_send(spent);
         }
-        if !shared.poisoned.load(Ordering::Acquire)
-            && let Err(e) = super::seal::maintain(&shared, &mut state)
-        {
-            tracing::error!(error = %e, "sealing heads into blocks failed; will retry after the next commit");
+        if !shared.poisoned.load(Ordering::Acquire) {
+            super::seal::maybe_start(&shared, &mut state, &wake_tx);
         }
     }
     drop(spent_tx);
+    // The sealer finishes the seal it is in and ends.
+    drop(wake_tx);
+    if let Ok(sealer) = sealer {
+        let _ = sealer.join();
+    }
     if let Some(freer) = freer {
         let _ = freer.join();
     }
 }
 
 /// Applies and flushes one group; one outcome per request, in order.
-fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> Vec<Result<BatchReport, StoreError>> {
+fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, StoreError>> {
     if shared.poisoned.load(Ordering::Acquire) {
         // After a failed fsync the kernel may have dropped dirty pages we can
         // no longer tell apart, so nothing more is acknowledged until restart.
@@ -228,12 +247,26 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
         }
     }
     let mut wal_keys = Vec::new();
-    if wal.iter().any(|(_, samples)| !samples.is_empty()) {
-        let lsn = state.next_lsn;
-        state.next_lsn += 1;
-        for (key, value) in keys::wal_parts(lsn, &wal) {
+    for record in wal_records(&wal) {
+        if record.iter().all(|(_, samples)| samples.is_empty()) {
+            continue;
+        }
+        // A seal deletes the record once everything up to its newest
+        // timestamp is sealed.
+        let max_ts = record
+            .iter()
+            .flat_map(|(_, samples)| samples.iter().map(|s| s.0))
+            .max()
+            .unwrap_or(i64::MIN);
+        let lsn = shared.next_lsn.fetch_add(1, Ordering::SeqCst);
+        for (key, value) in keys::wal_parts(lsn, record) {
             batch.insert(&key, value);
-            wal_keys.push(key);
+            wal_keys.push(WalPart {
+                key,
+                lsn,
+                max_ts,
+                sealed_below: i64::MIN,
+            });
         }
     }
     shared
@@ -259,7 +292,8 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
                     heads.insert_run(*id, *g, samples);
                 }
             }
-            heads.wal_keys.extend(wal_keys);
+            heads.wal.extend(wal_keys);
+            shared.head_bytes.store(heads.bytes(), Ordering::Relaxed);
         }
     }
 
@@ -286,6 +320,37 @@ fn commit(shared: &Shared, state: &mut WriterState, group: &[AppendRequest]) -> 
     reports
 }
 
+/// Estimated encoded size (`keys::wal_parts`' estimate) at which a group
+/// commit's samples go on in a further WAL record. sled keeps up to 16
+/// values in a leaf and writes a leaf over 128 KiB (a quarter of its
+/// segment) as a separate blob file, created, fsynced and later deleted; WAL
+/// records appended in lsn order fill one leaf after another, so records
+/// of at most 7 KiB keep every leaf inline. With one record per commit
+/// (tens of KiB at 20 streams) blob files were a third of this thread's
+/// time during gRPC ingest (perf, 2026-11-26).
+const WAL_RECORD_BYTES: usize = 7 * 1024;
+
+/// One series' samples in a WAL record.
+type WalEntry = (u64, Vec<(i64, f64)>);
+
+/// Cuts a commit's WAL entries into records of about [`WAL_RECORD_BYTES`]
+/// (a series with more samples than fit is a record of its own; its parts
+/// are cut by `keys::wal_parts`).
+fn wal_records(wal: &[WalEntry]) -> Vec<&[WalEntry]> {
+    let mut records = Vec::new();
+    let (mut from, mut size) = (0, 0);
+    for (i, (_, samples)) in wal.iter().enumerate() {
+        let entry = 16 + samples.len() * 4;
+        if size > 0 && size + entry > WAL_RECORD_BYTES {
+            records.extend(wal.get(from..i));
+            (from, size) = (i, 0);
+        }
+        size += entry;
+    }
+    records.extend(wal.get(from..).filter(|rest| !rest.is_empty()));
+    records
+}
+
 fn poisoned() -> StoreError {
     StoreError::Sled(sled::Error::Io(std::io::Error::other(
         "an earlier flush failed; appends are refused until the collector restarts",
@@ -298,4 +363,33 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_records_keep_every_entry_in_order_within_the_size() {
+        let entry = |id: u64, n: usize| (id, (0..n as i64).map(|t| (t, 1.0)).collect::<Vec<_>>());
+        // 133 series of one sample (a 10 s agent cycle) x 20 hosts, then a
+        // series bigger than a record on its own, then a few small ones.
+        let mut wal: Vec<(u64, Vec<(i64, f64)>)> = (0..2660).map(|id| entry(id, 1)).collect();
+        wal.push(entry(9000, 5000));
+        wal.extend((9001..9004).map(|id| entry(id, 3)));
+        let records = wal_records(&wal);
+        let flat: Vec<u64> = records.iter().flat_map(|r| r.iter().map(|(id, _)| *id)).collect();
+        assert_eq!(flat, wal.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+        for r in &records {
+            let size: usize = r.iter().map(|(_, s)| 16 + s.len() * 4).sum();
+            assert!(
+                size <= WAL_RECORD_BYTES || r.len() == 1,
+                "{} entries, {size} bytes",
+                r.len()
+            );
+        }
+        assert!(records.len() >= 2660 * 20 / WAL_RECORD_BYTES);
+        assert!(wal_records(&[]).is_empty());
+    }
 }
