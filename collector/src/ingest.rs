@@ -13,8 +13,22 @@
 //! `Ack` goes back only after the store reports the batch durable, so acks
 //! of concurrent streams ride on shared group-commit flushes. Generated
 //! proto types stop here: the store only sees `crate::model` types.
+//!
+//! One misbehaving agent must not slow down the others (issue 7): new
+//! series are admitted per host at a rate ([`budget::HostRates`], refusing
+//! a batch whole), appends take turns at the store's single writer
+//! ([`fairness`]), messages arrive as raw frames ([`frames`]) and large
+//! ones are decoded — and batches that are expensive to validate are
+//! prepared — on the blocking pool, off the workers that serve the other
+//! streams, and a host whose batches are refused for good (limits, bad
+//! batches) has its streams read no faster than
+//! [`IngestLimits::refused_bytes_per_second_per_host`], so sending huge
+//! batches that are thrown away costs it time instead of costing everyone
+//! the collector's CPU.
 
 pub mod budget;
+pub mod fairness;
+pub mod frames;
 pub mod limits_file;
 pub mod session;
 pub mod validate;
@@ -22,14 +36,14 @@ pub mod wire;
 
 use std::sync::Arc;
 
-use hostpulse_proto::ingest_server::{Ingest, IngestServer};
-use hostpulse_proto::{AgentMessage, CollectorMessage, ErrorCode, Hello, agent_message};
+use hostpulse_proto::{CollectorMessage, ErrorCode, Hello, agent_message};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status, Streaming};
 
 use self::budget::{HostRates, InflightBudget};
+use self::fairness::WriterFairness;
 use self::session::Session;
 use crate::auth::{Authenticator, Identity};
 use crate::store::{AppendOutcome, AppendReport, BatchReport, HostRecord, Store, StreamState};
@@ -61,6 +75,28 @@ pub struct IngestLimits {
     /// Samples a host may send at once above its rate: an agent replaying
     /// its spool after an outage needs headroom.
     pub sample_burst_per_host: f64,
+    /// Series one host may newly define a second (definitions a stream
+    /// has not made before), over all its streams; 0 turns the limit off.
+    /// Creating a series is the store's most expensive write, done on its
+    /// single writer thread, so above it batches are refused with
+    /// `OVERLOADED` (nothing of them stored) and the agent resends later.
+    pub new_series_per_second_per_host: f64,
+    /// New series a host may define at once: a fresh stream redefines all
+    /// of its host's series in its first batch. A batch defining more is
+    /// refused for good with `LIMIT` (it could never be admitted), so this
+    /// is also the most new series one batch may define.
+    pub new_series_burst_per_host: f64,
+    /// How fast a host's streams are read while it is in debt for batches
+    /// refused for good (over a limit, or malformed), in encoded bytes a
+    /// second; 0 turns this off. A working agent never gets there (its
+    /// refused batches are rare and small, and the burst covers them); an
+    /// agent sending one 2 MB batch after another that can never be stored
+    /// (issue 7's million-series agent) is read at this pace, so decoding
+    /// what is thrown away costs a few percent of a core, not a whole one.
+    /// Not in the config file: a safeguard, not a tuning knob.
+    pub refused_bytes_per_second_per_host: f64,
+    /// Refused bytes a host may send before its streams are slowed down.
+    pub refused_bytes_burst_per_host: f64,
     /// Bytes (encoded) of batches being validated or waiting for their
     /// flush, over all streams. A batch that does not fit is refused the
     /// same way as a rate-limited one, so overload sheds load instead of
@@ -81,6 +117,14 @@ impl Default for IngestLimits {
             // large hosts and for replaying a day's spool in minutes.
             max_samples_per_second_per_host: 20_000.0,
             sample_burst_per_host: 200_000.0,
+            // A hardware host has a few hundred to a few thousand series;
+            // the burst lets its first batch through at once, and the rate
+            // lets label churn (a new disk, a renamed interface) pass while
+            // a cardinality explosion gets ~500 new series a second.
+            new_series_per_second_per_host: 500.0,
+            new_series_burst_per_host: 10_000.0,
+            refused_bytes_per_second_per_host: 1024.0 * 1024.0,
+            refused_bytes_burst_per_host: 4.0 * 1024.0 * 1024.0,
             max_inflight_bytes: 256 * 1024 * 1024,
         }
     }
@@ -94,6 +138,11 @@ pub struct IngestService {
     limits: Arc<IngestLimits>,
     auth: Arc<Authenticator>,
     rates: Arc<HostRates>,
+    new_series: Arc<HostRates>,
+    /// Bytes of batches refused for good, per host (see
+    /// [`IngestLimits::refused_bytes_per_second_per_host`]).
+    refused: Arc<HostRates>,
+    fairness: Arc<WriterFairness>,
     inflight: InflightBudget,
 }
 
@@ -109,6 +158,15 @@ impl IngestService {
                 limits.max_samples_per_second_per_host,
                 limits.sample_burst_per_host,
             )),
+            new_series: Arc::new(HostRates::new(
+                limits.new_series_per_second_per_host,
+                limits.new_series_burst_per_host,
+            )),
+            refused: Arc::new(HostRates::new(
+                limits.refused_bytes_per_second_per_host,
+                limits.refused_bytes_burst_per_host,
+            )),
+            fairness: Arc::new(WriterFairness::default()),
             inflight: InflightBudget::new(limits.max_inflight_bytes),
             limits: Arc::new(limits),
             auth: Arc::new(Authenticator::default()),
@@ -126,9 +184,9 @@ impl IngestService {
 /// The tonic server for `svc`: accepts gzip- and zstd-compressed requests,
 /// answers gzip-compressed, and refuses messages over
 /// `limits.max_message_bytes`.
-pub fn server(svc: IngestService) -> IngestServer<IngestService> {
+pub fn server(svc: IngestService) -> frames::IngestGrpc<IngestService> {
     let max = svc.limits.max_message_bytes;
-    IngestServer::new(svc)
+    frames::IngestGrpc::new(svc)
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
@@ -142,10 +200,13 @@ const REPLY_QUEUE: usize = 64;
 type Reply = Result<CollectorMessage, Status>;
 
 #[tonic::async_trait]
-impl Ingest for IngestService {
-    type StreamStream = ReceiverStream<Reply>;
+impl frames::RawIngest for IngestService {
+    type Replies = ReceiverStream<Reply>;
 
-    async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+    async fn stream(
+        &self,
+        request: Request<Streaming<prost::bytes::Bytes>>,
+    ) -> Result<Response<Self::Replies>, Status> {
         let peer_certs = request.peer_certs();
         let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
         let identity = match self
@@ -205,7 +266,7 @@ impl IngestService {
     /// transport fails, a fatal error was sent, or the agent stops reading.
     async fn run_stream(
         &self,
-        mut inbound: Streaming<AgentMessage>,
+        mut inbound: Streaming<prost::bytes::Bytes>,
         identity: Option<Identity>,
         tx: mpsc::Sender<Reply>,
     ) {
@@ -215,8 +276,27 @@ impl IngestService {
         let mut opened_ms = 0;
         let mut end = StreamState::Dropped;
         loop {
+            // A host in debt for refused batches waits before its next
+            // message is even decoded (HTTP/2 flow control then holds the
+            // agent back too).
+            if let Some(s) = &session {
+                let wait = self.refused.wait(s.host(), std::time::Instant::now());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            // Frames arrive undecoded: a large one is parsed on the
+            // blocking pool, not on the worker serving other streams.
             let message = match inbound.message().await {
-                Ok(Some(message)) => message,
+                Ok(Some(frame)) => match frames::decode(frame).await {
+                    Ok(message) => message,
+                    Err(status) => {
+                        self.telemetry.inc(Counter::IngestStreamErrors);
+                        tracing::debug!(host = session.as_ref().map(Session::host), %status, "undecodable ingest message");
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                },
                 Ok(None) => {
                     end = StreamState::Goodbye;
                     break;
@@ -334,10 +414,24 @@ impl IngestService {
             self.telemetry.inc(Counter::RejectedBatch);
             return send(tx, reply, Flow::End).await;
         }
+        // New series first: the check is cheap and takes nothing from a
+        // batch it refuses, and it keeps a huge batch from being validated.
+        let (batch, new_series, encoded_len) = match self.measure(session, batch).await {
+            Ok(measured) => measured,
+            Err(fatal) => return send(tx, fatal, Flow::End).await,
+        };
+        if let Some(flow) = self
+            .admit_new_series(session.host(), seq, encoded_len, new_series, tx)
+            .await
+        {
+            dispose(batch);
+            return flow;
+        }
         if !self
             .rates
             .admit(session.host(), batch.refs.len(), std::time::Instant::now())
         {
+            dispose(batch);
             self.telemetry.inc(Counter::RejectedRateLimited);
             let message = format!(
                 "batch {seq}: host {} sends more than {} samples/s; resend it after backing off",
@@ -346,9 +440,22 @@ impl IngestService {
             );
             return shed(tx, message, seq).await;
         }
+        // Unsealed samples past their memory bound mean a seal is behind:
+        // taking more would only grow the heads, so the batch waits in its
+        // agent (which keeps it) until the seal has caught up.
+        if self.store.head_pressure() {
+            dispose(batch);
+            self.telemetry.inc(Counter::RejectedOverloaded);
+            let message = format!(
+                "batch {seq}: the store's unsealed samples are over their memory bound while a seal catches up; \
+                 resend it after backing off"
+            );
+            return shed(tx, message, seq).await;
+        }
         // Held until the batch is durable (or refused), so the budget
         // covers everything between decode and flush.
-        let Some(_reserved) = self.inflight.try_reserve(prost::Message::encoded_len(&batch)) else {
+        let Some(_reserved) = self.inflight.try_reserve(encoded_len) else {
+            dispose(batch);
             self.telemetry.inc(Counter::RejectedOverloaded);
             let message = format!(
                 "batch {seq}: the collector holds {} of its {} in-flight bytes; resend it after backing off",
@@ -357,9 +464,11 @@ impl IngestService {
             );
             return shed(tx, message, seq).await;
         };
-        let prepared = match session.prepare(batch, &self.limits, crate::store::now_ms()) {
-            Ok(p) => p,
-            Err(rejection) => {
+        let prepared = match self.prepare(session, batch).await {
+            Ok(Ok(p)) => p,
+            Err(fatal) => return send(tx, fatal, Flow::End).await,
+            Ok(Err(rejection)) => {
+                self.charge_refused(session.host(), encoded_len);
                 self.telemetry.inc(if rejection.code == ErrorCode::Limit {
                     Counter::RejectedLimit
                 } else {
@@ -377,7 +486,10 @@ impl IngestService {
                 return Flow::End;
             }
         }
-        let reply = match self.store.append_batch(session.host(), seq, prepared.batch).await {
+        let turn = self.fairness.turn(session.host(), new_series).await;
+        let appended = self.store.append_batch(session.host(), seq, prepared.batch).await;
+        drop(turn);
+        let reply = match appended {
             Ok(BatchReport {
                 report:
                     AppendReport {
@@ -427,6 +539,145 @@ impl IngestService {
             }
         };
         send(tx, reply, Flow::Continue).await
+    }
+}
+
+/// Definitions from which a batch is validated on the blocking pool: with
+/// tens of thousands of them validation takes long enough (tens of ms
+/// optimised, hundreds in a debug build) to hold up the other streams
+/// served by the same worker.
+const BLOCKING_DEFINITIONS: usize = fairness::HEAVY_NEW_SERIES;
+
+/// Samples from which a batch is validated on the blocking pool, for the
+/// same reason (sorting and grouping them).
+const BLOCKING_SAMPLES: usize = 50_000;
+
+impl IngestService {
+    /// Applies the per-host limits on new series to a batch defining
+    /// `new_series` of them; `Some` is the flow after a refusal.
+    async fn admit_new_series(
+        &self,
+        host: &str,
+        seq: u64,
+        encoded_len: usize,
+        new_series: usize,
+        tx: &mpsc::Sender<Reply>,
+    ) -> Option<Flow> {
+        if new_series == 0 || !self.new_series.enabled() {
+            return None;
+        }
+        let burst = self.new_series.burst();
+        if new_series as f64 > burst {
+            // Refused for good, like the other limits: no later moment
+            // would admit it, so the agent must not resend it.
+            self.telemetry.inc(Counter::RejectedLimit);
+            self.charge_refused(host, encoded_len);
+            let message = format!(
+                "batch {seq}: defines {new_series} new series, more than the {burst} a host may define at once; send the definitions over several batches"
+            );
+            let reply = CollectorMessage::error(ErrorCode::Limit, message, seq, false);
+            return Some(send(tx, reply, Flow::Continue).await);
+        }
+        if self.new_series.admit_whole(host, new_series, std::time::Instant::now()) {
+            return None;
+        }
+        self.telemetry.inc(Counter::RejectedNewSeriesRate);
+        let message = format!(
+            "batch {seq}: host {host} defines new series faster than {} a second (at most {burst} at once); resend it after backing off",
+            self.new_series.rate()
+        );
+        Some(shed(tx, message, seq).await)
+    }
+
+    /// The new series `batch` defines ([`Session::new_definitions`]) and
+    /// its encoded size, counted on the blocking pool for a batch with many
+    /// definitions (tens of ms for a million-series batch in a debug
+    /// build). `Err` is a fatal error to end the stream with.
+    async fn measure(
+        &self,
+        session: &mut Session,
+        batch: hostpulse_proto::Batch,
+    ) -> Result<(hostpulse_proto::Batch, usize, usize), CollectorMessage> {
+        if batch.new_series.len() < BLOCKING_DEFINITIONS {
+            let new_series = session.new_definitions(&batch);
+            let encoded_len = prost::Message::encoded_len(&batch);
+            return Ok((batch, new_series, encoded_len));
+        }
+        let seq = batch.seq;
+        let host = session.host().to_owned();
+        let owned = std::mem::replace(session, Session::new(host));
+        match tokio::task::spawn_blocking(move || {
+            let new_series = owned.new_definitions(&batch);
+            let encoded_len = prost::Message::encoded_len(&batch);
+            (owned, batch, new_series, encoded_len)
+        })
+        .await
+        {
+            Ok((owned, batch, new_series, encoded_len)) => {
+                *session = owned;
+                Ok((batch, new_series, encoded_len))
+            }
+            Err(e) => Err(lost_session(session.host(), seq, &e)),
+        }
+    }
+
+    /// Charges `host` for `bytes` of a batch refused for good (see
+    /// [`IngestLimits::refused_bytes_per_second_per_host`]).
+    fn charge_refused(&self, host: &str, bytes: usize) {
+        self.refused.charge(host, bytes, std::time::Instant::now());
+    }
+
+    /// [`Session::prepare`] at the current time; a batch with many
+    /// definitions (new or resent: each is validated) or samples is
+    /// prepared on the blocking pool. `Err` is a fatal error to end the
+    /// stream with.
+    async fn prepare(
+        &self,
+        session: &mut Session,
+        batch: hostpulse_proto::Batch,
+    ) -> Result<Result<session::Prepared, session::Rejection>, CollectorMessage> {
+        let now = crate::store::now_ms();
+        if batch.new_series.len() < BLOCKING_DEFINITIONS && batch.refs.len() < BLOCKING_SAMPLES {
+            return Ok(session.prepare(batch, &self.limits, now));
+        }
+        let seq = batch.seq;
+        let host = session.host().to_owned();
+        let mut owned = std::mem::replace(session, Session::new(host));
+        let limits = Arc::clone(&self.limits);
+        match tokio::task::spawn_blocking(move || {
+            let prepared = owned.prepare(batch, &limits, now);
+            (owned, prepared)
+        })
+        .await
+        {
+            Ok((owned, prepared)) => {
+                *session = owned;
+                Ok(prepared)
+            }
+            Err(e) => Err(lost_session(session.host(), seq, &e)),
+        }
+    }
+}
+
+/// The fatal error for a stream whose session went with a panicked blocking
+/// task (validation never panics on any input; this is a last resort). The
+/// stream's series refs are gone, so it ends; nothing of batch `seq` was
+/// stored and the agent resends from it on a new stream.
+fn lost_session(host: &str, seq: u64, e: &tokio::task::JoinError) -> CollectorMessage {
+    tracing::error!(host, seq, error = %e, "batch validation failed");
+    CollectorMessage::error(
+        ErrorCode::Storage,
+        format!("batch {seq} could not be processed; resend it"),
+        seq,
+        true,
+    )
+}
+
+/// Drops a refused batch; one with many definitions (hundreds of thousands
+/// of small allocations for a million-series batch) on the blocking pool.
+fn dispose(batch: hostpulse_proto::Batch) {
+    if batch.new_series.len() >= BLOCKING_DEFINITIONS {
+        drop(tokio::task::spawn_blocking(move || drop(batch)));
     }
 }
 

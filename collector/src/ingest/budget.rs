@@ -1,15 +1,19 @@
-//! Load shedding for ingest: a per-host sample rate (token buckets keyed by
-//! host, shared by every stream of that host) and a global budget of bytes
-//! held by batches that are being validated or wait for their flush.
+//! Load shedding for ingest: a per-host sample rate and a per-host rate of
+//! new series definitions (token buckets keyed by host, shared by every
+//! stream of that host), and a global budget of bytes held by batches that
+//! are being validated or wait for their flush.
 //!
-//! Both refuse rather than queue: a refused batch is not stored and not
+//! They refuse rather than queue: a refused batch is not stored and not
 //! acknowledged, its stream is ended, and the agent resends it from its
 //! spool after backing off. Queueing instead would turn overload into
-//! unbounded memory, which is what the budget exists to prevent.
+//! unbounded memory, which is what the budget exists to prevent. (The same
+//! buckets also meter bytes of batches refused for good, whose debt
+//! delays reading a host's next message: [`HostRates::charge`] and
+//! [`HostRates::wait`].)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -41,13 +45,47 @@ impl TokenBucket {
         self.tokens -= n;
         true
     }
+
+    /// Takes `n` tokens at `now` only if the bucket holds all of them after
+    /// refilling; returns whether it did. Never goes into debt, so one large
+    /// take cannot hide behind a single positive token: what it costs the
+    /// store must have been earned first. `n` above `burst` never passes.
+    pub fn take_whole(&mut self, n: f64, rate: f64, burst: f64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.at = now;
+        if self.tokens < n {
+            return false;
+        }
+        self.tokens -= n;
+        true
+    }
+
+    /// Charges `n` tokens at `now` whatever the bucket holds; the debt this
+    /// may leave is what [`TokenBucket::wait`] reports.
+    pub fn charge(&mut self, n: f64, rate: f64, burst: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst) - n;
+        self.at = now;
+    }
+
+    /// How long after `now` the bucket is out of debt at `rate`.
+    pub fn wait(&self, rate: f64, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        let debt = -(self.tokens + elapsed * rate);
+        if debt <= 0.0 || rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::try_from_secs_f64(debt / rate).unwrap_or(Duration::MAX)
+    }
 }
 
 /// Most hosts whose buckets are remembered; beyond it idle (full) buckets
 /// are forgotten, which changes nothing for them since a new bucket is full.
 const MAX_TRACKED_HOSTS: usize = 100_000;
 
-/// Per-host sample rate limits, shared by all streams.
+/// Per-host rate limits (samples, or new series definitions), shared by all
+/// streams.
 #[derive(Debug)]
 pub struct HostRates {
     rate: f64,
@@ -66,8 +104,42 @@ impl HostRates {
         }
     }
 
-    /// Whether `host` may store `samples` more samples at `now`.
+    /// Whether `host` may store `samples` more samples at `now` (a full
+    /// bucket admits any amount, going into debt; see [`TokenBucket::take`]).
     pub fn admit(&self, host: &str, samples: usize, now: Instant) -> bool {
+        let (rate, burst) = (self.rate, self.burst);
+        self.with_bucket(host, now, |b| b.take(samples as f64, rate, burst, now))
+    }
+
+    /// Whether `host` may spend `n` tokens at `now`, all of them earned
+    /// already ([`TokenBucket::take_whole`]): an amount above the burst
+    /// never passes, so callers refuse it for good first.
+    pub fn admit_whole(&self, host: &str, n: usize, now: Instant) -> bool {
+        let (rate, burst) = (self.rate, self.burst);
+        self.with_bucket(host, now, |b| b.take_whole(n as f64, rate, burst, now))
+    }
+
+    /// Charges `host` `n` tokens at `now`, going into debt if need be.
+    pub fn charge(&self, host: &str, n: usize, now: Instant) {
+        let (rate, burst) = (self.rate, self.burst);
+        self.with_bucket(host, now, |b| {
+            b.charge(n as f64, rate, burst, now);
+            true
+        });
+    }
+
+    /// How long `host` must wait at `now` until its bucket is out of debt;
+    /// zero for a host without a bucket or with the limit off.
+    pub fn wait(&self, host: &str, now: Instant) -> Duration {
+        if self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        buckets.get(host).map_or(Duration::ZERO, |b| b.wait(self.rate, now))
+    }
+
+    /// Runs `take` on `host`'s bucket; with the limit off, admits.
+    fn with_bucket(&self, host: &str, now: Instant, take: impl FnOnce(&mut TokenBucket) -> bool) -> bool {
         if self.rate <= 0.0 {
             return true;
         }
@@ -85,12 +157,22 @@ impl HostRates {
         let bucket = buckets
             .entry(host.to_owned())
             .or_insert_with(|| TokenBucket::full(self.burst, now));
-        bucket.take(samples as f64, self.rate, self.burst, now)
+        take(bucket)
     }
 
     /// The configured rate, for error messages.
     pub fn rate(&self) -> f64 {
         self.rate
+    }
+
+    /// The configured burst (at least the rate), for error messages.
+    pub fn burst(&self) -> f64 {
+        self.burst
+    }
+
+    /// Whether the limit is on (a positive rate).
+    pub fn enabled(&self) -> bool {
+        self.rate > 0.0
     }
 }
 
@@ -135,9 +217,23 @@ impl InflightBudget {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
+
+    #[test]
+    fn charges_leave_a_debt_that_is_waited_off() {
+        let rates = HostRates::new(1000.0, 2000.0);
+        let t = Instant::now();
+        assert_eq!(rates.wait("a", t), Duration::ZERO, "no bucket yet");
+        rates.charge("a", 1500, t);
+        assert_eq!(rates.wait("a", t), Duration::ZERO, "within the burst");
+        rates.charge("a", 1500, t);
+        // 1000 in debt at 1000/s: one second, less what passed since.
+        let near = |d: Duration, ms: u64| d.abs_diff(Duration::from_millis(ms)) < Duration::from_micros(10);
+        assert!(near(rates.wait("a", t), 1000));
+        assert!(near(rates.wait("a", t + Duration::from_millis(400)), 600));
+        assert_eq!(rates.wait("a", t + Duration::from_secs(2)), Duration::ZERO);
+        assert_eq!(rates.wait("b", t), Duration::ZERO, "per host");
+    }
 
     #[test]
     fn a_host_over_its_rate_is_refused_until_the_bucket_refills() {
@@ -151,6 +247,22 @@ mod tests {
         // 1 s refills 100: back to 0, still refused; 1.5 s: positive.
         assert!(!rates.admit("a", 1, t + Duration::from_secs(1)));
         assert!(rates.admit("a", 1, t + Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn whole_takes_never_go_into_debt() {
+        let rates = HostRates::new(100.0, 1000.0);
+        let t = Instant::now();
+        assert!(!rates.admit_whole("a", 1001, t), "above the burst never passes");
+        assert!(rates.admit_whole("a", 1000, t), "a full bucket admits the burst");
+        assert!(!rates.admit_whole("a", 1, t));
+        // 1 s refills 100: 150 does not fit yet, 100 does; then 0 is left.
+        assert!(!rates.admit_whole("a", 150, t + Duration::from_secs(1)));
+        assert!(rates.admit_whole("a", 100, t + Duration::from_secs(1)));
+        assert!(!rates.admit_whole("a", 1, t + Duration::from_secs(1)));
+        assert!(rates.admit_whole("b", 1000, t), "other hosts have their own bucket");
+        let off = HostRates::new(0.0, 0.0);
+        assert!(off.admit_whole("a", 1_000_000, t));
     }
 
     #[test]

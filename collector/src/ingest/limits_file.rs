@@ -12,6 +12,8 @@
 //! max_past = "168h"
 //! max_samples_per_second_per_host = 20000
 //! sample_burst_per_host = 200000
+//! new_series_per_second_per_host = 500
+//! new_series_burst_per_host = 10000
 //! max_inflight_mb = 256
 //! ```
 
@@ -40,6 +42,13 @@ pub struct IngestLimitsFile {
     pub max_samples_per_second_per_host: Option<f64>,
     /// Samples a host may send at once above its rate [default: 200000].
     pub sample_burst_per_host: Option<f64>,
+    /// Series one host may newly define a second over all its streams, 0
+    /// for no limit; above it batches are shed with `OVERLOADED`
+    /// [default: 500].
+    pub new_series_per_second_per_host: Option<f64>,
+    /// New series a host may define at once, and so the most one batch may
+    /// define (a batch with more is refused with `LIMIT`) [default: 10000].
+    pub new_series_burst_per_host: Option<f64>,
     /// Encoded batch bytes being validated or awaiting their flush over all
     /// streams, MiB; beyond it batches are shed [default: 256].
     pub max_inflight_mb: Option<u64>,
@@ -65,6 +74,16 @@ fn rate(key: &'static str, v: Option<f64>, default: f64) -> Result<f64, ConfigEr
         None => Ok(default),
         Some(v) if v.is_finite() && v >= 0.0 => Ok(v),
         Some(_) => Err(invalid(key, "must be a finite number, 0 or more")),
+    }
+}
+
+/// A burst: below one, not even a batch defining a single new series
+/// could ever pass.
+fn at_least_one(key: &'static str, v: Option<f64>, default: f64) -> Result<f64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) if v.is_finite() && v >= 1.0 => Ok(v),
+        Some(_) => Err(invalid(key, "must be a finite number, 1 or more")),
     }
 }
 
@@ -118,6 +137,18 @@ impl IngestLimitsFile {
                 self.sample_burst_per_host,
                 d.sample_burst_per_host,
             )?,
+            new_series_per_second_per_host: rate(
+                "ingest.new_series_per_second_per_host",
+                self.new_series_per_second_per_host,
+                d.new_series_per_second_per_host,
+            )?,
+            new_series_burst_per_host: at_least_one(
+                "ingest.new_series_burst_per_host",
+                self.new_series_burst_per_host,
+                d.new_series_burst_per_host,
+            )?,
+            refused_bytes_per_second_per_host: d.refused_bytes_per_second_per_host,
+            refused_bytes_burst_per_host: d.refused_bytes_burst_per_host,
             max_inflight_bytes: mb("ingest.max_inflight_mb", self.max_inflight_mb, d.max_inflight_bytes)?,
         })
     }
@@ -173,6 +204,13 @@ mod tests {
         assert_eq!(limits.max_samples_per_second_per_host, 0.0);
         assert_eq!(limits.max_inflight_bytes, 32 << 20);
         assert_eq!(limits.max_labels_per_series, 8);
+        let limits = check(
+            "new_series_per_second_per_host = 0\nnew_series_burst_per_host = 2500\n",
+            Ok(""),
+        )
+        .unwrap();
+        assert_eq!(limits.new_series_per_second_per_host, 0.0);
+        assert_eq!(limits.new_series_burst_per_host, 2500.0);
     }
 
     #[test]
@@ -190,6 +228,14 @@ mod tests {
             Err("ingest.max_series_per_stream: must be more than 0"),
         );
         check("max_past = \"soon\"", Err("ingest.max_past: "));
+        check(
+            "new_series_burst_per_host = 0.5",
+            Err("ingest.new_series_burst_per_host: must be a finite number, 1 or more"),
+        );
+        check(
+            "new_series_per_second_per_host = inf",
+            Err("ingest.new_series_per_second_per_host: must be a finite number, 0 or more"),
+        );
         check("max_sample_rate = 5", Err("unknown field"));
     }
 }

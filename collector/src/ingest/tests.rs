@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use hostpulse_proto::ingest_client::IngestClient;
-use hostpulse_proto::{Batch, Hello, Inventory, Label, SeriesDefinition, collector_message};
+use hostpulse_proto::{AgentMessage, Batch, Hello, Inventory, Label, SeriesDefinition, collector_message};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Server};
@@ -478,6 +478,31 @@ async fn a_spent_inflight_budget_sheds_load_until_it_frees() {
     agent.expect_ack(1).await;
 }
 
+/// Issue 7: while the store's unsealed samples are over their memory bound
+/// (a seal behind), batches are shed with `RESOURCE_EXHAUSTED` and nothing
+/// is stored; once the heads are back under it, the same batch is taken.
+#[tokio::test]
+async fn heads_over_their_memory_bound_shed_load_until_the_seal_catches_up() {
+    let h = start(IngestLimits::default()).await;
+    h.store.set_head_bytes_for_test(usize::MAX);
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(1, t0, temps(), &[(1, 1.0)])).await;
+    let msg = agent.expect_error(ErrorCode::Overloaded, 1, true).await;
+    assert!(msg.contains("memory bound"), "{msg}");
+    expect_status(&mut agent, tonic::Code::ResourceExhausted).await;
+    assert_eq!(h.telemetry.get(Counter::RejectedOverloaded), 1);
+    assert_eq!(h.store.last_seq("web-1").unwrap(), None);
+
+    h.store.set_head_bytes_for_test(0);
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(1, t0, temps(), &[(1, 1.0)])).await;
+    agent.expect_ack(1).await;
+    assert_eq!(h.store.last_seq("web-1").unwrap(), Some(1));
+}
+
 /// Issue 7: samples the store refuses as too far out of order are counted
 /// and reported to the agent; the batch is still acknowledged.
 #[tokio::test]
@@ -566,4 +591,136 @@ async fn one_connection_holds_at_most_the_stream_limit() {
         task.await.unwrap();
     }
     running.shutdown().await;
+}
+
+/// Issue 7: a batch defining more new series than a host may define at
+/// once is refused whole with a `LIMIT` error (not fatal, nothing stored),
+/// before its labels are validated; the stream goes on.
+#[tokio::test]
+async fn a_batch_defining_too_many_new_series_is_refused_whole() {
+    let h = start(IngestLimits {
+        new_series_per_second_per_host: 1.0,
+        new_series_burst_per_host: 2.0,
+        ..Default::default()
+    })
+    .await;
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    let mut defs = temps();
+    // Invalid, but never looked at: the count alone refuses the batch.
+    defs.push(def(3, "9bad name", &[]));
+    agent.batch(batch(1, t0, defs, &[(1, 1.0), (2, 2.0), (3, 3.0)])).await;
+    let msg = agent.expect_error(ErrorCode::Limit, 1, false).await;
+    assert!(msg.contains("defines 3 new series, more than the 2"), "{msg}");
+    assert_eq!(h.telemetry.get(Counter::RejectedLimit), 1);
+    assert_eq!(h.telemetry.get(Counter::RejectedBatch), 0);
+    assert_eq!(h.store.last_seq("web-1").unwrap(), None);
+    // Resent definitions of refs the stream knows are not new.
+    agent.batch(batch(2, t0, temps(), &[(1, 1.0), (2, 2.0)])).await;
+    agent.expect_ack(2).await;
+    agent.batch(batch(3, t0 + 1000, temps(), &[(1, 3.0)])).await;
+    agent.expect_ack(3).await;
+}
+
+/// Issue 7: a host defining new series faster than its rate is shed with
+/// `OVERLOADED` and `RESOURCE_EXHAUSTED`; nothing of the refused batch is
+/// stored, the reason has its own counter, and other hosts are not held up.
+#[tokio::test]
+async fn a_host_defining_new_series_too_fast_is_shed() {
+    let h = start(IngestLimits {
+        new_series_per_second_per_host: 0.001,
+        new_series_burst_per_host: 3.0,
+        ..Default::default()
+    })
+    .await;
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(1, t0, temps(), &[(1, 1.0), (2, 2.0)])).await;
+    agent.expect_ack(1).await;
+    // One token left: a batch defining two more waits for its whole cost.
+    let more = vec![def(3, "m", &[]), def(4, "n", &[])];
+    agent.batch(batch(2, t0, more, &[(1, 5.0), (3, 3.0), (4, 4.0)])).await;
+    let msg = agent.expect_error(ErrorCode::Overloaded, 2, true).await;
+    assert!(msg.contains("new series faster than"), "{msg}");
+    expect_status(&mut agent, tonic::Code::ResourceExhausted).await;
+    assert_eq!(h.telemetry.get(Counter::RejectedNewSeriesRate), 1);
+    assert_eq!(h.store.last_seq("web-1").unwrap(), Some(1));
+    let stored = h
+        .store
+        .select(&[Matcher::equal("instance", "web-1")], t0 - 1, t0 + 1)
+        .unwrap();
+    assert_eq!(
+        stored.len(),
+        2,
+        "the refused batch's samples and series were not stored"
+    );
+    // Another host has its own budget.
+    let mut other = Agent::connect(&h).await;
+    other.hello("web-2").await;
+    other.batch(batch(1, t0, temps(), &[(1, 1.0), (2, 2.0)])).await;
+    other.expect_ack(1).await;
+}
+
+/// Issue 7: a batch with many definitions is validated on the blocking
+/// pool and its series are stored like any other's.
+#[tokio::test]
+async fn a_large_first_batch_is_validated_off_the_workers_and_stored() {
+    let h = start(IngestLimits::default()).await;
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("big").await;
+    let n = 3 * fairness::HEAVY_NEW_SERIES as u32;
+    let defs = (1..=n).map(|r| def(r, "m", &[("i", &r.to_string())])).collect();
+    let samples: Vec<(u32, f64)> = (1..=n).map(|r| (r, f64::from(r))).collect();
+    agent.batch(batch(1, t0, defs, &samples)).await;
+    agent.expect_ack(1).await;
+    agent.batch(batch(2, t0 + 1000, vec![], &[(n, 1.0)])).await;
+    agent.expect_ack(2).await;
+    let stored = h
+        .store
+        .select(&[Matcher::equal("instance", "big")], t0 - 1, t0 + 2000)
+        .unwrap();
+    assert_eq!(stored.len(), n as usize);
+    assert_eq!(stored.iter().map(|s| s.samples.len()).sum::<usize>(), n as usize + 1);
+}
+
+/// Issue 7: a host whose batches are refused for good is read no faster
+/// than its refused-bytes rate, so flooding the collector with batches it
+/// throws away costs the host time; the refused batch is still answered
+/// at once, and other hosts are not slowed.
+#[tokio::test]
+async fn a_host_sending_refused_batches_is_read_more_slowly() {
+    let h = start(IngestLimits {
+        new_series_per_second_per_host: 1.0,
+        new_series_burst_per_host: 1.0,
+        refused_bytes_per_second_per_host: 100.0,
+        refused_bytes_burst_per_host: 100.0,
+        ..Default::default()
+    })
+    .await;
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("noisy").await;
+    // Refused for good (two new series, one allowed at once): ~160 bytes,
+    // ~60 over the burst, at 100 bytes a second.
+    let refused = batch(1, t0, temps(), &[(1, 1.0), (2, 2.0)]);
+    let debt = prost::Message::encoded_len(&refused) as f64 - 100.0;
+    assert!(debt > 20.0, "{debt}");
+    agent.batch(refused).await;
+    agent.expect_error(ErrorCode::Limit, 1, false).await;
+    let refused_at = Instant::now();
+    agent.batch(batch(2, t0, vec![def(1, "m", &[])], &[(1, 1.0)])).await;
+    // Meanwhile another host goes through at its own pace.
+    let mut other = Agent::connect(&h).await;
+    other.hello("quiet").await;
+    other.batch(batch(1, t0, vec![def(1, "m", &[])], &[(1, 1.0)])).await;
+    other.expect_ack(1).await;
+    agent.expect_ack(2).await;
+    let waited = refused_at.elapsed().as_secs_f64();
+    assert!(
+        waited >= debt / 100.0 * 0.9,
+        "read after {waited:.3} s, debt {debt} bytes"
+    );
 }

@@ -1,0 +1,194 @@
+//! Fair use of the store's single writer thread by ingest streams (issue 7:
+//! one misbehaving agent must not slow down everyone else's acks).
+//!
+//! Every append goes through one thread that group-commits whatever is
+//! queued; a batch that creates many series keeps that thread busy for
+//! its whole commit (index inserts, series pages), and every batch queued
+//! meanwhile waits for it. Two rules keep that cost with the host that
+//! causes it:
+//!
+//! - **One append in flight per host.** A stream already waits for each
+//!   batch's ack before reading the next, but a host may open several
+//!   streams; their appends take turns here, so a host cannot fill the
+//!   writer's queue with many large batches at once.
+//! - **New series share a budget, and pay back their writer time.** A
+//!   batch defining at least [`HEAVY_NEW_SERIES`] new series takes that
+//!   many permits of [`NEW_SERIES_IN_FLIGHT`] (first come, first served
+//!   over all hosts), so the writer never has more new series queued than
+//!   one burst-sized batch, however many hosts create series at once;
+//!   many agents connecting together (a few hundred series each) still
+//!   share group commits. After its append a batch keeps its permits for
+//!   as long as the append took (capped at [`MAX_COOLDOWN`]), so creating
+//!   series gets at most about half of the writer's time and the fleet's
+//!   small batches are committed in the gaps. Light batches (every batch
+//!   of a steady agent) never wait here except behind their own host.
+//!
+//! Nothing is refused here: waiting is bounded by the rate limits in
+//! [`super::budget`], which decide what is admitted at all.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// New series definitions from which a batch counts as heavy. A steady
+/// agent defines none; a fresh stream of a large host a few thousand once.
+/// Below this the writer's cost is under a few milliseconds even in a
+/// debug build (~11 µs per new series there, 2026-11-26).
+pub const HEAVY_NEW_SERIES: usize = 256;
+
+/// New series of heavy batches that may be queued for or inside the
+/// writer at once: the default per-host burst, so one burst-sized batch
+/// fits alone and a larger one (with the new-series limit off) is charged
+/// the whole budget.
+pub const NEW_SERIES_IN_FLIGHT: usize = 10_000;
+
+/// Longest time a heavy batch keeps its permits after its append, so a
+/// single very slow commit (a stalled disk) cannot hold up series creation
+/// for long after the disk recovered.
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// The turn-taking state, shared by every stream of one ingest service.
+#[derive(Debug)]
+pub struct WriterFairness {
+    heavy: Arc<Semaphore>,
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Default for WriterFairness {
+    fn default() -> Self {
+        WriterFairness {
+            heavy: Arc::new(Semaphore::new(NEW_SERIES_IN_FLIGHT)),
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// The right to append one batch; held until the append returned.
+#[derive(Debug)]
+pub struct Turn<'a> {
+    fairness: &'a WriterFairness,
+    host: String,
+    host_turn: Option<OwnedMutexGuard<()>>,
+    heavy: Option<(OwnedSemaphorePermit, Instant)>,
+}
+
+impl WriterFairness {
+    /// Waits until `host` may append a batch defining `new_series` new
+    /// series: after the host's previous append, and for a heavy batch,
+    /// until the new-series budget has room for it.
+    pub async fn turn(&self, host: &str, new_series: usize) -> Turn<'_> {
+        let lock = {
+            let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(hosts.entry(host.to_owned()).or_default())
+        };
+        // Host first, then the budget: always in this order, so two
+        // streams can never wait on each other crosswise.
+        let host_turn = lock.lock_owned().await;
+        let heavy = if new_series >= HEAVY_NEW_SERIES {
+            let permits = u32::try_from(new_series.min(NEW_SERIES_IN_FLIGHT)).unwrap_or(u32::MAX);
+            // The semaphore is never closed, so acquiring only fails if it
+            // were; then the batch simply goes without permits.
+            Arc::clone(&self.heavy)
+                .acquire_many_owned(permits)
+                .await
+                .ok()
+                .map(|permit| (permit, Instant::now()))
+        } else {
+            None
+        };
+        Turn {
+            fairness: self,
+            host: host.to_owned(),
+            host_turn: Some(host_turn),
+            heavy,
+        }
+    }
+
+    /// Hosts with a turn-taking entry (for tests: entries of hosts with no
+    /// append in flight are removed).
+    pub fn tracked_hosts(&self) -> usize {
+        self.hosts.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.host_turn.take());
+        {
+            let mut hosts = self.fairness.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+            // Only the map holds it: no stream of this host waits, so the
+            // entry goes (new turns clone it under this same lock).
+            if hosts.get(&self.host).is_some_and(|l| Arc::strong_count(l) == 1) {
+                hosts.remove(&self.host);
+            }
+        }
+        if let Some((permit, since)) = self.heavy.take() {
+            let cooldown = since.elapsed().min(MAX_COOLDOWN);
+            // The permits return after the cooldown; without a runtime
+            // (never the case in the server) at once.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    tokio::time::sleep(cooldown).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    use super::*;
+
+    /// Whether `fut` is still waiting after one poll (no timers involved).
+    async fn waits<F: Future + Unpin>(fut: &mut F) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx).is_pending())).await
+    }
+
+    #[tokio::test]
+    async fn appends_of_one_host_take_turns_and_others_do_not_wait() {
+        let f = WriterFairness::default();
+        let first = f.turn("a", 0).await;
+        let mut second = Box::pin(f.turn("a", 0));
+        assert!(waits(&mut second).await, "host a already has an append in flight");
+        let mut other = Box::pin(f.turn("b", 0));
+        assert!(!waits(&mut other).await, "host b has its own turn");
+        drop(other);
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(5), second).await;
+        assert!(second.is_ok(), "host a's turn came back when the first append ended");
+        drop(second);
+        assert_eq!(f.tracked_hosts(), 0, "idle hosts are forgotten");
+    }
+
+    #[tokio::test]
+    async fn heavy_batches_share_the_budget_and_pay_a_cooldown() {
+        let f = WriterFairness::default();
+        let heavy = f.turn("a", NEW_SERIES_IN_FLIGHT - HEAVY_NEW_SERIES).await;
+        let mut light = Box::pin(f.turn("b", HEAVY_NEW_SERIES - 1));
+        assert!(!waits(&mut light).await, "light batches pass heavy ones in flight");
+        drop(light);
+        let mut fits = Box::pin(f.turn("c", HEAVY_NEW_SERIES));
+        assert!(!waits(&mut fits).await, "heavy batches share the budget");
+        drop(fits);
+        let mut next = Box::pin(f.turn("c", 2 * HEAVY_NEW_SERIES));
+        assert!(waits(&mut next).await, "the budget is spent");
+        // The heavy append "takes" 100 ms; its permits come back as long after.
+        let took = Duration::from_millis(100);
+        tokio::time::sleep(took).await;
+        drop(heavy);
+        let reopened = Instant::now();
+        assert!(waits(&mut next).await, "the permits are held during the cooldown");
+        let next = tokio::time::timeout(Duration::from_secs(5), next).await;
+        assert!(next.is_ok());
+        assert!(reopened.elapsed() >= took, "reopened after {:?}", reopened.elapsed());
+    }
+}
