@@ -163,6 +163,21 @@ impl eval::Source for Store {
     fn rollup_resolutions(&self) -> &'static [Resolution] {
         &[]
     }
+
+    /// Long ranges only, split by the hosts the index knows: a fresh
+    /// process faults in every page a query first touches (half of a cold
+    /// `sum(rate(node_cpu_seconds_total[5m])) by (instance)` went to
+    /// zeroing pages for the copied-out samples of every host at once).
+    fn hosts(&self, start_ms: i64, end_ms: i64) -> Option<Vec<String>> {
+        if end_ms.saturating_sub(start_ms) < PARALLEL_SELECT_MIN_MS {
+            return None;
+        }
+        self.label_values("instance").ok()
+    }
+
+    fn as_sync(&self) -> Option<&(dyn eval::Source + Sync)> {
+        Some(self)
+    }
 }
 
 /// Evaluates `expr` as an instant query at `t`, reading what it needs from

@@ -135,7 +135,60 @@ pub trait Source {
     fn rollup_resolutions(&self) -> &'static [Resolution] {
         &[]
     }
+
+    /// The hosts (`instance` values) series in `[start_ms, end_ms]` may
+    /// belong to, for aggregations that read and fold one host at a time
+    /// ([`split_by_instance`]): they then hold one host's samples at once
+    /// rather than every host's, and the memory one host used is reused by
+    /// the next. `None` when not worth it (short ranges): the caller then
+    /// reads everything at once.
+    fn hosts(&self, _start_ms: i64, _end_ms: i64) -> Option<Vec<String>> {
+        None
+    }
+
+    /// This source, when it may be read from several threads at once.
+    fn as_sync(&self) -> Option<&(dyn Source + Sync)> {
+        None
+    }
 }
+
+/// Hosts beyond which [`split_by_instance`] does not split: each part costs
+/// an index lookup, and that many parts would cost more than they save.
+const MAX_HOST_PARTS: usize = 512;
+
+/// The parts a selection with `matchers` is read in, one host at a time:
+/// each value of `instances` (the hosts the source knows) that the
+/// matchers' own `instance` matchers accept, then `""` for series without
+/// the label when they accept the empty value. Selecting with
+/// `instance="<part>"` added gives disjoint sets of series that together
+/// are exactly what `matchers` selects. `None` when that gives fewer than
+/// two parts, when the matchers already pin one `instance`, or when there
+/// are more than [`MAX_HOST_PARTS`] hosts.
+pub fn split_by_instance(matchers: &[Matcher], instances: &[String]) -> Option<Vec<String>> {
+    let own: Vec<&Matcher> = matchers.iter().filter(|m| m.name == INSTANCE).collect();
+    if own.iter().any(|m| matches!(m.op, MatchOp::Equal(_))) || instances.len() > MAX_HOST_PARTS {
+        return None;
+    }
+    let mut parts: Vec<String> = instances
+        .iter()
+        .filter(|v| !v.is_empty() && own.iter().all(|m| m.matches(v)))
+        .cloned()
+        .collect();
+    if own.iter().all(|m| m.matches_empty()) {
+        parts.push(String::new());
+    }
+    (parts.len() >= 2).then_some(parts)
+}
+
+/// `matchers` narrowed to the series of one part of [`split_by_instance`].
+fn part_matchers(matchers: &[Matcher], part: &str) -> Vec<Matcher> {
+    let mut out = matchers.to_vec();
+    out.push(Matcher::equal(INSTANCE, part));
+    out
+}
+
+/// The label that names a series' host.
+const INSTANCE: &str = "instance";
 
 /// Literal series as a [`Source`] (tests, benchmarks, fixtures).
 #[derive(Debug, Clone, Copy)]
@@ -192,6 +245,19 @@ impl Source for Literal<'_> {
 
     fn rollup_resolutions(&self) -> &'static [Resolution] {
         &[Resolution::FiveMinutes, Resolution::OneHour]
+    }
+
+    /// Whatever the range, so that the unit tests run the host-by-host
+    /// aggregations.
+    fn hosts(&self, _start_ms: i64, _end_ms: i64) -> Option<Vec<String>> {
+        let mut instances: Vec<String> = self.0.iter().map(|s| s.labels.get(INSTANCE).to_string()).collect();
+        instances.sort_unstable();
+        instances.dedup();
+        Some(instances)
+    }
+
+    fn as_sync(&self) -> Option<&(dyn Source + Sync)> {
+        Some(self)
     }
 }
 
@@ -385,8 +451,8 @@ impl InstantWalk {
         // Reference times ascend, so one cursor walks the samples.
         let mut any = false;
         let mut idx = 0;
-        for t in self.grid.times() {
-            let r = t.saturating_sub(self.offset);
+        let mut r = self.grid.start.saturating_sub(self.offset);
+        for _ in 0..n {
             while idx < samples.len() && samples[idx].0 <= r {
                 idx += 1;
             }
@@ -396,6 +462,7 @@ impl InstantWalk {
             });
             any |= v.is_some();
             vals.push(v);
+            r = r.saturating_add(self.grid.step.max(1));
         }
         any
     }
@@ -726,14 +793,7 @@ impl<'a> Evaluator<'a> {
         let (from, _) = arg.window(grid.start);
         let (_, to) = arg.window(grid.time(n - 1));
         let mut series = self.select(&matchers, from, to)?;
-        for s in &mut series {
-            s.samples.retain(|(_, v)| !is_stale_marker(*v));
-        }
-        series.retain(|s| !s.samples.is_empty());
-        // Label order, as Prometheus's series sets come: results (and float
-        // sums over them) then do not depend on how the source listed the
-        // series, and the rollup planner (`eval/rollup.rs`) matches it.
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        clean_range_series(&mut series);
         Ok(RangeArg { series, ..arg })
     }
 
@@ -801,6 +861,19 @@ impl<'a> Evaluator<'a> {
             other => Err(bad(format!("expected a range vector, got {other}"))),
         }
     }
+}
+
+/// Series read for a range vector as range functions see them: stale
+/// markers removed, series left without samples dropped, in label order,
+/// as Prometheus's series sets come: results (and float sums over them)
+/// then do not depend on how the source listed the series, and the rollup
+/// planner (`eval/rollup.rs`) matches it.
+fn clean_range_series(series: &mut Vec<SeriesSamples>) {
+    for s in series.iter_mut() {
+        s.samples.retain(|(_, v)| !is_stale_marker(*v));
+    }
+    series.retain(|s| !s.samples.is_empty());
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
 }
 
 /// `labels` without `__name__`.

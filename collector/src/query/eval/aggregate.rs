@@ -5,8 +5,14 @@
 //!
 //! Grouping keys depend only on labels, so each input series is assigned to
 //! its group once; the per-step work is then arithmetic over slices.
+//!
+//! The common operators never materialise their input vector: over a
+//! selector, a range function or plain arithmetic between two of those,
+//! long queries read, fold and drop one host at a time (`try_by_host`),
+//! and other inputs are folded series by series (`try_streamed`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
@@ -221,7 +227,41 @@ impl Acc {
 
     /// Folds one member's values (one slot per step) in.
     fn add(&mut self, vals: &[Option<f64>]) {
-        let op = self.op;
+        // One loop per operator, so the operator is not matched again at
+        // every step.
+        match self.op {
+            FoldOp::Sum => self.add_with(vals, |a, x, _| *a += x),
+            FoldOp::Min => self.add_with(vals, |a, x, _| {
+                if *a > x || a.is_nan() {
+                    *a = x;
+                }
+            }),
+            FoldOp::Max => self.add_with(vals, |a, x, _| {
+                if *a < x || a.is_nan() {
+                    *a = x;
+                }
+            }),
+            FoldOp::Count | FoldOp::Group => self.add_with(vals, |_, _, _| {}),
+            FoldOp::Avg => self.add_with(vals, |a, x, c| {
+                // As in `reduce`: an infinite mean stays unless a NaN or an
+                // infinity of the other sign arrives.
+                if a.is_infinite() {
+                    if x.is_infinite() && (*a > 0.0) == (x > 0.0) {
+                        return;
+                    }
+                    if !x.is_infinite() && !x.is_nan() {
+                        return;
+                    }
+                }
+                *a += x / c - *a / c;
+            }),
+        }
+    }
+
+    /// Folds `vals` in with `f(accumulator, value, count including it)`
+    /// for every step after a group's first value.
+    #[inline(always)]
+    fn add_with(&mut self, vals: &[Option<f64>], f: impl Fn(&mut f64, f64, f64)) {
         for ((a, c), v) in self.acc.iter_mut().zip(self.count.iter_mut()).zip(vals) {
             let Some(x) = *v else { continue };
             if *c == 0.0 {
@@ -230,33 +270,44 @@ impl Acc {
                 continue;
             }
             *c += 1.0;
+            f(a, x, *c);
+        }
+    }
+
+    /// Folds in another accumulator of the same group over the same grid,
+    /// holding the members that come after this one's. `min`, `max`,
+    /// `count` and `group` come out exactly as if every member had been
+    /// added to one accumulator; `sum` adds the two partial sums and `avg`
+    /// weighs the two means by their counts, which may differ from one
+    /// running sum in the last bits.
+    fn merge(&mut self, other: &Acc) {
+        let op = self.op;
+        let steps = self.acc.iter_mut().zip(self.count.iter_mut());
+        for ((a, c), (&b, &cb)) in steps.zip(other.acc.iter().zip(&other.count)) {
+            if cb == 0.0 {
+                continue;
+            }
+            if *c == 0.0 {
+                *a = b;
+                *c = cb;
+                continue;
+            }
             match op {
-                FoldOp::Sum => *a += x,
+                FoldOp::Sum => *a += b,
                 FoldOp::Min => {
-                    if *a > x || a.is_nan() {
-                        *a = x;
+                    if *a > b || a.is_nan() {
+                        *a = b;
                     }
                 }
                 FoldOp::Max => {
-                    if *a < x || a.is_nan() {
-                        *a = x;
+                    if *a < b || a.is_nan() {
+                        *a = b;
                     }
                 }
                 FoldOp::Count | FoldOp::Group => {}
-                FoldOp::Avg => {
-                    // As in `reduce`: an infinite mean stays unless a NaN
-                    // or an infinity of the other sign arrives.
-                    if a.is_infinite() {
-                        if x.is_infinite() && (*a > 0.0) == (x > 0.0) {
-                            continue;
-                        }
-                        if !x.is_infinite() && !x.is_nan() {
-                            continue;
-                        }
-                    }
-                    *a += x / *c - *a / *c;
-                }
+                FoldOp::Avg => *a = merge_means(*a, *c, b, cb),
             }
+            *c += cb;
         }
     }
 
@@ -275,6 +326,352 @@ impl Acc {
             })
             .collect()
     }
+}
+
+/// The mean of two groups of values with means `a`, `b` and counts `ca`,
+/// `cb`, with the running mean's rules for infinities: an infinity stays
+/// unless a NaN or the other infinity joins it.
+fn merge_means(a: f64, ca: f64, b: f64, cb: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        return f64::NAN;
+    }
+    match (a.is_infinite(), b.is_infinite()) {
+        (true, true) if (a > 0.0) != (b > 0.0) => f64::NAN,
+        (true, _) => a,
+        (false, true) => b,
+        (false, false) => a + (b - a) * (cb / (ca + cb)),
+    }
+}
+
+/// How one operand read host by host turns series into values.
+enum SideKind {
+    /// An instant vector selector.
+    Selector(InstantWalk),
+    /// A range function over a matrix selector (the call without series).
+    Range(RangeCall),
+}
+
+/// One operand of an aggregation read host by host: what to select over
+/// which time range, and how to evaluate what was selected.
+struct Side {
+    kind: SideKind,
+    matchers: Vec<crate::model::Matcher>,
+    from: i64,
+    to: i64,
+}
+
+impl Side {
+    /// The operand `expr` when it is an instant vector selector or a range
+    /// function over a matrix selector; `None` for other shapes.
+    fn of(ev: &mut Evaluator<'_>, expr: &Expr, grid: Grid) -> Result<Option<Side>, super::EvalError> {
+        let n = grid.len();
+        Ok(match unwrap_parens(expr) {
+            Expr::VectorSelector(vs) if n > 0 => {
+                let walk = InstantWalk {
+                    grid,
+                    offset: super::offset_ms(&vs.offset),
+                    at: ev.at_ms(&vs.at),
+                };
+                let from = walk.reference(grid.start).saturating_sub(super::LOOKBACK_MS);
+                let to = walk.reference(grid.time(n - 1));
+                Some(Side {
+                    kind: SideKind::Selector(walk),
+                    matchers: super::selector_matchers(vs)?,
+                    from,
+                    to,
+                })
+            }
+            Expr::Call(c) if super::range::is_range_function(c.func.name) => {
+                super::range::template(ev, c, grid)?.map(|t| Side {
+                    kind: SideKind::Range(t.call),
+                    matchers: t.matchers,
+                    from: t.from,
+                    to: t.to,
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// The series of host `part` ([`super::split_by_instance`]), counted
+    /// against the query's limits, as the operand's evaluation sees them.
+    fn read(
+        &self,
+        src: &dyn super::Source,
+        part: &str,
+        budget: &Budget,
+    ) -> Result<Vec<SeriesSamples>, super::EvalError> {
+        let mut series = src.select(&super::part_matchers(&self.matchers, part), self.from, self.to)?;
+        budget.take(&series)?;
+        if let SideKind::Range(_) = self.kind {
+            super::clean_range_series(&mut series);
+        }
+        Ok(series)
+    }
+
+    /// Series `s`'s values into `vals`; whether it has any.
+    fn values(&self, s: &SeriesSamples, vals: &mut Vec<Option<f64>>) -> bool {
+        match &self.kind {
+            SideKind::Selector(walk) => walk.values(&s.samples, false, vals),
+            SideKind::Range(call) => call.values(s, vals),
+        }
+    }
+
+    /// The labels series `s` has as an element of the operand's vector.
+    fn labels(&self, s: &SeriesSamples) -> Labels {
+        match &self.kind {
+            SideKind::Selector(_) => s.labels.clone(),
+            SideKind::Range(call) => call.labels(s),
+        }
+    }
+
+    /// The operand's instant vector over host `part` (series with values
+    /// only), for a binary operator.
+    fn vector(
+        &self,
+        src: &dyn super::Source,
+        part: &str,
+        budget: &Budget,
+        n: usize,
+    ) -> Result<Vec<VSeries>, super::EvalError> {
+        let series = self.read(src, part, budget)?;
+        let mut out = Vec::with_capacity(series.len());
+        for s in &series {
+            let mut vals = Vec::with_capacity(n);
+            if self.values(s, &mut vals) {
+                out.push(VSeries {
+                    labels: self.labels(s),
+                    vals,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The input of an aggregation read host by host.
+enum ByHost {
+    /// One operand.
+    One(Side),
+    /// Arithmetic between two operands matched one-to-one on all labels
+    /// but the name: matching series share their `instance`, so each
+    /// host's pairs are found within that host's part.
+    Binary {
+        op: super::binary::PlainArithmetic,
+        lhs: Side,
+        rhs: Side,
+    },
+}
+
+/// The limits of one query shared by threads reading parts of it.
+struct Budget {
+    series: AtomicUsize,
+    samples: AtomicUsize,
+    limits: super::Limits,
+}
+
+impl Budget {
+    /// Counts what one part read against the limits.
+    fn take(&self, read: &[SeriesSamples]) -> Result<(), super::EvalError> {
+        let samples: usize = read.iter().map(|s| s.samples.len()).sum();
+        let series = self
+            .series
+            .fetch_add(read.len(), Ordering::Relaxed)
+            .saturating_add(read.len());
+        if series > self.limits.max_series {
+            return Err(super::EvalError::TooManySeries {
+                limit: self.limits.max_series,
+            });
+        }
+        if self
+            .samples
+            .fetch_add(samples, Ordering::Relaxed)
+            .saturating_add(samples)
+            > self.limits.max_samples
+        {
+            return Err(super::EvalError::TooManySamples);
+        }
+        Ok(())
+    }
+}
+
+/// Groups and their accumulators, in order of first appearance.
+type PartGroups = Vec<(Labels, Acc)>;
+
+/// Adds `vals` to the accumulator of group `key`, creating it if new.
+fn fold_into(
+    groups: &mut PartGroups,
+    index: &mut HashMap<Labels, usize>,
+    key: Labels,
+    fold: FoldOp,
+    vals: &[Option<f64>],
+) {
+    let g = match index.get(&key) {
+        Some(&g) => g,
+        None => {
+            index.insert(key.clone(), groups.len());
+            groups.push((key, Acc::new(fold, vals.len())));
+            groups.len() - 1
+        }
+    };
+    groups[g].1.add(vals);
+}
+
+/// `sum avg min max count group` of a selector, of a range function over
+/// a matrix selector, or of plain arithmetic between two of those
+/// (`rate(a[5m]) + rate(b[5m])`), read host by host (`Source::hosts`) on
+/// up to two threads: each host's series are read, evaluated, folded into
+/// their groups' accumulators and dropped before the next host is read,
+/// so one query holds a host's samples at a time instead of every host's,
+/// and a host reuses the memory the one before it freed instead of
+/// faulting in fresh pages. Partial accumulators of a group that spans
+/// hosts are merged in host order (`Acc::merge`). `None` when the source
+/// does not split or the expression has another shape.
+fn try_by_host(
+    ev: &mut Evaluator<'_>,
+    expr: &Expr,
+    fold: FoldOp,
+    modifier: Option<&LabelModifier>,
+    grid: Grid,
+) -> Result<Option<Vec<VSeries>>, super::EvalError> {
+    let n = grid.len();
+    let Some(hosts) = ev.src.hosts(grid.start, grid.time(n.saturating_sub(1))) else {
+        return Ok(None);
+    };
+    let input = match unwrap_parens(expr) {
+        Expr::Binary(b) => {
+            let Some(op) = super::binary::PlainArithmetic::of(b) else {
+                return Ok(None);
+            };
+            // Prometheus evaluates the left operand first.
+            let Some(lhs) = Side::of(ev, &b.lhs, grid)? else {
+                return Ok(None);
+            };
+            let Some(rhs) = Side::of(ev, &b.rhs, grid)? else {
+                return Ok(None);
+            };
+            ByHost::Binary { op, lhs, rhs }
+        }
+        other => match Side::of(ev, other, grid)? {
+            Some(side) => ByHost::One(side),
+            None => return Ok(None),
+        },
+    };
+    let sides: Vec<&Side> = match &input {
+        ByHost::One(side) => vec![side],
+        ByHost::Binary { lhs, rhs, .. } => vec![lhs, rhs],
+    };
+    if sides
+        .iter()
+        .any(|s| s.matchers.iter().all(crate::model::Matcher::matches_empty))
+    {
+        // The one-piece path reports the error.
+        return Ok(None);
+    }
+    // A host is read when every operand may have series there (an operand
+    // without series of a host gives that host no arithmetic results).
+    let all: Vec<crate::model::Matcher> = sides.iter().flat_map(|s| s.matchers.iter().cloned()).collect();
+    let Some(parts) = super::split_by_instance(&all, &hosts) else {
+        return Ok(None);
+    };
+    ev.check_deadline()?;
+    let budget = Budget {
+        series: AtomicUsize::new(ev.series_selected),
+        samples: AtomicUsize::new(ev.samples_loaded),
+        limits: ev.limits,
+    };
+    let deadline = ev.deadline;
+    let timed_out = || deadline.is_some_and(|d| std::time::Instant::now() >= d);
+    let work = |src: &dyn super::Source, part: &str| -> Result<PartGroups, super::EvalError> {
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut groups: PartGroups = Vec::new();
+        match &input {
+            ByHost::One(side) => {
+                let series = side.read(src, part, &budget)?;
+                let mut scratch: Vec<Option<f64>> = Vec::with_capacity(n);
+                for s in &series {
+                    if timed_out() {
+                        return Err(super::EvalError::Timeout);
+                    }
+                    if side.values(s, &mut scratch) {
+                        let key = group_labels(&side.labels(s), modifier);
+                        fold_into(&mut groups, &mut index, key, fold, &scratch);
+                    }
+                }
+            }
+            ByHost::Binary { op, lhs, rhs } => {
+                let l = lhs.vector(src, part, &budget, n)?;
+                let r = rhs.vector(src, part, &budget, n)?;
+                if timed_out() {
+                    return Err(super::EvalError::Timeout);
+                }
+                for s in op.apply(l, r, n)? {
+                    let key = group_labels(&s.labels, modifier);
+                    fold_into(&mut groups, &mut index, key, fold, &s.vals);
+                }
+            }
+        }
+        Ok(groups)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(2);
+    let mut results: Vec<(usize, Result<PartGroups, super::EvalError>)> = match ev.src.as_sync() {
+        Some(src) if threads >= 2 => {
+            let next = AtomicUsize::new(0);
+            // Parts are taken in turn; each result keeps its part's index.
+            let worker = || {
+                let mut mine = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(part) = parts.get(i) else { break };
+                    let r = work(src, part);
+                    let failed = r.is_err();
+                    mine.push((i, r));
+                    if failed {
+                        // The other thread stops at its next part.
+                        next.store(parts.len(), Ordering::Relaxed);
+                        break;
+                    }
+                }
+                mine
+            };
+            std::thread::scope(|scope| {
+                let other = scope.spawn(worker);
+                let mut all = worker();
+                match other.join() {
+                    Ok(theirs) => all.extend(theirs),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+                all
+            })
+        }
+        _ => parts.iter().enumerate().map(|(i, p)| (i, work(ev.src, p))).collect(),
+    };
+    ev.series_selected = budget.series.load(Ordering::Relaxed);
+    ev.samples_loaded = budget.samples.load(Ordering::Relaxed);
+    // The first failure in part order, as a one-piece read would meet it.
+    results.sort_by_key(|(i, _)| *i);
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut groups: PartGroups = Vec::new();
+    for (_, r) in results {
+        for (key, acc) in r? {
+            match index.get(&key) {
+                Some(&g) => groups[g].1.merge(&acc),
+                None => {
+                    index.insert(key.clone(), groups.len());
+                    groups.push((key, acc));
+                }
+            }
+        }
+    }
+    Ok(Some(
+        groups
+            .into_iter()
+            .filter_map(|(labels, acc)| {
+                let vals = acc.finish();
+                vals.iter().any(Option::is_some).then_some(VSeries { labels, vals })
+            })
+            .collect(),
+    ))
 }
 
 /// An aggregation's input that can be computed one series at a time.
@@ -328,6 +725,9 @@ fn try_streamed(
     };
     let modifier = agg.modifier.as_ref();
     let n = grid.len();
+    if let Some(out) = try_by_host(ev, &agg.expr, fold, modifier, grid)? {
+        return Ok(Some(out));
+    }
     let input = match unwrap_parens(&agg.expr) {
         Expr::VectorSelector(vs) => {
             let (series, walk) = ev.selector_data(vs, grid)?;
@@ -637,6 +1037,138 @@ mod tests {
                     let want = bits(&materialised);
                     assert!(!want.is_empty(), "{materialised}");
                     assert_eq!(bits(&streamed), want, "{streamed}");
+                }
+            }
+        }
+    }
+
+    /// A source that never splits by host: the one-piece reference.
+    struct Whole<'a>(&'a [crate::model::SeriesSamples]);
+
+    impl crate::query::eval::Source for Whole<'_> {
+        fn select(
+            &self,
+            m: &[crate::model::Matcher],
+            start: i64,
+            end: i64,
+        ) -> Result<Vec<crate::model::SeriesSamples>, crate::store::StoreError> {
+            crate::query::eval::Literal(self.0).select(m, start, end)
+        }
+    }
+
+    /// A splitting source that counts its selects.
+    struct Counted<'a>(&'a [crate::model::SeriesSamples], std::sync::atomic::AtomicUsize);
+
+    impl crate::query::eval::Source for Counted<'_> {
+        fn select(
+            &self,
+            m: &[crate::model::Matcher],
+            start: i64,
+            end: i64,
+        ) -> Result<Vec<crate::model::SeriesSamples>, crate::store::StoreError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::query::eval::Literal(self.0).select(m, start, end)
+        }
+
+        fn hosts(&self, start: i64, end: i64) -> Option<Vec<String>> {
+            crate::query::eval::Literal(self.0).hosts(start, end)
+        }
+    }
+
+    #[test]
+    fn binary_and_range_operands_are_read_one_host_at_a_time() {
+        let d = vec![
+            series("a{instance=\"x\"}", &[(0, 1.0), (MIN, 2.0)]),
+            series("a{instance=\"y\"}", &[(0, 3.0), (MIN, 5.0)]),
+            series("b{instance=\"x\"}", &[(0, 10.0), (MIN, 20.0)]),
+            series("b{instance=\"y\"}", &[(0, 30.0), (MIN, 50.0)]),
+        ];
+        let selects = |q: &str| {
+            let src = Counted(&d, std::sync::atomic::AtomicUsize::new(0));
+            let expr = crate::query::eval::parse(q).unwrap();
+            crate::query::eval::eval_range(&expr, &src, 0, MIN, MIN, crate::query::eval::Limits::default(), None)
+                .unwrap();
+            src.1.into_inner()
+        };
+        // Two hosts and "no instance": three parts per operand.
+        assert_eq!(selects("sum by (instance) (a + b)"), 6);
+        assert_eq!(selects("sum(rate(a[5m]) - rate(b[5m]))"), 6);
+        assert_eq!(selects("max(a)"), 3);
+        // Matching on chosen labels may pair series of different hosts.
+        assert_eq!(selects("sum(a + on() group_left b{instance=\"x\"})"), 2);
+        assert_eq!(one("sum(a + b)", &d, MIN), 77.0);
+    }
+
+    #[test]
+    fn aggregations_read_host_by_host_equal_the_one_piece_answer() {
+        use crate::model::{Labels, SeriesSamples};
+        use crate::query::eval::{Limits, Literal, Source, Value, eval_range, parse};
+        // The streamed data with `i` renamed `instance` (what hosts are split
+        // by), plus infinities of both signs on two more hosts and a series
+        // without an `instance`, for the merged means.
+        let mut d: Vec<SeriesSamples> = streamed_data()
+            .into_iter()
+            .map(|s| {
+                let pairs = s
+                    .labels
+                    .pairs()
+                    .iter()
+                    .map(|(k, v)| (if k == "i" { "instance".to_string() } else { k.clone() }, v.clone()))
+                    .collect();
+                SeriesSamples {
+                    labels: Labels::new(pairs),
+                    samples: s.samples,
+                }
+            })
+            .collect();
+        d.push(series(
+            "g{instance=\"d\",d=\"0\"}",
+            &[(0, f64::INFINITY), (20 * MIN, 5.0)],
+        ));
+        d.push(series(
+            "g{instance=\"e\",d=\"0\"}",
+            &[(5 * MIN, f64::NEG_INFINITY), (25 * MIN, 7.0)],
+        ));
+        d.push(series("g{d=\"0\"}", &[(0, 1.5), (30 * MIN, 2.5)]));
+        let split = Literal(&d);
+        let hosts = split.hosts(0, 0).unwrap();
+        assert_eq!(
+            crate::query::eval::split_by_instance(&[], &hosts).map(|p| p.len()),
+            Some(6),
+            "5 hosts and none"
+        );
+        let run = |q: &str, src: &dyn Source| {
+            let expr = parse(q).unwrap();
+            let Value::Matrix(m) = eval_range(&expr, src, 0, 40 * MIN, 15_000, Limits::default(), None).unwrap() else {
+                panic!("{q}")
+            };
+            m
+        };
+        for op in ["sum", "avg", "min", "max", "count", "group"] {
+            for modifier in ["", "by (instance)", "without (d)", "by (d)"] {
+                for inner in [
+                    "g",
+                    "rate(c[5m])",
+                    "max_over_time(g[2m])",
+                    "predict_linear(g[4m], 60)",
+                    "rate(c[5m]) + max_over_time(g[2m])",
+                    "g / g offset 1m",
+                ] {
+                    let q = format!("{op} {modifier} ({inner})");
+                    let (got, want) = (run(&q, &split), run(&q, &Whole(&d)));
+                    assert!(!want.is_empty(), "{q}");
+                    assert_eq!(got.len(), want.len(), "{q}");
+                    for (g, w) in got.iter().zip(&want) {
+                        assert_eq!(g.labels, w.labels, "{q}");
+                        assert_eq!(g.points.len(), w.points.len(), "{q} {}", w.labels);
+                        for ((tg, vg), (tw, vw)) in g.points.iter().zip(&w.points) {
+                            assert_eq!(tg, tw, "{q}");
+                            assert!(close(*vg, *vw), "{q} {} at {tw}: {vg} vs {vw}", w.labels);
+                            if modifier == "by (instance)" {
+                                assert_eq!(vg.to_bits(), vw.to_bits(), "{q}: one host per group is exact");
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -98,6 +98,38 @@ impl Op {
     }
 }
 
+/// An arithmetic operator (`+ - * / % ^`) between two instant vectors
+/// matched one-to-one on every label but the metric name: the shape an
+/// aggregation may read host by host (`eval/aggregate.rs`), since series
+/// that match then share their `instance`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PlainArithmetic(Op);
+
+impl PlainArithmetic {
+    /// `Some` when `b` has that shape.
+    pub(super) fn of(b: &BinaryExpr) -> Option<PlainArithmetic> {
+        let op = Op::parse(&b.op.to_string())?;
+        if !op.drops_name() || b.return_bool() {
+            return None;
+        }
+        if b.lhs.value_type() != ValueType::Vector || b.rhs.value_type() != ValueType::Vector {
+            return None;
+        }
+        match &b.modifier {
+            None => {}
+            Some(m) if m.matching.is_none() && matches!(m.card, VectorMatchCardinality::OneToOne) => {}
+            Some(_) => return None,
+        }
+        Some(PlainArithmetic(op))
+    }
+
+    /// The operator over one part's operands, as [`eval_binary`] applies it
+    /// to whole vectors.
+    pub(super) fn apply(self, l: Vec<VSeries>, r: Vec<VSeries>, n: usize) -> Result<Vec<VSeries>, super::EvalError> {
+        vector_vector(self.0, l, r, None, &VectorMatchCardinality::OneToOne, false, n)
+    }
+}
+
 /// Evaluates a binary expression over `grid`.
 pub(super) fn eval_binary(ev: &mut Evaluator<'_>, b: &BinaryExpr, grid: Grid) -> Result<Val, super::EvalError> {
     let op_text = b.op.to_string();
@@ -362,11 +394,16 @@ fn vector_vector(
     let mut matched_per_sig: HashMap<&Labels, Vec<bool>> = HashMap::new();
     let mut out: Vec<VSeries> = Vec::new();
     let mut out_index: HashMap<Labels, usize> = HashMap::new();
+    let one_to_one = matches!(card, VectorMatchCardinality::OneToOne);
     for (mi, ms) in many.iter().enumerate() {
         let sig = &many_sigs[mi];
         let Some(candidates) = one_by_sig.get(sig) else {
             continue;
         };
+        let mut seen = one_to_one.then(|| matched_per_sig.entry(sig).or_insert_with(|| vec![false; n]));
+        // The output slot of this series paired with `one[oi]`: the result
+        // labels are built once per pair, not once per step.
+        let mut pair: Option<(usize, usize)> = None;
         for i in 0..n {
             let Some(mv) = ms.vals[i] else { continue };
             let Some(oi) = candidates.iter().copied().find(|&c| one[c].vals[i].is_some()) else {
@@ -382,12 +419,7 @@ fn vector_vector(
             } else {
                 continue;
             };
-            let mut labels = result_labels(op, &ms.labels, &one[oi].labels, matching, card);
-            if return_bool {
-                labels = drop_name(&labels);
-            }
-            if matches!(card, VectorMatchCardinality::OneToOne) {
-                let seen = matched_per_sig.entry(sig).or_insert_with(|| vec![false; n]);
+            if let Some(seen) = seen.as_deref_mut() {
                 if seen[i] {
                     return Err(exec_err(
                         "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
@@ -395,19 +427,30 @@ fn vector_vector(
                 }
                 seen[i] = true;
             }
-            let slot = match out_index.get(&labels) {
-                Some(&o) => o,
-                None => {
-                    out_index.insert(labels.clone(), out.len());
-                    out.push(VSeries {
-                        labels,
-                        vals: vec![None; n],
-                    });
-                    out.len() - 1
+            let slot = match pair {
+                Some((o, slot)) if o == oi => slot,
+                _ => {
+                    let mut labels = result_labels(op, &ms.labels, &one[oi].labels, matching, card);
+                    if return_bool {
+                        labels = drop_name(&labels);
+                    }
+                    let slot = match out_index.get(&labels) {
+                        Some(&o) => o,
+                        None => {
+                            out_index.insert(labels.clone(), out.len());
+                            out.push(VSeries {
+                                labels,
+                                vals: vec![None; n],
+                            });
+                            out.len() - 1
+                        }
+                    };
+                    pair = Some((oi, slot));
+                    slot
                 }
             };
             if out[slot].vals[i].is_some() {
-                return Err(exec_err(if matches!(card, VectorMatchCardinality::OneToOne) {
+                return Err(exec_err(if one_to_one {
                     "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
                 } else {
                     "multiple matches for matching labels: grouping labels must ensure unique combinations"

@@ -78,6 +78,12 @@ impl Plan {
     }
 }
 
+/// Whether range function `name` may be answered from rollups
+/// ([`try_rollup`] covers it).
+pub(super) fn may_use_rollups(name: &str) -> bool {
+    matches!(name, "min_over_time" | "max_over_time" | "count_over_time")
+}
+
 /// Answers `name(expr)` over `grid` from rollups, or `None` when the raw
 /// path must (not provably identical, or not cheaper).
 pub(super) fn try_rollup(
