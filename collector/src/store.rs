@@ -343,6 +343,8 @@ pub struct StoreStats {
     pub corrupt_blocks: u64,
     /// WAL records found damaged and cut at open.
     pub wal_records_cut: u64,
+    /// Group-commit flushes since open.
+    pub flushes: u64,
     /// Seals since open.
     pub seals: u64,
     /// Compactions since open.
@@ -416,6 +418,12 @@ impl StoreStats {
                 "counter",
                 "Damaged WAL records cut at open.",
                 self.wal_records_cut,
+            ),
+            (
+                "hostpulse_store_flushes_total",
+                "counter",
+                "Group-commit flushes of the store.",
+                self.flushes,
             ),
             (
                 "hostpulse_store_seals_total",
@@ -1230,6 +1238,7 @@ impl Store {
             rejected_out_of_order: c.rejected_out_of_order.load(Ordering::Relaxed),
             corrupt_blocks: c.corrupt_blocks.load(Ordering::Relaxed),
             wal_records_cut: c.wal_records_cut.load(Ordering::Relaxed),
+            flushes: c.flushes.load(Ordering::Relaxed),
             seals: c.seals.load(Ordering::Relaxed),
             compactions: c.compactions.load(Ordering::Relaxed),
             decoded_cache: self.shared.decoded.stats(),

@@ -32,7 +32,6 @@ counters! {
     RejectedOverloaded => ("hostpulse_ingest_rejected_total", "reason=\"overloaded\"", "Messages rejected, by reason."),
     RejectedOutOfOrder => ("hostpulse_ingest_rejected_total", "reason=\"out_of_order\"", "Messages rejected, by reason."),
     RejectedNewSeriesRate => ("hostpulse_ingest_rejected_total", "reason=\"new_series_rate\"", "Messages rejected, by reason."),
-    StoreFlushes => ("hostpulse_store_flushes_total", "", "Group-commit flushes of the store."),
     HttpRequests => ("hostpulse_http_requests_total", "", "HTTP API requests served."),
     HttpErrors => ("hostpulse_http_request_errors_total", "", "HTTP API requests answered with an error."),
     RuleEvaluations => ("hostpulse_rule_evaluations_total", "", "Alert rule evaluations."),

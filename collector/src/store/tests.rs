@@ -102,6 +102,13 @@ async fn round_trip_selects_the_range_ascending() {
     assert_eq!(store.stats().series, 2);
     assert!(store.stats().disk_bytes > 0);
     assert!(store.flushes() >= 2);
+    let exported = store
+        .stats()
+        .metrics()
+        .into_iter()
+        .find(|m| m.0 == "hostpulse_store_flushes_total")
+        .map(|m| m.3);
+    assert_eq!(exported, Some(store.flushes()), "flushes reach /metrics");
 }
 
 #[tokio::test]
