@@ -12,6 +12,7 @@ use std::hash::BuildHasherDefault;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::series_text::SourceSeries;
 use crate::sources::files::Fnv;
 
 /// Prometheus metric type, as printed on `# TYPE` lines.
@@ -310,6 +311,9 @@ pub struct Emitter {
     /// Addresses of interned names already in `meta` (kept alive by it), so
     /// the per-sample check is one integer lookup, not a map of strings.
     meta_seen: HashSet<usize, BuildHasherDefault<Fnv>>,
+    /// Set on the exposition path (`serve`): samples go to the source's
+    /// pre-rendered series instead of `samples` (see [`crate::series_text`]).
+    series: Option<SourceSeries>,
 }
 
 impl Emitter {
@@ -327,6 +331,21 @@ impl Emitter {
         }
     }
 
+    /// An emitter that records into a source's pre-rendered series (the
+    /// exposition path); [`samples`](Self::samples) then stays empty.
+    pub fn with_series(series: SourceSeries) -> Self {
+        Emitter {
+            series: Some(series),
+            ..Self::default()
+        }
+    }
+
+    /// Takes the pre-rendered series back out (`None` for an ordinary
+    /// emitter).
+    pub fn take_series(&mut self) -> Option<SourceSeries> {
+        self.series.take()
+    }
+
     /// Records a gauge sample.
     pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
         self.push(name, MetricType::Gauge, help, labels, value);
@@ -340,6 +359,10 @@ impl Emitter {
     /// Records a sample of the given type. Labels are sorted by name here, so
     /// sources may pass them in any order.
     pub fn push(&mut self, name: &str, kind: MetricType, help: &str, labels: &[(&str, &str)], value: f64) {
+        if let Some(series) = &mut self.series {
+            series.push(name, kind, help, labels, value);
+            return;
+        }
         let mut inline = [("", ""); INLINE_LABELS];
         let mut spill = Vec::new();
         let sorted: &mut [(&str, &str)] = if labels.len() <= INLINE_LABELS {

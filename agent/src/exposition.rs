@@ -142,7 +142,7 @@ pub fn escape_label_value(value: &str) -> String {
     out
 }
 
-fn push_escaped_label_value(out: &mut String, value: &str) {
+pub(crate) fn push_escaped_label_value(out: &mut String, value: &str) {
     if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         out.push_str(value);
         return;
@@ -164,7 +164,7 @@ pub fn escape_help(help: &str) -> String {
     out
 }
 
-fn push_escaped_help(out: &mut String, help: &str) {
+pub(crate) fn push_escaped_help(out: &mut String, help: &str) {
     if !help.bytes().any(|b| matches!(b, b'\\' | b'\n')) {
         out.push_str(help);
         return;
@@ -221,15 +221,23 @@ pub fn write_float(out: &mut String, value: f64) {
         out.push('0');
         return;
     }
-    // Integers below 2^53 print as their digits up to the exponent switch.
+    // Integers below 2^53 (counters, bytes, most gauges) are exact, so their
+    // shortest round-tripping digits are their decimal digits without
+    // trailing zeros; no float-to-decimal conversion is needed.
     let abs = value.abs();
-    if abs < 1e6 && abs.fract() == 0.0 {
+    if abs < 9_007_199_254_740_992.0 && abs.fract() == 0.0 {
         if value < 0.0 {
             out.push('-');
         }
-        let _ = write!(out, "{}", abs as u64);
+        write_integer(out, abs as u64);
         return;
     }
+    write_float_shortest(out, value);
+}
+
+/// The general case of [`write_float`] for finite non-zero values.
+fn write_float_shortest(out: &mut String, value: f64) {
+    let abs = value.abs();
     // Rust's `{:e}` gives the shortest round-tripping digits, the same digit
     // string Go's shortest formatting uses; only the layout differs.
     let mut sci = SciBuf { bytes: [0; 40], len: 0 };
@@ -290,6 +298,43 @@ pub fn write_float(out: &mut String, value: f64) {
     }
 }
 
+/// Appends a non-zero integer below 2^53 as Go's shortest `'g'` prints it:
+/// plain digits below 1e6, otherwise `d.ddde+XX` with trailing zeros cut.
+fn write_integer(out: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let digits = &buf[at..];
+    if n < 1_000_000 {
+        // ASCII digits only.
+        out.push_str(std::str::from_utf8(digits).unwrap_or("0"));
+        return;
+    }
+    let exp = digits.len() - 1;
+    let mut end = digits.len();
+    while end > 1 && digits[end - 1] == b'0' {
+        end -= 1;
+    }
+    out.push(char::from(digits[0]));
+    if end > 1 {
+        out.push('.');
+        out.push_str(std::str::from_utf8(&digits[1..end]).unwrap_or("0"));
+    }
+    out.push_str("e+");
+    if exp < 10 {
+        out.push('0');
+    }
+    let _ = write!(out, "{exp}");
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -326,6 +371,34 @@ mod tests {
         check_float(f64::INFINITY, "+Inf");
         check_float(f64::NEG_INFINITY, "-Inf");
         check_float(f64::NAN, "NaN");
+    }
+
+    /// The integer path prints what the general shortest-digits path prints.
+    #[test]
+    fn integers_match_the_general_path() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let check = |n: u64| {
+            for v in [n as f64, -(n as f64)] {
+                let mut general = String::new();
+                write_float_shortest(&mut general, v);
+                assert_eq!(format_float(v), general, "{n}");
+            }
+        };
+        for n in (1..2_000_000)
+            .step_by(997)
+            .chain([1_000_000, 1_200_000, 9_007_199_254_740_991, 4_000_787_030_016])
+        {
+            check(n);
+        }
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Every magnitude below 2^53, and round numbers with many zeros.
+            let n = (x >> (11 + x % 53)).max(1);
+            check(n);
+            check((n % 100_000).max(1) * 10u64.pow((x % 11) as u32));
+        }
     }
 
     #[test]

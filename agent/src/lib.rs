@@ -5,7 +5,9 @@
 //! samples in an [`Emitter`]; the [`sampler`] runs them once per cycle; the
 //! [`client`] sends cycles as numbered batches over the `hostpulse.v1`
 //! stream and keeps them until acknowledged; [`exposition`] prints a cycle
-//! in Prometheus text format for `hostpulse-agent sample`.
+//! in Prometheus text format for `hostpulse-agent sample`, and
+//! [`series_text`] prints the same text for `serve`'s `/metrics` from series
+//! rendered once when they first appear.
 
 pub mod client;
 pub mod config;
@@ -14,6 +16,7 @@ pub mod exposition;
 pub mod inventory;
 pub mod paths;
 pub mod sampler;
+pub mod series_text;
 pub mod serve;
 pub mod signal;
 pub mod source;

@@ -31,8 +31,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::emit::{Atom, Emitter, KernelEvent, MetricMeta, Sample};
+use crate::emit::{Atom, Emitter, KernelEvent, MetricMeta, MetricType, Sample};
 use crate::paths::HostPaths;
+use crate::series_text::{SeriesTexts, SourceSeries};
 use crate::source::{Source, SourceError, SourceOptions};
 use crate::sources::files::Files;
 use crate::sources::{REGISTRY, find};
@@ -145,6 +146,8 @@ struct Slot {
     pending: Option<Done>,
     /// Samples the source emitted in its last inline collection.
     last_len: usize,
+    /// The source's pre-rendered series (exposition path).
+    series: SourceSeries,
 }
 
 /// Runs a fixed set of sources against one `HostPaths`.
@@ -167,6 +170,11 @@ pub struct Sampler {
     /// Samples in the last cycle, to size the next one's vector.
     last_cycle_len: usize,
     publish: Option<Arc<LatestCycle>>,
+    /// Every series of the exposition path, pre-rendered
+    /// ([`Sampler::render_text`]).
+    texts: SeriesTexts,
+    /// The pre-rendered series of the sampler's own metrics.
+    self_series: SourceSeries,
 }
 
 /// `--only` named a source that does not exist.
@@ -240,6 +248,7 @@ impl Sampler {
                     timeouts: 0,
                     pending: None,
                     last_len: 0,
+                    series: SourceSeries::default(),
                 }
             })
             .collect();
@@ -258,6 +267,8 @@ impl Sampler {
             self_files: Files::default(),
             last_cycle_len: 0,
             publish: None,
+            texts: SeriesTexts::default(),
+            self_series: SourceSeries::default(),
         }
     }
 
@@ -312,70 +323,16 @@ impl Sampler {
     pub fn sample(&mut self) -> Cycle {
         let started = Instant::now();
         let timestamp_ms = now_ms();
-        // Results of sources that overran an earlier cycle and have since
-        // returned belong to this cycle.
-        while let Ok(done) = self.results.try_recv() {
-            self.accept(done);
-        }
-        for w in &mut self.slots {
-            let Runner::Isolated(jobs) = &mut w.runner else {
-                continue;
-            };
-            if w.busy_since.is_some() || w.pending.is_some() {
-                continue;
-            }
-            if jobs.as_ref().is_some_and(|jobs| jobs.send(()).is_ok()) {
-                w.busy_since = Some(Instant::now());
-            } else {
-                *jobs = None;
-            }
-        }
-        for index in 0..self.slots.len() {
-            self.run_inline(index);
-        }
-        let until = started + self.deadline;
-        while self.slots.iter().any(|w| w.busy_since.is_some()) {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.results.recv_timeout(left) {
-                Ok(done) => self.accept(done),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-            }
-        }
+        self.run_sources(started, false);
         let mut out = Emitter::with_capacity(self.last_cycle_len);
         for i in 0..self.slots.len() {
-            let (name, ok, elapsed) = self.finish_source(i, &mut out);
-            let labels = [("source", name)];
-            out.gauge(
-                self_metrics::SOURCE_SUCCESS.0,
-                self_metrics::SOURCE_SUCCESS.1,
-                &labels,
-                if ok { 1.0 } else { 0.0 },
-            );
-            out.gauge(
-                self_metrics::SOURCE_DURATION.0,
-                self_metrics::SOURCE_DURATION.1,
-                &labels,
-                elapsed.as_secs_f64(),
-            );
-            out.counter(
-                self_metrics::SOURCE_TIMEOUTS.0,
-                self_metrics::SOURCE_TIMEOUTS.1,
-                &labels,
-                self.slots[i].timeouts as f64,
-            );
-            let collector = [("collector", name)];
-            out.gauge(
-                self_metrics::SCRAPE_COLLECTOR_SUCCESS.0,
-                self_metrics::SCRAPE_COLLECTOR_SUCCESS.1,
-                &collector,
-                if ok { 1.0 } else { 0.0 },
-            );
-            out.gauge(
-                self_metrics::SCRAPE_COLLECTOR_DURATION.0,
-                self_metrics::SCRAPE_COLLECTOR_DURATION.1,
-                &collector,
-                elapsed.as_secs_f64(),
-            );
+            let (name, ok, elapsed, output) = self.finish_source(i);
+            if let Some(output) = output {
+                // A failed source may have emitted part of its series; keep
+                // them, they are correct values.
+                out.extend(output);
+            }
+            self.emit_source_status(&mut out, i, name, ok, elapsed);
         }
         self.emit_self(&mut out);
         out.gauge(
@@ -399,16 +356,136 @@ impl Sampler {
         cycle
     }
 
+    /// Runs one cycle like [`sample`](Self::sample) and appends it to `text`
+    /// in Prometheus text format, the same text `exposition::render` prints
+    /// for that cycle, from series pre-rendered when they first appeared
+    /// ([`crate::series_text`]): what `serve` does per scrape. The cycle is
+    /// not published to [`LatestCycle`] and its kernel events are dropped
+    /// (the text format has no place for them).
+    pub fn render_text(&mut self, text: &mut String) {
+        let started = Instant::now();
+        self.texts.begin();
+        self.run_sources(started, true);
+        let mut series = std::mem::take(&mut self.self_series);
+        SeriesTexts::begin_source(&mut series);
+        let mut out = Emitter::with_series(series);
+        for i in 0..self.slots.len() {
+            let (name, ok, elapsed, output) = self.finish_source(i);
+            if let Some(mut output) = output {
+                let mut series = match output.take_series() {
+                    Some(series) => series,
+                    // Collected on a worker thread into ordinary samples.
+                    None => replay(&output, std::mem::take(&mut self.slots[i].series)),
+                };
+                self.texts.absorb(&mut series);
+                self.slots[i].series = series;
+            }
+            self.emit_source_status(&mut out, i, name, ok, elapsed);
+        }
+        self.emit_self(&mut out);
+        out.gauge(
+            self_metrics::CYCLE_DURATION.0,
+            self_metrics::CYCLE_DURATION.1,
+            &[],
+            started.elapsed().as_secs_f64(),
+        );
+        let mut series = out.take_series().unwrap_or_default();
+        self.texts.absorb(&mut series);
+        self.self_series = series;
+        if self.texts.needs_sweep() {
+            self.texts.sweep();
+            for slot in &mut self.slots {
+                SeriesTexts::forget(&mut slot.series);
+            }
+            SeriesTexts::forget(&mut self.self_series);
+        }
+        self.texts.render(text);
+    }
+
+    /// The collection part of a cycle: starts every idle isolated source,
+    /// runs the inline ones (into pre-rendered series when `dense`), and
+    /// waits for the isolated ones up to the deadline.
+    fn run_sources(&mut self, started: Instant, dense: bool) {
+        // Results of sources that overran an earlier cycle and have since
+        // returned belong to this cycle.
+        while let Ok(done) = self.results.try_recv() {
+            self.accept(done);
+        }
+        for w in &mut self.slots {
+            let Runner::Isolated(jobs) = &mut w.runner else {
+                continue;
+            };
+            if w.busy_since.is_some() || w.pending.is_some() {
+                continue;
+            }
+            if jobs.as_ref().is_some_and(|jobs| jobs.send(()).is_ok()) {
+                w.busy_since = Some(Instant::now());
+            } else {
+                *jobs = None;
+            }
+        }
+        for index in 0..self.slots.len() {
+            self.run_inline(index, dense);
+        }
+        let until = started + self.deadline;
+        while self.slots.iter().any(|w| w.busy_since.is_some()) {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.results.recv_timeout(left) {
+                Ok(done) => self.accept(done),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// The per-source self metrics of slot `i`.
+    fn emit_source_status(&self, out: &mut Emitter, i: usize, name: &str, ok: bool, elapsed: Duration) {
+        let labels = [("source", name)];
+        out.gauge(
+            self_metrics::SOURCE_SUCCESS.0,
+            self_metrics::SOURCE_SUCCESS.1,
+            &labels,
+            if ok { 1.0 } else { 0.0 },
+        );
+        out.gauge(
+            self_metrics::SOURCE_DURATION.0,
+            self_metrics::SOURCE_DURATION.1,
+            &labels,
+            elapsed.as_secs_f64(),
+        );
+        out.counter(
+            self_metrics::SOURCE_TIMEOUTS.0,
+            self_metrics::SOURCE_TIMEOUTS.1,
+            &labels,
+            self.slots[i].timeouts as f64,
+        );
+        let collector = [("collector", name)];
+        out.gauge(
+            self_metrics::SCRAPE_COLLECTOR_SUCCESS.0,
+            self_metrics::SCRAPE_COLLECTOR_SUCCESS.1,
+            &collector,
+            if ok { 1.0 } else { 0.0 },
+        );
+        out.gauge(
+            self_metrics::SCRAPE_COLLECTOR_DURATION.0,
+            self_metrics::SCRAPE_COLLECTOR_DURATION.1,
+            &collector,
+            elapsed.as_secs_f64(),
+        );
+    }
+
     /// Runs slot `index` on this thread if it is inline; moves it to a
     /// worker of its own when it took longer than the inline budget.
-    fn run_inline(&mut self, index: usize) {
+    fn run_inline(&mut self, index: usize, dense: bool) {
         let budget = self.inline_budget;
         let slot = &mut self.slots[index];
         let Runner::Inline(Some(source)) = &mut slot.runner else {
             return;
         };
-        let done = collect_once(index, source.as_mut(), &self.paths, slot.last_len);
-        slot.last_len = done.output.samples().len();
+        let series = dense.then(|| std::mem::take(&mut slot.series));
+        let done = collect_once(index, source.as_mut(), &self.paths, slot.last_len, series);
+        if !dense {
+            slot.last_len = done.output.samples().len();
+        }
         let overran = done.elapsed > budget;
         slot.pending = Some(done);
         if !overran {
@@ -423,9 +500,9 @@ impl Sampler {
         }
     }
 
-    /// Puts source `i`'s result (if any) into `out`; returns its name,
-    /// whether it succeeded, and its duration.
-    fn finish_source(&mut self, i: usize, out: &mut Emitter) -> (&'static str, bool, Duration) {
+    /// Source `i`'s name, whether it succeeded, its duration, and its
+    /// output if it returned one for this cycle.
+    fn finish_source(&mut self, i: usize) -> (&'static str, bool, Duration, Option<Emitter>) {
         let w = &mut self.slots[i];
         let name = w.name;
         if let Some(done) = w.pending.take() {
@@ -442,10 +519,7 @@ impl Sampler {
                     false
                 }
             };
-            // A failed source may have emitted part of its series; keep them,
-            // they are correct values.
-            out.extend(done.output);
-            return (name, ok, done.elapsed);
+            return (name, ok, done.elapsed, Some(done.output));
         }
         match w.busy_since {
             Some(since) => {
@@ -458,24 +532,27 @@ impl Sampler {
                         tracing::debug!(source = name, "source ran past its deadline again");
                     }
                 }
-                (name, false, since.elapsed())
+                (name, false, since.elapsed(), None)
             }
             None => {
                 // The worker thread is gone (could not start, or exited).
                 if self.reported_timeout.insert(name) {
                     tracing::warn!(source = name, "source worker is not running; its series are missing");
                 }
-                (name, false, Duration::ZERO)
+                (name, false, Duration::ZERO, None)
             }
         }
     }
 
     fn emit_self(&mut self, out: &mut Emitter) {
+        // `statm` rather than `status`: the same resident count (VmRSS), but
+        // the kernel prints seven numbers instead of some fifty lines, which
+        // took a few percent of a scrape.
         if let Some(rss) = self
             .self_files
-            .read_text(&self.procfs_self.join("status"))
+            .read_text(&self.procfs_self.join("statm"))
             .ok()
-            .and_then(parse_status_rss_bytes)
+            .and_then(|statm| parse_statm_rss_bytes(statm, page_size()))
         {
             out.gauge(
                 self_metrics::RESIDENT_MEMORY.0,
@@ -498,8 +575,21 @@ impl Sampler {
 /// Runs one collection of `source`, turning a panic into a failure.
 /// `capacity` is how many samples it emitted last time, so the output
 /// vector is allocated once rather than grown.
-fn collect_once(index: usize, source: &mut dyn Source, paths: &HostPaths, capacity: usize) -> Done {
-    let mut output = Emitter::with_capacity(capacity);
+/// With `series`, the source records into its pre-rendered series instead.
+fn collect_once(
+    index: usize,
+    source: &mut dyn Source,
+    paths: &HostPaths,
+    capacity: usize,
+    series: Option<SourceSeries>,
+) -> Done {
+    let mut output = match series {
+        Some(mut series) => {
+            SeriesTexts::begin_source(&mut series);
+            Emitter::with_series(series)
+        }
+        None => Emitter::with_capacity(capacity),
+    };
     let started = Instant::now();
     let name = source.name();
     let result =
@@ -539,7 +629,7 @@ fn spawn_worker(
             // Ends when the sampler (the job sender) is dropped.
             let mut last_len = 0;
             while jobs.recv().is_ok() {
-                let collected = collect_once(index, source.as_mut(), &paths, last_len);
+                let collected = collect_once(index, source.as_mut(), &paths, last_len, None);
                 last_len = collected.output.samples().len();
                 if done.send(collected).is_err() {
                     return;
@@ -555,6 +645,23 @@ fn spawn_worker(
     }
 }
 
+/// Records the ordinary samples of a worker's `output` into `series`, the
+/// source's pre-rendered series, as if the source had emitted them there.
+fn replay(output: &Emitter, mut series: SourceSeries) -> SourceSeries {
+    SeriesTexts::begin_source(&mut series);
+    let mut labels: Vec<(&str, &str)> = Vec::new();
+    for sample in output.samples() {
+        labels.clear();
+        labels.extend(sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let (kind, help) = match output.meta().get(sample.name.as_str()) {
+            Some(meta) => (meta.kind, meta.help.as_str()),
+            None => (MetricType::Untyped, ""),
+        };
+        series.push(&sample.name, kind, help, &labels, sample.value);
+    }
+    series
+}
+
 /// Resident memory from `/proc/<pid>/status` (`VmRSS:  1234 kB`), in bytes.
 pub fn parse_status_rss_bytes(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -564,6 +671,25 @@ pub fn parse_status_rss_bytes(status: &str) -> Option<u64> {
         Some("kB") => value.checked_mul(1024),
         _ => None,
     }
+}
+
+/// Resident memory from `/proc/<pid>/statm` (`size resident shared ...`, in
+/// pages), in bytes; the count `VmRSS` of `status` shows.
+pub fn parse_statm_rss_bytes(statm: &str, page_size: u64) -> Option<u64> {
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    pages.checked_mul(page_size)
+}
+
+/// The size of a memory page, for `statm`'s counts.
+#[cfg(unix)]
+fn page_size() -> u64 {
+    rustix::param::page_size() as u64
+}
+
+/// The size of a memory page, for `statm`'s counts.
+#[cfg(not(unix))]
+fn page_size() -> u64 {
+    4096
 }
 
 /// User plus system CPU seconds from `/proc/<pid>/stat`. The command name
@@ -940,6 +1066,13 @@ mod tests {
         assert_eq!(parse_status_rss_bytes(status), Some(6144 * 1024));
         assert_eq!(parse_status_rss_bytes("Name:\tx\n"), None);
         assert_eq!(parse_status_rss_bytes("VmRSS:\t12 MB\n"), None);
+        assert_eq!(
+            parse_statm_rss_bytes("5000 1536 800 200 0 900 0\n", 4096),
+            Some(6144 * 1024)
+        );
+        assert_eq!(parse_statm_rss_bytes("5000\n", 4096), None);
+        assert_eq!(parse_statm_rss_bytes("5000 x 1\n", 4096), None);
+        assert_eq!(parse_statm_rss_bytes("1 18446744073709551615 1\n", 4096), None);
         let stat = "4242 (hp (agent) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 4 0 100 1000000 1500";
         assert_eq!(parse_stat_cpu_seconds(stat), Some(3.0));
         assert_eq!(parse_stat_cpu_seconds("4242 (short) S 1 2"), None);

@@ -4,8 +4,9 @@
 //!
 //! Two ways to get the cycle it prints:
 //! - [`Metrics::own`] (`hostpulse-agent serve`): samples a fresh cycle per
-//!   scrape, or reuses the last one if it finished less than a second ago,
-//!   so several scrapers at once cost one cycle;
+//!   scrape straight into text ([`Sampler::render_text`], from series
+//!   pre-rendered when they first appeared), or reuses the last text if it
+//!   is less than a second old, so several scrapers at once cost one cycle;
 //! - [`Metrics::shared`] (`hostpulse-agent run --listen`): prints the last
 //!   cycle the streaming sampler published, never sampling a second time.
 //!
@@ -18,7 +19,8 @@
 //! (sources that may block run on their own workers, bounded by the
 //! sampler's deadline), and a hand-off per scrape cost a thread wake-up and
 //! that thread's resident stack and malloc arena. The rendered text is kept
-//! as [`Bytes`], so a reused cycle is sent without a copy.
+//! as [`Bytes`] over a buffer the next scrape renders into again, so a
+//! reused cycle is sent without a copy and no scrape allocates its text.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -68,13 +70,31 @@ enum Inner {
 struct OwnSampler {
     sampler: Sampler,
     last: Option<(Instant, Bytes)>,
+    /// The text buffer of the last scrape, reused by the next one once the
+    /// response holding it is gone: a fresh 100 KB buffer per scrape made
+    /// malloc grow and trim the heap (a `brk` and page faults) every time.
+    buffer: Option<Arc<String>>,
+}
+
+/// A rendered text shared between [`OwnSampler::buffer`] and the response
+/// body.
+struct SharedText(Arc<String>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 impl Metrics {
     /// Samples with `sampler` on demand (the `serve` subcommand).
     pub fn own(sampler: Sampler) -> Self {
         Metrics {
-            inner: Arc::new(Inner::Own(Box::new(Mutex::new(OwnSampler { sampler, last: None })))),
+            inner: Arc::new(Inner::Own(Box::new(Mutex::new(OwnSampler {
+                sampler,
+                last: None,
+                buffer: None,
+            })))),
         }
     }
 
@@ -103,9 +123,17 @@ impl Metrics {
                 // The old text goes first, so it and the new cycle are never
                 // resident together (the peak RSS is what counts).
                 own.last = None;
-                let cycle = own.sampler.sample();
-                let text = Bytes::from(exposition::render(&cycle));
-                drop(cycle);
+                let mut buffer = match own.buffer.take() {
+                    Some(buffer) if Arc::strong_count(&buffer) == 1 => buffer,
+                    // Still held by a slow client's response: leave it to them.
+                    _ => Arc::new(String::new()),
+                };
+                // Unique here, so this neither clones nor allocates.
+                let text = Arc::make_mut(&mut buffer);
+                text.clear();
+                own.sampler.render_text(text);
+                let text = Bytes::from_owner(SharedText(buffer.clone()));
+                own.buffer = Some(buffer);
                 own.last = Some((Instant::now(), text.clone()));
                 Some(text)
             }

@@ -631,4 +631,78 @@ mod node_exporter_reference {
             }
         }
     }
+
+    #[test]
+    #[ignore = "needs ../shared/fixtures (CI has them); run with -- --ignored"]
+    fn serve_text_equals_render_on_the_reference_tree() {
+        let shared = shared();
+        let work = tempfile::tempdir().unwrap();
+        let sysfs = work.path().join("sys");
+        copy_tree_restoring_links(&shared.join("sys"), &sysfs);
+        std::fs::create_dir_all(work.path().join("root")).unwrap();
+        let paths = HostPaths {
+            sysfs,
+            procfs: shared.join("proc"),
+            rootfs: work.path().join("root"),
+            udev_data: shared.join("udev/data"),
+            dev: work.path().join("dev"),
+        };
+        super::serve_text::assert_serve_text_equals_render(paths, 1000);
+    }
+}
+
+/// `Sampler::render_text` (what `serve` answers a scrape with, from
+/// pre-rendered series) against `exposition::render` of ordinary cycles of
+/// the same sampler.
+mod serve_text {
+    use super::*;
+
+    /// Samples an ordinary cycle, two serve-path texts, and another ordinary
+    /// cycle; both texts must equal the ordinary ones line by line: the same
+    /// lines in the same order, the same values except where the value
+    /// changed between the two ordinary cycles (durations, the clock, CPU
+    /// time) or is the agent's own resident memory.
+    pub fn assert_serve_text_equals_render(paths: HostPaths, min_lines: usize) {
+        let mut sampler = Sampler::new(paths, &[]).unwrap();
+        let before = exposition::render(&sampler.sample());
+        let mut first = String::new();
+        sampler.render_text(&mut first);
+        let mut second = String::from("kept\n");
+        sampler.render_text(&mut second);
+        let second = second.strip_prefix("kept\n").unwrap().to_string();
+        let after = exposition::render(&sampler.sample());
+        let (before, after): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+        assert_eq!(before.len(), after.len(), "ordinary cycles differ in lines");
+        assert!(before.len() >= min_lines, "only {} lines", before.len());
+        for text in [&first, &second] {
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), before.len(), "{text}");
+            for ((ours, b), a) in lines.iter().zip(&before).zip(&after) {
+                if b.starts_with('#') {
+                    assert_eq!(ours, b);
+                    continue;
+                }
+                let (series, value) = ours.rsplit_once(' ').unwrap();
+                let (b_series, b_value) = b.rsplit_once(' ').unwrap();
+                assert_eq!(series, b_series);
+                let volatile = b != a || series == "hostpulse_agent_resident_memory_bytes";
+                if !volatile {
+                    assert_eq!(value, b_value, "{series}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn serve_text_equals_render_on_the_hot_fixture() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hot");
+        let paths = HostPaths {
+            sysfs: root.join("sys"),
+            procfs: root.join("proc"),
+            rootfs: root.clone(),
+            udev_data: root.join("udev"),
+            dev: root.join("dev"),
+        };
+        assert_serve_text_equals_render(paths, 100);
+    }
 }

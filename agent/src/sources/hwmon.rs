@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::emit::{Emitter, MetricType};
 use crate::paths::HostPaths;
@@ -385,6 +386,36 @@ const STATIC_PROPERTIES: &[&str] = &[
 #[derive(Debug, Default)]
 pub struct HwmonSource {
     files: Files,
+    /// What each sensor directory's files are, planned from its cached
+    /// listing, so a cycle does not classify file names, build paths and
+    /// look up labels and limits in the cache again for every attribute.
+    plans: HashMap<PathBuf, DirPlan>,
+    cycle: u64,
+}
+
+/// The attribute files of one sensor directory, as of one listing.
+#[derive(Debug)]
+struct DirPlan {
+    /// The listing this plan was made from: [`Files`] hands out the same
+    /// `Arc` until its next refresh, which also drops the static values
+    /// kept here, so a new `Arc` means a new plan.
+    listing: Arc<[String]>,
+    files: Vec<PlannedFile>,
+    /// The cycle that last used the plan (unused plans are dropped).
+    used: u64,
+}
+
+/// One attribute file of a known sensor type.
+#[derive(Debug)]
+struct PlannedFile {
+    /// `temp1`, `fan2`, ...
+    sensor: String,
+    /// `input`, `crit`, `label`, `""` for a bare `pwm1`, ...
+    property: String,
+    path: PathBuf,
+    /// The content of a label or limit, newlines trimmed (`None` when it
+    /// could not be read); `None` for a changing value, read every cycle.
+    fixed: Option<Option<String>>,
 }
 
 /// A chip directory found in one cycle.
@@ -402,6 +433,11 @@ impl Source for HwmonSource {
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
         let files = &mut self.files;
         files.begin_cycle();
+        self.cycle += 1;
+        let mut plans = Plans {
+            plans: &mut self.plans,
+            cycle: self.cycle,
+        };
         let class_dir = paths.sys("class/hwmon");
         let names = match files.list(&class_dir) {
             Ok(names) => names,
@@ -440,20 +476,22 @@ impl Source for HwmonSource {
         let identities: Vec<ChipIdentity> = chips.iter().map(|c| c.identity.clone()).collect();
         let labels = disambiguate(&identities);
         for (chip, chip_label) in chips.iter().zip(labels) {
-            emit_chip(files, chip, &chip_label, out);
+            emit_chip(files, &mut plans, chip, &chip_label, out);
         }
+        let cycle = self.cycle;
+        self.plans.retain(|_, plan| plan.used == cycle);
         Ok(())
     }
 }
 
 /// Reads one chip's attribute files and records its series.
-fn emit_chip(files: &mut Files, chip: &Chip, chip_label: &str, out: &mut Emitter) {
+fn emit_chip(files: &mut Files, plans: &mut Plans<'_>, chip: &Chip, chip_label: &str, out: &mut Emitter) {
     let mut data: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    read_sensor_files(files, &chip.dir, &mut data);
+    read_sensor_files(files, plans, &chip.dir, &mut data);
     // Older drivers keep their attributes in the device directory.
     let device_dir = chip.dir.join("device");
     if files.is_dir(&device_dir) {
-        read_sensor_files(files, &device_dir, &mut data);
+        read_sensor_files(files, plans, &device_dir, &mut data);
     }
     if let Some(chip_name) = chip.name_file.as_deref().map(clean_name).filter(|n| !n.is_empty()) {
         out.gauge(
@@ -472,13 +510,36 @@ fn emit_chip(files: &mut Files, chip: &Chip, chip_label: &str, out: &mut Emitter
     }
 }
 
-/// Reads every attribute file of a known sensor type in `dir` into
-/// `data[sensor][property]`, with surrounding line feeds removed. Unreadable
-/// files (absent sensors, directories, driver errors) are skipped. Labels
-/// and limits come from the static cache; one bounded `pread` per value.
-fn read_sensor_files(files: &mut Files, dir: &Path, data: &mut BTreeMap<String, BTreeMap<String, String>>) {
-    let Ok(names) = files.list(dir) else { return };
-    for file_name in names.iter() {
+/// The source's directory plans during one cycle.
+struct Plans<'a> {
+    plans: &'a mut HashMap<PathBuf, DirPlan>,
+    cycle: u64,
+}
+
+impl Plans<'_> {
+    /// The plan of `dir` for its current listing `names`, made afresh when
+    /// the listing changed (a refresh of [`Files`]).
+    fn get(&mut self, files: &mut Files, dir: &Path, names: &Arc<[String]>) -> Option<&DirPlan> {
+        let current = self
+            .plans
+            .get(dir)
+            .is_some_and(|plan| Arc::ptr_eq(&plan.listing, names));
+        if !current {
+            let plan = plan_dir(files, dir, names.clone());
+            self.plans.insert(dir.to_path_buf(), plan);
+        }
+        let plan = self.plans.get_mut(dir)?;
+        plan.used = self.cycle;
+        Some(plan)
+    }
+}
+
+/// Classifies the files of a sensor directory and reads its labels and
+/// limits (through the static cache, which the next refresh drops along
+/// with the listing).
+fn plan_dir(files: &mut Files, dir: &Path, listing: Arc<[String]>) -> DirPlan {
+    let mut planned = Vec::new();
+    for file_name in listing.iter() {
         let Some((sensor_type, number, property)) = explode_sensor_filename(file_name) else {
             continue;
         };
@@ -486,20 +547,55 @@ fn read_sensor_files(files: &mut Files, dir: &Path, data: &mut BTreeMap<String, 
             continue;
         }
         let path = dir.join(file_name);
-        let value = if STATIC_PROPERTIES.contains(&property) {
-            match files.read_static(&path) {
-                Some(text) => text.trim_matches('\n').to_string(),
-                None => continue,
-            }
-        } else {
-            match files.read_bytes(&path) {
+        let fixed = STATIC_PROPERTIES
+            .contains(&property)
+            .then(|| files.read_static(&path).map(|text| text.trim_matches('\n').to_string()));
+        planned.push(PlannedFile {
+            sensor: format!("{sensor_type}{number}"),
+            property: property.to_string(),
+            path,
+            fixed,
+        });
+    }
+    DirPlan {
+        listing,
+        files: planned,
+        used: 0,
+    }
+}
+
+/// Reads every attribute file of a known sensor type in `dir` into
+/// `data[sensor][property]`, with surrounding line feeds removed. Unreadable
+/// files (absent sensors, directories, driver errors) are skipped. Labels
+/// and limits come from the plan (the static cache); one bounded `pread`
+/// per value.
+fn read_sensor_files(
+    files: &mut Files,
+    plans: &mut Plans<'_>,
+    dir: &Path,
+    data: &mut BTreeMap<String, BTreeMap<String, String>>,
+) {
+    let Ok(names) = files.list(dir) else { return };
+    let Some(plan) = plans.get(files, dir, &names) else {
+        return;
+    };
+    for file in &plan.files {
+        let value = match &file.fixed {
+            Some(Some(text)) => text.clone(),
+            Some(None) => continue,
+            None => match files.read_bytes(&file.path) {
                 Ok(bytes) => String::from_utf8_lossy(bytes).trim_matches('\n').to_string(),
                 Err(_) => continue,
-            }
+            },
         };
-        data.entry(format!("{sensor_type}{number}"))
-            .or_default()
-            .insert(property.to_string(), value);
+        match data.get_mut(&file.sensor) {
+            Some(props) => {
+                props.insert(file.property.clone(), value);
+            }
+            None => {
+                data.insert(file.sensor.clone(), BTreeMap::from([(file.property.clone(), value)]));
+            }
+        }
     }
 }
 

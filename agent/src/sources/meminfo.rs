@@ -16,26 +16,26 @@ use crate::sources::files::Files;
 pub fn parse_meminfo(text: &str) -> Result<Vec<(String, f64)>, String> {
     let mut fields = Vec::new();
     for (lineno, line) in text.lines().enumerate() {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        if parts.is_empty() {
+        let mut parts = line.split_whitespace();
+        let Some(first) = parts.next() else {
             continue;
-        }
-        let raw_key = parts[0].strip_suffix(':').unwrap_or(parts[0]);
+        };
+        let raw_key = first.strip_suffix(':').unwrap_or(first);
         let raw_value = parts
-            .get(1)
+            .next()
             .ok_or_else(|| format!("line {}: {raw_key} has no value", lineno + 1))?;
         let mut value = raw_value
             .parse::<f64>()
             .map_err(|_| format!("line {}: {raw_key} value {raw_value:?} is not a number", lineno + 1))?;
         let mut key = mangle_key(raw_key);
-        match parts.len() {
-            2 => {}
-            3 => {
+        match (parts.next(), parts.next()) {
+            (None, _) => {}
+            (Some(_unit), None) => {
                 // The kernel writes "kB" but means KiB.
                 value *= 1024.0;
                 key.push_str("_bytes");
             }
-            _ => return Err(format!("line {}: unexpected layout {line:?}", lineno + 1)),
+            (Some(_), Some(_)) => return Err(format!("line {}: unexpected layout {line:?}", lineno + 1)),
         }
         fields.push((key, value));
     }
@@ -73,9 +73,17 @@ impl Source for MeminfoSource {
             Err(e) => return Err(SourceError::io(&path, e)),
         };
         let fields = parse_meminfo(text).map_err(|m| SourceError::parse(&path, m))?;
+        // One name and one help buffer for all fields, not two strings per
+        // field per cycle.
+        let (mut name, mut help) = (String::new(), String::new());
         for (key, value) in fields {
-            let name = format!("node_memory_{key}");
-            let help = format!("Memory information field {key}.");
+            name.clear();
+            name.push_str("node_memory_");
+            name.push_str(&key);
+            help.clear();
+            help.push_str("Memory information field ");
+            help.push_str(&key);
+            help.push('.');
             if key.ends_with("_total") {
                 out.counter(&name, &help, &[], value);
             } else {

@@ -56,6 +56,28 @@ pub fn default_field(key: &str) -> bool {
 /// `/proc/net/netstat` and `/proc/net/snmp`.
 pub fn parse_pairs(text: &str) -> Result<ProtocolStats, String> {
     let mut stats = ProtocolStats::new();
+    visit_pairs(text, |protocol, name, value| {
+        field_map(&mut stats, protocol).insert(name.to_string(), value);
+    })?;
+    Ok(stats)
+}
+
+/// The fields of `protocol` in `stats`, added empty if absent (looked up
+/// first, so a present protocol costs no allocation).
+fn field_map<'a>(stats: &'a mut ProtocolStats, protocol: &str) -> &'a mut BTreeMap<String, f64> {
+    if !stats.contains_key(protocol) {
+        stats.insert(protocol.to_string(), BTreeMap::new());
+    }
+    stats
+        .get_mut(protocol)
+        .expect("the protocol was inserted above when absent")
+}
+
+/// Calls `each(protocol, name, value)` for every counter of a
+/// `/proc/net/netstat` or `/proc/net/snmp` text, in order, without
+/// building maps; a protocol whose lines do not match is an error before
+/// any of its counters is visited.
+pub fn visit_pairs(text: &str, mut each: impl FnMut(&str, &str, f64)) -> Result<(), String> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     while let Some(header) = lines.next() {
         let values = lines
@@ -67,27 +89,21 @@ pub fn parse_pairs(text: &str) -> Result<ProtocolStats, String> {
             .next()
             .and_then(|p| p.strip_suffix(':'))
             .ok_or_else(|| format!("header {header:?} does not start with \"Proto:\""))?;
-        if numbers.next() != Some(&format!("{protocol}:")[..]) {
+        if numbers.next().and_then(|n| n.strip_suffix(':')) != Some(protocol) {
             return Err(format!("value line {values:?} does not belong to {protocol}"));
         }
-        let names: Vec<&str> = names.collect();
-        let numbers: Vec<&str> = numbers.collect();
-        if names.len() != numbers.len() {
-            return Err(format!(
-                "{protocol}: {} names but {} values",
-                names.len(),
-                numbers.len()
-            ));
+        let (name_count, number_count) = (names.clone().count(), numbers.clone().count());
+        if name_count != number_count {
+            return Err(format!("{protocol}: {name_count} names but {number_count} values"));
         }
-        let fields = stats.entry(protocol.to_string()).or_default();
-        for (name, raw) in names.into_iter().zip(numbers) {
+        for (name, raw) in names.zip(numbers) {
             let value = raw
                 .parse::<f64>()
                 .map_err(|_| format!("{protocol} {name}: {raw:?} is not a number"))?;
-            fields.insert(name.to_string(), value);
+            each(protocol, name, value);
         }
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// Parses `/proc/net/snmp6`: `Ip6InReceives 7` per line; the protocol is
@@ -95,6 +111,15 @@ pub fn parse_pairs(text: &str) -> Result<ProtocolStats, String> {
 /// `UdpLite6`). Lines without a `6` are skipped, as node_exporter does.
 pub fn parse_snmp6(text: &str) -> Result<ProtocolStats, String> {
     let mut stats = ProtocolStats::new();
+    visit_snmp6(text, |protocol, name, value| {
+        field_map(&mut stats, protocol).insert(name.to_string(), value);
+    })?;
+    Ok(stats)
+}
+
+/// Calls `each(protocol, name, value)` for every counter of a
+/// `/proc/net/snmp6` text, as [`parse_snmp6`] splits them.
+pub fn visit_snmp6(text: &str, mut each: impl FnMut(&str, &str, f64)) -> Result<(), String> {
     for line in text.lines() {
         let mut parts = line.split_whitespace();
         let (Some(key), Some(raw)) = (parts.next(), parts.next()) else {
@@ -105,12 +130,9 @@ pub fn parse_snmp6(text: &str) -> Result<ProtocolStats, String> {
         let value = raw
             .parse::<f64>()
             .map_err(|_| format!("{key}: {raw:?} is not a number"))?;
-        stats
-            .entry(protocol.to_string())
-            .or_default()
-            .insert(name.to_string(), value);
+        each(protocol, name, value);
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// Merges the three files' counters the way node_exporter does (a protocol
@@ -138,17 +160,37 @@ pub struct NetstatSource {
     files: Files,
 }
 
-/// Reads and parses one file; `Ok(None)` when it does not exist.
-fn read(
+/// [`visit_pairs`] or [`visit_snmp6`], called with one counter callback.
+type Visitor = fn(&str, &mut dyn FnMut(&str, &str, f64)) -> Result<(), String>;
+
+/// Keeps the default fields of one file's counters, by protocol; every
+/// protocol of the file is present, even with no field kept, because it
+/// replaces the same protocol of an earlier file (see [`select`]).
+/// `Ok(None)` when the file does not exist.
+fn read_selected(
     files: &mut Files,
     path: &std::path::Path,
-    parse: fn(&str) -> Result<ProtocolStats, String>,
+    visit: Visitor,
 ) -> Result<Option<ProtocolStats>, SourceError> {
-    match files.read_text(path) {
-        Ok(text) => parse(text).map(Some).map_err(|m| SourceError::parse(path, m)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(SourceError::io(path, e)),
-    }
+    let text = match files.read_text(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(SourceError::io(path, e)),
+    };
+    let mut stats = ProtocolStats::new();
+    let mut key = String::new();
+    visit(text, &mut |protocol, field, value| {
+        let fields = field_map(&mut stats, protocol);
+        key.clear();
+        key.push_str(protocol);
+        key.push('_');
+        key.push_str(field);
+        if default_field(&key) {
+            fields.insert(field.to_string(), value);
+        }
+    })
+    .map_err(|m| SourceError::parse(path, m))?;
+    Ok(Some(stats))
 }
 
 impl Source for NetstatSource {
@@ -158,9 +200,12 @@ impl Source for NetstatSource {
 
     fn collect(&mut self, paths: &HostPaths, out: &mut Emitter) -> Result<(), SourceError> {
         self.files.begin_cycle();
-        let netstat = read(&mut self.files, &paths.proc("net/netstat"), parse_pairs)?;
-        let snmp = read(&mut self.files, &paths.proc("net/snmp"), parse_pairs)?;
-        let snmp6 = read(&mut self.files, &paths.proc("net/snmp6"), parse_snmp6)?;
+        // Only the few default fields are kept as strings: the files have
+        // hundreds of counters, and maps of all of them were most of this
+        // source's cost.
+        let netstat = read_selected(&mut self.files, &paths.proc("net/netstat"), |t, f| visit_pairs(t, f))?;
+        let snmp = read_selected(&mut self.files, &paths.proc("net/snmp"), |t, f| visit_pairs(t, f))?;
+        let snmp6 = read_selected(&mut self.files, &paths.proc("net/snmp6"), |t, f| visit_snmp6(t, f))?;
         if netstat.is_none() && snmp.is_none() && snmp6.is_none() {
             return Ok(());
         }
@@ -169,14 +214,20 @@ impl Source for NetstatSource {
             snmp.unwrap_or_default(),
             snmp6.unwrap_or_default(),
         );
+        let mut name = String::new();
+        let mut help = String::new();
         for (protocol, field, value) in selected {
-            out.push(
-                &format!("node_netstat_{protocol}_{field}"),
-                MetricType::Untyped,
-                &format!("Statistic {protocol}{field}."),
-                &[],
-                value,
-            );
+            name.clear();
+            name.push_str("node_netstat_");
+            name.push_str(&protocol);
+            name.push('_');
+            name.push_str(&field);
+            help.clear();
+            help.push_str("Statistic ");
+            help.push_str(&protocol);
+            help.push_str(&field);
+            help.push('.');
+            out.push(&name, MetricType::Untyped, &help, &[], value);
         }
         Ok(())
     }
