@@ -13,6 +13,7 @@
 //! | `c` + same as `b`                                 | catalog entry: the block's byte length  |
 //! | `r` + resolution byte + same as `b` after its prefix | checksummed rollups of that block    |
 //! | `mlsn`                                            | highest log sequence number used (u64 BE) |
+//! | `mseal`                                           | checksummed seal marks (`seal.rs`): pairs (through-lsn u64 BE, cut i64 BE); every sample older than `cut` in a WAL record with lsn ≤ through-lsn is in blocks, so replay skips it |
 //!
 //! `i64*` is a timestamp with its sign bit flipped, big-endian, so byte
 //! order equals numeric order. The catalog duplicates block keys with tiny
