@@ -102,10 +102,52 @@ pub const GRPC_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// before it closes the connection.
 pub const GRPC_MAX_LOCAL_ERROR_RESETS: usize = 256;
 
+/// HTTP/2 flow-control window the collector grants each agent stream.
+/// hyper's default is 1 MiB: an agent may send that much before the
+/// collector reads any of it, and while the in-flight budget holds reads
+/// back during a connect storm h2 buffers it, outside that budget, for
+/// every connection at once. A steady-state batch (300 series) is a few
+/// KiB, a first batch with series definitions tens of KiB; 128 KiB lets
+/// those through in one window while large batches (up to the message
+/// size limit) still flow, a window per round trip.
+pub const GRPC_STREAM_WINDOW_BYTES: u32 = 128 * 1024;
+/// HTTP/2 connection window: an agent opens one stream, so twice the
+/// stream window leaves room for a reconnecting stream while bounding what
+/// one connection can make the collector buffer.
+pub const GRPC_CONNECTION_WINDOW_BYTES: u32 = 2 * GRPC_STREAM_WINDOW_BYTES;
+/// Largest HTTP/2 frame payload accepted; the protocol's minimum and
+/// hyper's default, stated so the read buffer per connection is bounded.
+pub const GRPC_MAX_FRAME_BYTES: u32 = 16 * 1024;
+/// Pending-connection queue of both listeners. tokio's `bind` asks for
+/// 1024, which 10,000 agents connecting at once overflow (connects then
+/// fail or retry after seconds). The kernel caps it at
+/// `net.core.somaxconn` (and SYNs at `net.ipv4.tcp_max_syn_backlog`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`, so a
+/// restarted collector can take its port back while old connections sit
+/// in TIME_WAIT.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The gRPC server with every transport limit set, and TLS when given.
 fn grpc_server(tls: Option<&crate::tls::LoadedTls>) -> Result<tonic::transport::Server, StartError> {
     let builder = tonic::transport::Server::builder()
         .max_concurrent_streams(GRPC_MAX_CONCURRENT_STREAMS)
+        // Fixed windows, not hyper's adaptive ones, which grow towards
+        // megabytes per connection under a fast sender.
+        .http2_adaptive_window(Some(false))
+        .initial_stream_window_size(GRPC_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(GRPC_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(GRPC_MAX_FRAME_BYTES)
         .http2_max_header_list_size(GRPC_MAX_HEADER_LIST_BYTES)
         .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
@@ -168,9 +210,7 @@ pub async fn start(settings: Settings) -> Result<RunningCollector, StartError> {
     );
     let grpc = grpc_server(tls.as_ref())?;
     let bind = |what: &'static str, addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { what, addr, source })
+        listen(addr).map_err(|source| StartError::Bind { what, addr, source })
     };
     let http_listener = bind("HTTP", settings.http_addr).await?;
     let grpc_listener = bind("gRPC", settings.grpc_addr).await?;
