@@ -92,6 +92,39 @@ pub enum StoreError {
     /// An append named a series id the store never gave out.
     #[error("append names unknown series id {0}")]
     UnknownSeries(u64),
+    /// An earlier append under the same [`AppendFence`] failed, so this
+    /// one was refused without storing anything of it.
+    #[error("an earlier append of this stream failed; this one was not stored")]
+    EarlierAppendFailed,
+}
+
+/// Ties the pipelined appends of one ingest stream together: once one of
+/// them fails, the writer refuses every later one unapplied, in the same
+/// group commit or a later one. Otherwise a later batch could be stored
+/// while an earlier one was not, advancing the host's highest seq past the
+/// failed batch, and the agent's resend of it would be dropped as a
+/// duplicate — a loss the agent was told was fine.
+#[derive(Clone, Debug, Default)]
+pub struct AppendFence(Arc<AtomicBool>);
+
+impl AppendFence {
+    /// Whether an append under this fence failed.
+    pub fn failed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Refuses every later append under this fence.
+    pub fn fail(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The outcome of an append [`Store::submit_batch`] queued, to be awaited.
+pub type PendingAppend = oneshot::Receiver<Result<BatchReport, StoreError>>;
+
+/// Awaits an append [`Store::submit_batch`] queued.
+pub async fn appended(pending: PendingAppend) -> Result<BatchReport, StoreError> {
+    pending.await.map_err(|_| StoreError::Closed)?
 }
 
 /// Tuning of the store.
@@ -528,6 +561,9 @@ pub(crate) struct Shared {
     /// `Heads::bytes` as of the last commit or seal, for the cheap
     /// [`Store::head_pressure`].
     head_bytes: AtomicUsize,
+    /// Holds [`Store::head_pressure`] on, for tests of the ingest layer.
+    #[cfg(test)]
+    pressure_for_test: AtomicBool,
     counters: Counters,
     /// Blocks already reported damaged, so each is logged once.
     reported: Mutex<HashSet<BlockId>>,
@@ -663,6 +699,8 @@ impl Store {
             index: RwLock::new(index),
             hosts: Mutex::new(hosts),
             head_bytes: AtomicUsize::new(heads.bytes()),
+            #[cfg(test)]
+            pressure_for_test: AtomicBool::new(false),
             heads: Mutex::new(heads),
             catalog: RwLock::new(catalog),
             write_lock: Mutex::new(WriterState { sealed_upto: i64::MIN }),
@@ -718,6 +756,32 @@ impl Store {
         self.queue(host.to_owned(), Some(seq), batch).await
     }
 
+    /// [`Store::append_batch`] split in two: waits only until the append
+    /// is queued for the writer and returns its pending outcome (await it
+    /// with [`appended`]). Appends queued one after another reach the
+    /// writer in that order, so a stream may have several in flight; under
+    /// `fence`, one failing refuses all later ones.
+    pub async fn submit_batch(
+        &self,
+        host: &str,
+        seq: u64,
+        batch: AppendBatch,
+        fence: &AppendFence,
+    ) -> Result<PendingAppend, StoreError> {
+        let tx = self.writer.tx.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, outcome) = oneshot::channel();
+        tx.send(AppendRequest {
+            host: host.to_owned(),
+            seq: Some(seq),
+            series: batch,
+            reply,
+            fence: Some(fence.clone()),
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+        Ok(outcome)
+    }
+
     /// Stores samples durably with no per-host seq (bulk import, remote
     /// write): group-committed with every other append, returns the number
     /// of samples stored after the flush covering them. Samples too far out
@@ -737,6 +801,7 @@ impl Store {
             seq,
             series,
             reply,
+            fence: None,
         })
         .await
         .map_err(|_| StoreError::Closed)?;
@@ -774,19 +839,43 @@ impl Store {
         Ok(())
     }
 
-    /// Whether the heads hold more memory than `head_max_bytes` allows
-    /// (live heads plus a generation still sealing): ingest should then
-    /// shed load until the seal catches up. Cheap (one atomic load), for
-    /// every batch.
+    /// Whether ingest should shed load until a seal catches up: the heads
+    /// hold more memory than `head_max_bytes` allows (live heads plus a
+    /// generation still sealing) while a generation is sealing, so waiting
+    /// frees memory. Heads over the bound with no seal running are left
+    /// alone: what remains after a seal (the head table and each series'
+    /// first vector) is not freed by waiting, and shedding then would stop
+    /// ingest for good on a store with more series than the bound fits.
+    /// One atomic load per batch; the heads' lock only when over the bound.
     pub fn head_pressure(&self) -> bool {
-        self.shared.head_bytes.load(Ordering::Relaxed) > self.shared.opts.head_max_bytes
+        #[cfg(test)]
+        if self.shared.pressure_for_test.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self.shared.head_bytes.load(Ordering::Relaxed) <= self.shared.opts.head_max_bytes {
+            return false;
+        }
+        // One lock at a time, never nested.
+        let sealing = self
+            .shared
+            .heads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sealing
+            .is_some();
+        sealing
+            || self
+                .shared
+                .pending_seal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
     }
 
-    /// Sets the head byte count as a running seal would leave it, so tests
-    /// of the ingest layer can hold the store over its bound.
+    /// Holds [`Store::head_pressure`] on or lets it follow the heads again.
     #[cfg(test)]
-    pub(crate) fn set_head_bytes_for_test(&self, bytes: usize) {
-        self.shared.head_bytes.store(bytes, Ordering::Relaxed);
+    pub(crate) fn hold_head_pressure_for_test(&self, on: bool) {
+        self.shared.pressure_for_test.store(on, Ordering::Relaxed);
     }
 
     /// Waits for a seal the writer queued (tests use it to see its blocks).

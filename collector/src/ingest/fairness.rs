@@ -7,10 +7,11 @@
 //! meanwhile waits for it. Two rules keep that cost with the host that
 //! causes it:
 //!
-//! - **One append in flight per host.** A stream already waits for each
-//!   batch's ack before reading the next, but a host may open several
-//!   streams; their appends take turns here, so a host cannot fill the
-//!   writer's queue with many large batches at once.
+//! - **At most [`HOST_APPENDS_IN_FLIGHT`] appends in flight per host.** A
+//!   stream keeps a few batches queued for the writer so its acks are not
+//!   one round trip each, but a host may open several streams; their
+//!   appends share the host's turns here, so a host cannot fill the
+//!   writer's queue with many batches at once.
 //! - **New series share a budget, and pay back their writer time.** A
 //!   batch defining at least [`HEAVY_NEW_SERIES`] new series takes that
 //!   many permits of [`NEW_SERIES_IN_FLIGHT`] (first come, first served
@@ -30,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// New series definitions from which a batch counts as heavy. A steady
@@ -50,11 +51,17 @@ pub const NEW_SERIES_IN_FLIGHT: usize = 10_000;
 /// for long after the disk recovered.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(1);
 
+/// Appends one host may have queued for or inside the writer at once, over
+/// all its streams: enough for a stream's batches to ride on consecutive
+/// group commits instead of one round trip each, few enough that 20
+/// hosts' queued batches fit in a couple of commits.
+pub const HOST_APPENDS_IN_FLIGHT: usize = 8;
+
 /// The turn-taking state, shared by every stream of one ingest service.
 #[derive(Debug)]
 pub struct WriterFairness {
     heavy: Arc<Semaphore>,
-    hosts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Default for WriterFairness {
@@ -71,22 +78,21 @@ impl Default for WriterFairness {
 pub struct Turn<'a> {
     fairness: &'a WriterFairness,
     host: String,
-    host_turn: Option<OwnedMutexGuard<()>>,
+    host_turn: Option<OwnedSemaphorePermit>,
     heavy: Option<(OwnedSemaphorePermit, Instant)>,
 }
 
 impl WriterFairness {
     /// Waits until `host` may append a batch defining `new_series` new
-    /// series: after the host's previous append, and for a heavy batch,
-    /// until the new-series budget has room for it.
+    /// series: until fewer than [`HOST_APPENDS_IN_FLIGHT`] of the host's
+    /// appends are in flight, and for a heavy batch, until the new-series
+    /// budget has room for it.
     pub async fn turn(&self, host: &str, new_series: usize) -> Turn<'_> {
-        let lock = {
-            let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(hosts.entry(host.to_owned()).or_default())
-        };
+        let turns = self.host_turns(host);
         // Host first, then the budget: always in this order, so two
-        // streams can never wait on each other crosswise.
-        let host_turn = lock.lock_owned().await;
+        // streams can never wait on each other crosswise. The host's
+        // semaphore is never closed; if it were, the batch goes without.
+        let host_turn = turns.acquire_owned().await.ok();
         let heavy = if new_series >= HEAVY_NEW_SERIES {
             let permits = u32::try_from(new_series.min(NEW_SERIES_IN_FLIGHT)).unwrap_or(u32::MAX);
             // The semaphore is never closed, so acquiring only fails if it
@@ -102,9 +108,40 @@ impl WriterFairness {
         Turn {
             fairness: self,
             host: host.to_owned(),
-            host_turn: Some(host_turn),
+            host_turn,
             heavy,
         }
+    }
+
+    /// A turn for a light batch (fewer than [`HEAVY_NEW_SERIES`] new
+    /// series) if the host has one free now; `None` for a heavy batch or
+    /// when all the host's turns are taken. A stream with appends of its
+    /// own in flight asks this way and otherwise completes one of them
+    /// first, so it never waits for a turn while holding turns a stream of
+    /// the same host waits for.
+    pub fn try_turn(&self, host: &str, new_series: usize) -> Option<Turn<'_>> {
+        if new_series >= HEAVY_NEW_SERIES {
+            return None;
+        }
+        let turns = self.host_turns(host);
+        let host_turn = turns.try_acquire_owned().ok();
+        let turn = Turn {
+            fairness: self,
+            host: host.to_owned(),
+            host_turn,
+            heavy: None,
+        };
+        // Dropped without a permit, the turn forgets an idle host's entry.
+        turn.host_turn.is_some().then_some(turn)
+    }
+
+    fn host_turns(&self, host: &str) -> Arc<Semaphore> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            hosts
+                .entry(host.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(HOST_APPENDS_IN_FLIGHT))),
+        )
     }
 
     /// Hosts with a turn-taking entry (for tests: entries of hosts with no
@@ -157,15 +194,28 @@ mod tests {
     async fn appends_of_one_host_take_turns_and_others_do_not_wait() {
         let f = WriterFairness::default();
         let first = f.turn("a", 0).await;
+        let mut more = Vec::new();
+        for _ in 1..HOST_APPENDS_IN_FLIGHT {
+            let next = f.try_turn("a", 0);
+            assert!(next.is_some(), "host a may have several appends in flight");
+            more.push(next);
+        }
+        assert!(f.try_turn("a", 0).is_none(), "host a's turns are all taken");
         let mut second = Box::pin(f.turn("a", 0));
-        assert!(waits(&mut second).await, "host a already has an append in flight");
+        assert!(waits(&mut second).await, "host a already has all its appends in flight");
         let mut other = Box::pin(f.turn("b", 0));
-        assert!(!waits(&mut other).await, "host b has its own turn");
+        assert!(!waits(&mut other).await, "host b has its own turns");
         drop(other);
+        assert!(f.try_turn("b", 0).is_some(), "host b has its own turns");
+        assert!(
+            f.try_turn("b", HEAVY_NEW_SERIES).is_none(),
+            "heavy batches wait in line"
+        );
         drop(first);
         let second = tokio::time::timeout(Duration::from_secs(5), second).await;
         assert!(second.is_ok(), "host a's turn came back when the first append ended");
         drop(second);
+        drop(more);
         assert_eq!(f.tracked_hosts(), 0, "idle hosts are forgotten");
     }
 

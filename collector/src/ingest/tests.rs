@@ -484,7 +484,7 @@ async fn a_spent_inflight_budget_sheds_load_until_it_frees() {
 #[tokio::test]
 async fn heads_over_their_memory_bound_shed_load_until_the_seal_catches_up() {
     let h = start(IngestLimits::default()).await;
-    h.store.set_head_bytes_for_test(usize::MAX);
+    h.store.hold_head_pressure_for_test(true);
     let t0 = now();
     let mut agent = Agent::connect(&h).await;
     agent.hello("web-1").await;
@@ -495,7 +495,7 @@ async fn heads_over_their_memory_bound_shed_load_until_the_seal_catches_up() {
     assert_eq!(h.telemetry.get(Counter::RejectedOverloaded), 1);
     assert_eq!(h.store.last_seq("web-1").unwrap(), None);
 
-    h.store.set_head_bytes_for_test(0);
+    h.store.hold_head_pressure_for_test(false);
     let mut agent = Agent::connect(&h).await;
     agent.hello("web-1").await;
     agent.batch(batch(1, t0, temps(), &[(1, 1.0)])).await;
@@ -723,4 +723,101 @@ async fn a_host_sending_refused_batches_is_read_more_slowly() {
         waited >= debt / 100.0 * 0.9,
         "read after {waited:.3} s, debt {debt} bytes"
     );
+}
+
+#[tokio::test]
+async fn batches_sent_without_waiting_are_acked_in_order_and_stored_once() {
+    let h = start(IngestLimits::default()).await;
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(1, t0, temps(), &[(1, 1.0), (2, 1.0)])).await;
+    // Sent back to back, as the agent and the bench do: several are in
+    // flight in the collector at once, and one is a resend in between.
+    let sender = {
+        let tx = agent.tx.clone();
+        tokio::spawn(async move {
+            for seq in 2..=40u64 {
+                let b = batch(seq, t0 + seq as i64 * 1000, vec![], &[(1, seq as f64), (2, seq as f64)]);
+                let msg = AgentMessage {
+                    kind: Some(agent_message::Kind::Batch(b)),
+                };
+                tx.send(msg).await.unwrap();
+                if seq == 30 {
+                    let again = batch(20, t0 + 20_000, vec![], &[(1, 20.0), (2, 20.0)]);
+                    let msg = AgentMessage {
+                        kind: Some(agent_message::Kind::Batch(again)),
+                    };
+                    tx.send(msg).await.unwrap();
+                }
+            }
+        })
+    };
+    // Acks are cumulative: the resend of 20 is answered with the highest
+    // seq acknowledged so far, never a lower one.
+    for seq in 1..=30 {
+        agent.expect_ack(seq).await;
+    }
+    agent.expect_ack(30).await;
+    for seq in 31..=40 {
+        agent.expect_ack(seq).await;
+    }
+    sender.await.unwrap();
+    assert_eq!(h.store.last_seq("web-1").unwrap(), Some(40));
+    assert_eq!(h.telemetry.get(Counter::IngestBatches), 40);
+    assert_eq!(h.telemetry.get(Counter::IngestDuplicateBatches), 1);
+    let got = h
+        .store
+        .select(&[Matcher::equal("sensor", "temp1")], t0 - 1, t0 + 60_000)
+        .unwrap();
+    let expected: Vec<(i64, f64)> = std::iter::once((t0, 1.0))
+        .chain((2..=40).map(|seq| (t0 + seq * 1000, seq as f64)))
+        .collect();
+    assert_eq!(got[0].samples, expected, "every batch stored once, in order");
+    drop(agent);
+    no_streams_left(&h.telemetry).await;
+}
+
+#[tokio::test]
+async fn after_a_failed_append_no_later_append_of_the_stream_is_stored() {
+    let h = start(IngestLimits::default()).await;
+    let t0 = now();
+    let labels = crate::model::Labels::from_pairs(&[("__name__", "up"), ("instance", "web-1")]);
+    let good = |ts: i64| {
+        let mut b = crate::store::AppendBatch::with_capacity(1, 1);
+        b.push(SeriesKey::Labels(labels.clone()), &[(ts, 1.0)]);
+        b
+    };
+    let fence = AppendFence::default();
+    let first = h.store.submit_batch("web-1", 1, good(t0), &fence).await.unwrap();
+    // Batch 2 names a series id the store never gave out, so it fails on
+    // its own; batches 3 and 4, queued behind it (in its group commit or
+    // a later one), would advance the host past it if stored.
+    let mut bad = crate::store::AppendBatch::with_capacity(1, 1);
+    bad.push(SeriesKey::Id(u64::MAX / 2), &[(t0 + 1000, 2.0)]);
+    let second = h.store.submit_batch("web-1", 2, bad, &fence).await.unwrap();
+    let third = h.store.submit_batch("web-1", 3, good(t0 + 2000), &fence).await.unwrap();
+    let fourth = h.store.submit_batch("web-1", 4, good(t0 + 3000), &fence).await.unwrap();
+    assert!(crate::store::appended(first).await.is_ok());
+    let second = crate::store::appended(second).await;
+    assert!(matches!(second, Err(StoreError::UnknownSeries(_))), "{second:?}");
+    for later in [third, fourth] {
+        let later = crate::store::appended(later).await;
+        assert!(matches!(later, Err(StoreError::EarlierAppendFailed)), "{later:?}");
+    }
+    assert!(fence.failed());
+    assert_eq!(
+        h.store.last_seq("web-1").unwrap(),
+        Some(1),
+        "nothing past the failed batch"
+    );
+    // The agent's resend on a new stream (a new fence) is stored, not
+    // taken for a duplicate.
+    let resend = h
+        .store
+        .submit_batch("web-1", 2, good(t0 + 1000), &AppendFence::default())
+        .await
+        .unwrap();
+    let resend = crate::store::appended(resend).await.unwrap();
+    assert_eq!(resend.report.outcome, AppendOutcome::Stored { samples: 1 });
 }

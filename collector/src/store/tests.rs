@@ -1322,6 +1322,35 @@ fn head_pressure_follows_the_bound_and_clears_after_the_seal() {
     assert_eq!(stored_samples(&store), (seq + 1) * 5000);
 }
 
+/// Heads over the bound with no seal running are not pressure: what stays
+/// after a seal (the head table, each series' first vector) is not freed by
+/// waiting, and shedding then would stop ingest for good on a store with
+/// more series than the bound fits.
+#[test]
+fn heads_over_the_bound_after_a_seal_do_not_stop_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opts = StoreOptions {
+        head_max_bytes: 64 << 10,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    for seq in 1..=3u64 {
+        let batch: Vec<SeriesSamples> = (0..20_000u64)
+            .map(|s| host_series("p", &format!("m{s}"), vec![(seq as i64 * 1000, 1.0)]))
+            .collect();
+        rt.block_on(store.append("p", seq, batch)).unwrap();
+        store.settle().unwrap();
+    }
+    let stats = store.stats();
+    assert!(
+        stats.head_bytes > 64 << 10,
+        "the series alone exceed the bound: {stats:?}"
+    );
+    assert!(store.shared.heads.lock().unwrap().sealing.is_none());
+    assert!(!store.head_pressure(), "{stats:?}");
+}
+
 /// Measures what a head sample costs the process (RSS) against
 /// `Heads::bytes`, filling heads the way ingest does: one sample per series
 /// per commit, round robin.

@@ -39,6 +39,10 @@ pub(crate) struct AppendRequest {
     pub seq: Option<u64>,
     pub series: AppendBatch,
     pub reply: oneshot::Sender<Result<BatchReport, StoreError>>,
+    /// Shared by the pipelined appends of one ingest stream: once one of
+    /// them fails, every later one is refused unapplied (see
+    /// [`super::AppendFence`]).
+    pub fence: Option<super::AppendFence>,
 }
 
 /// The writer loop; returns when every sender is gone (the store closed).
@@ -105,6 +109,7 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
     if shared.poisoned.load(Ordering::Acquire) {
         // After a failed fsync the kernel may have dropped dirty pages we can
         // no longer tell apart, so nothing more is acknowledged until restart.
+        fail_fences(group);
         return group.iter().map(|_| Err(poisoned())).collect();
     }
     let now = now_ms();
@@ -134,6 +139,14 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
         let heads = shared.heads.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next_id = index.next_id();
         for req in group {
+            // An earlier append of the same stream failed: storing this
+            // later one would advance the host's seq past the failed one,
+            // and the agent's resend of that one would then be dropped as
+            // a duplicate.
+            if req.fence.as_ref().is_some_and(super::AppendFence::failed) {
+                reports.push(Err(StoreError::EarlierAppendFailed));
+                continue;
+            }
             let mut entry = None;
             if let Some(seq) = req.seq {
                 let e = match staged_hosts.get(req.host.as_str()).or_else(|| hosts.get(&req.host)) {
@@ -167,6 +180,9 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
                 _ => None,
             });
             if let Some(id) = unknown {
+                if let Some(fence) = &req.fence {
+                    fence.fail();
+                }
                 reports.push(Err(StoreError::UnknownSeries(id)));
                 continue;
             }
@@ -277,6 +293,7 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
     let wrote = !wal_keys.is_empty() || !new_series.is_empty() || !staged_hosts.is_empty();
     if wrote {
         if let Err(e) = shared.tree.apply_batch(batch) {
+            fail_fences(group);
             return group.iter().map(|_| Err(StoreError::Sled(e.clone()))).collect();
         }
         // Only now that the database holds them may memory mention them.
@@ -303,6 +320,7 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
         if let Err(e) = shared.db.flush() {
             shared.poisoned.store(true, Ordering::Release);
             tracing::error!(error = %e, "store flush failed; refusing further appends until restart");
+            fail_fences(group);
             return group.iter().map(|_| Err(StoreError::Sled(e.clone()))).collect();
         }
         shared.counters.flushes.fetch_add(1, Ordering::Relaxed);
@@ -349,6 +367,13 @@ fn wal_records(wal: &[WalEntry]) -> Vec<&[WalEntry]> {
     }
     records.extend(wal.get(from..).filter(|rest| !rest.is_empty()));
     records
+}
+
+/// Marks the fence of every request of a group that failed as a whole.
+fn fail_fences(group: &[AppendRequest]) {
+    for fence in group.iter().filter_map(|req| req.fence.as_ref()) {
+        fence.fail();
+    }
 }
 
 fn poisoned() -> StoreError {
