@@ -489,18 +489,6 @@ impl IngestService {
             );
             return shed(tx, message, seq).await;
         }
-        // Unsealed samples past their memory bound mean a seal is behind:
-        // taking more would only grow the heads, so the batch waits in its
-        // agent (which keeps it) until the seal has caught up.
-        if self.store.head_pressure() {
-            dispose(batch);
-            self.telemetry.inc(Counter::RejectedOverloaded);
-            let message = format!(
-                "batch {seq}: the store's unsealed samples are over their memory bound while a seal catches up; \
-                 resend it after backing off"
-            );
-            return shed(tx, message, seq).await;
-        }
         // Held until the batch is durable (or refused), so the budget
         // covers everything between decode and flush.
         let Some(reserved) = self.inflight.try_reserve(encoded_len) else {

@@ -376,6 +376,9 @@ pub struct StoreStats {
     pub corrupt_blocks: u64,
     /// WAL records found damaged and cut at open.
     pub wal_records_cut: u64,
+    /// 1 while the heads are over their bound during a seal
+    /// ([`Store::head_pressure`]), else 0.
+    pub head_over_bound: u64,
     /// Group-commit flushes since open.
     pub flushes: u64,
     /// Seals since open.
@@ -451,6 +454,12 @@ impl StoreStats {
                 "counter",
                 "Damaged WAL records cut at open.",
                 self.wal_records_cut,
+            ),
+            (
+                "hostpulse_store_head_over_bound",
+                "gauge",
+                "1 while unsealed samples exceed head_max_mb during a seal (the store is behind).",
+                self.head_over_bound,
             ),
             (
                 "hostpulse_store_flushes_total",
@@ -561,9 +570,6 @@ pub(crate) struct Shared {
     /// `Heads::bytes` as of the last commit or seal, for the cheap
     /// [`Store::head_pressure`].
     head_bytes: AtomicUsize,
-    /// Holds [`Store::head_pressure`] on, for tests of the ingest layer.
-    #[cfg(test)]
-    pressure_for_test: AtomicBool,
     counters: Counters,
     /// Blocks already reported damaged, so each is logged once.
     reported: Mutex<HashSet<BlockId>>,
@@ -699,8 +705,6 @@ impl Store {
             index: RwLock::new(index),
             hosts: Mutex::new(hosts),
             head_bytes: AtomicUsize::new(heads.bytes()),
-            #[cfg(test)]
-            pressure_for_test: AtomicBool::new(false),
             heads: Mutex::new(heads),
             catalog: RwLock::new(catalog),
             write_lock: Mutex::new(WriterState { sealed_upto: i64::MIN }),
@@ -839,19 +843,16 @@ impl Store {
         Ok(())
     }
 
-    /// Whether ingest should shed load until a seal catches up: the heads
-    /// hold more memory than `head_max_bytes` allows (live heads plus a
-    /// generation still sealing) while a generation is sealing, so waiting
-    /// frees memory. Heads over the bound with no seal running are left
-    /// alone: what remains after a seal (the head table and each series'
-    /// first vector) is not freed by waiting, and shedding then would stop
-    /// ingest for good on a store with more series than the bound fits.
-    /// One atomic load per batch; the heads' lock only when over the bound.
+    /// Whether the store is behind: the heads hold more memory than
+    /// `head_max_bytes` allows (live heads plus a generation still sealing)
+    /// while a generation is sealing, so waiting would free memory. Heads
+    /// over the bound with no seal running do not count: what remains after
+    /// a seal (the head table, each series' first vector) is not freed by
+    /// waiting. Exported as `hostpulse_store_head_over_bound`; ingest does
+    /// not shed on it, because shedding every agent during a seal made a
+    /// 10,000-agent fleet back off all at once. One atomic load; the heads'
+    /// lock only when over the bound.
     pub fn head_pressure(&self) -> bool {
-        #[cfg(test)]
-        if self.shared.pressure_for_test.load(Ordering::Relaxed) {
-            return true;
-        }
         if self.shared.head_bytes.load(Ordering::Relaxed) <= self.shared.opts.head_max_bytes {
             return false;
         }
@@ -870,12 +871,6 @@ impl Store {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_some()
-    }
-
-    /// Holds [`Store::head_pressure`] on or lets it follow the heads again.
-    #[cfg(test)]
-    pub(crate) fn hold_head_pressure_for_test(&self, on: bool) {
-        self.shared.pressure_for_test.store(on, Ordering::Relaxed);
     }
 
     /// Waits for a seal the writer queued (tests use it to see its blocks).
@@ -1327,6 +1322,7 @@ impl Store {
             rejected_out_of_order: c.rejected_out_of_order.load(Ordering::Relaxed),
             corrupt_blocks: c.corrupt_blocks.load(Ordering::Relaxed),
             wal_records_cut: c.wal_records_cut.load(Ordering::Relaxed),
+            head_over_bound: u64::from(self.head_pressure()),
             flushes: c.flushes.load(Ordering::Relaxed),
             seals: c.seals.load(Ordering::Relaxed),
             compactions: c.compactions.load(Ordering::Relaxed),

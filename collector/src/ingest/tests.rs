@@ -478,31 +478,6 @@ async fn a_spent_inflight_budget_sheds_load_until_it_frees() {
     agent.expect_ack(1).await;
 }
 
-/// Issue 7: while the store's unsealed samples are over their memory bound
-/// (a seal behind), batches are shed with `RESOURCE_EXHAUSTED` and nothing
-/// is stored; once the heads are back under it, the same batch is taken.
-#[tokio::test]
-async fn heads_over_their_memory_bound_shed_load_until_the_seal_catches_up() {
-    let h = start(IngestLimits::default()).await;
-    h.store.hold_head_pressure_for_test(true);
-    let t0 = now();
-    let mut agent = Agent::connect(&h).await;
-    agent.hello("web-1").await;
-    agent.batch(batch(1, t0, temps(), &[(1, 1.0)])).await;
-    let msg = agent.expect_error(ErrorCode::Overloaded, 1, true).await;
-    assert!(msg.contains("memory bound"), "{msg}");
-    expect_status(&mut agent, tonic::Code::ResourceExhausted).await;
-    assert_eq!(h.telemetry.get(Counter::RejectedOverloaded), 1);
-    assert_eq!(h.store.last_seq("web-1").unwrap(), None);
-
-    h.store.hold_head_pressure_for_test(false);
-    let mut agent = Agent::connect(&h).await;
-    agent.hello("web-1").await;
-    agent.batch(batch(1, t0, temps(), &[(1, 1.0)])).await;
-    agent.expect_ack(1).await;
-    assert_eq!(h.store.last_seq("web-1").unwrap(), Some(1));
-}
-
 /// Issue 7: samples the store refuses as too far out of order are counted
 /// and reported to the agent; the batch is still acknowledged.
 #[tokio::test]

@@ -1307,6 +1307,7 @@ fn head_pressure_follows_the_bound_and_clears_after_the_seal() {
         rt.block_on(store.append("p", seq, batch(seq))).unwrap();
     }
     let stats = store.stats();
+    assert_eq!(stats.head_over_bound, 1, "{stats:?}");
     assert!(stats.head_bytes > 256 << 10, "{stats:?}");
     assert!(
         stats.head_bytes >= stats.head_samples * head::SAMPLE_BYTES as u64,
@@ -1319,6 +1320,7 @@ fn head_pressure_follows_the_bound_and_clears_after_the_seal() {
     rt.block_on(store.append("p", seq + 1, batch(seq + 1))).unwrap();
     store.settle().unwrap();
     assert!(!store.head_pressure(), "{:?}", store.stats());
+    assert_eq!(store.stats().head_over_bound, 0);
     assert_eq!(stored_samples(&store), (seq + 1) * 5000);
 }
 
