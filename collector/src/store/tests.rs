@@ -1342,7 +1342,16 @@ fn heads_over_the_bound_after_a_seal_do_not_stop_ingest() {
             .map(|s| host_series("p", &format!("m{s}"), vec![(seq as i64 * 1000, 1.0)]))
             .collect();
         rt.block_on(store.append("p", seq, batch)).unwrap();
+    }
+    // The writer may freeze a generation just after answering an append;
+    // each `settle` waits for the sealing side, so a few of them leave no
+    // seal running.
+    for _ in 0..50 {
         store.settle().unwrap();
+        if store.shared.heads.lock().unwrap().sealing.is_none() {
+            break;
+        }
+        std::thread::yield_now();
     }
     let stats = store.stats();
     assert!(
