@@ -30,13 +30,51 @@ pub(crate) fn encode(ints: &[i64], order: u8) -> Vec<u8> {
     out
 }
 
-/// Encodes with whichever of orders 1 and 2 gives fewer bytes. (Both are
-/// encoded: estimating from residual sizes picked the worse order often
-/// enough to cost 2% on the fleet data.)
+/// Encodes with whichever of orders 1 and 2 gives fewer bytes. When the
+/// residuals' bit lengths put one order clearly ahead, that one is used;
+/// a close call is settled by encoding the first [`PROBE`] integers both
+/// ways. (Estimating from bit lengths alone picked the worse order often
+/// enough to cost 2% on the fleet data; encoding the whole column both
+/// ways cost half of a seal's CPU, and the probe costs 0.05% in bytes.)
 pub(crate) fn encode_best(ints: &[i64]) -> Vec<u8> {
-    let a = encode(ints, 1);
-    let b = encode(ints, 2);
-    if b.len() < a.len() { b } else { a }
+    let (first, second) = residual_bits(ints);
+    // Clearly ahead: fewer than 7/8 of the other's bits.
+    let order = if first * 8 < second * 7 {
+        1
+    } else if second * 8 < first * 7 {
+        2
+    } else if ints.len() > 2 * PROBE {
+        let probe = &ints[..PROBE];
+        if encode(probe, 2).len() < encode(probe, 1).len() {
+            2
+        } else {
+            1
+        }
+    } else {
+        let a = encode(ints, 1);
+        let b = encode(ints, 2);
+        return if b.len() < a.len() { b } else { a };
+    };
+    encode(ints, order)
+}
+
+/// Integers of a column's start that settle a close call between orders.
+const PROBE: usize = 64;
+
+/// Total bit lengths of the order-1 and order-2 residual magnitudes, plus
+/// one per residual: a rough cost of each order.
+fn residual_bits(ints: &[i64]) -> (u64, u64) {
+    let bits = |r: i64| u64::from(65 - r.unsigned_abs().leading_zeros());
+    let (mut prev, mut prev_delta) = (0i64, 0i64);
+    let (mut first, mut second) = (0u64, 0u64);
+    for &v in ints {
+        let delta = v.wrapping_sub(prev);
+        first += bits(delta);
+        second += bits(delta.wrapping_sub(prev_delta));
+        prev = v;
+        prev_delta = delta;
+    }
+    (first, second)
 }
 
 /// Decodes `n` integers from `bytes` (all of which belong to the column).
