@@ -9,6 +9,11 @@
 //! window start (zigzag varint), section count, then per section series id,
 //! sample count, first timestamp − window (zigzag), last − first, timestamp
 //! column length, value column length; then all columns in directory order.
+//! An empty timestamp column means the section's samples are evenly spaced
+//! from its first to its last timestamp (a regular scrape interval, the
+//! common case): nothing to code or decode. A non-empty one is never empty
+//! (it holds at least its residual-order byte), so blocks written before
+//! this shortcut read the same.
 
 use std::ops::Range;
 
@@ -52,9 +57,13 @@ pub(crate) fn encode(window: i64, series: &[(u64, &[(i64, f64)])]) -> Vec<u8> {
             let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
                 continue;
             };
-            let ts: Vec<i64> = chunk.iter().map(|s| s.0.wrapping_sub(window)).collect();
             let vs: Vec<f64> = chunk.iter().map(|s| s.1).collect();
-            let ts_col = timestamps::encode(&ts);
+            let ts_col = if evenly_spaced(chunk) {
+                Vec::new()
+            } else {
+                let ts: Vec<i64> = chunk.iter().map(|s| s.0.wrapping_sub(window)).collect();
+                timestamps::encode(&ts)
+            };
             let v_col = values::encode(&vs);
             put_varint(&mut dir, id);
             put_varint(&mut dir, chunk.len() as u64);
@@ -73,6 +82,40 @@ pub(crate) fn encode(window: i64, series: &[(u64, &[(i64, f64)])]) -> Vec<u8> {
     payload.extend(dir);
     payload.extend(data);
     keys::checksummed(&payload)
+}
+
+/// Whether `samples` (sorted, no duplicates) are evenly spaced, so their
+/// timestamps follow from the directory's first, last and count alone.
+fn evenly_spaced(samples: &[(i64, f64)]) -> bool {
+    let (Some(first), Some(second), Some(last)) = (samples.first(), samples.get(1), samples.last()) else {
+        return true;
+    };
+    // The whole span must fit an i64, as the reader computes it.
+    let (Some(step), Some(_)) = (second.0.checked_sub(first.0), last.0.checked_sub(first.0)) else {
+        return false;
+    };
+    step > 0 && samples.windows(2).all(|w| w[1].0.checked_sub(w[0].0) == Some(step))
+}
+
+/// The timestamps of an evenly spaced section (an empty timestamp column):
+/// `count` of them from `min_ts` to `max_ts`.
+fn evenly_spaced_timestamps(s: &SectionMeta) -> Result<Vec<i64>, CodecError> {
+    let span = s.max_ts.wrapping_sub(s.min_ts);
+    let step = match s.count {
+        0 | 1 => 0,
+        n => {
+            let gaps = n as i64 - 1;
+            if span < 0 || span % gaps != 0 {
+                return Err(CodecError::Invalid(
+                    "an evenly spaced section whose span is not a whole number of steps",
+                ));
+            }
+            span / gaps
+        }
+    };
+    Ok((0..s.count as i64)
+        .map(|i| s.min_ts.wrapping_add(i.wrapping_mul(step)))
+        .collect())
 }
 
 /// A block whose checksum and directory were checked; columns are decoded
@@ -129,8 +172,11 @@ impl BlockView<'_> {
     /// Decodes one section's samples.
     pub(crate) fn decode(&self, s: &SectionMeta) -> Result<Vec<(i64, f64)>, BlockError> {
         let col = |r: &Range<usize>| self.data.get(r.clone()).ok_or(codec::CodecError::Truncated);
-        let ts = timestamps::decode(col(&s.ts)?, s.count)?;
         let vs = values::decode(col(&s.values)?, s.count)?;
+        if s.ts.is_empty() {
+            return Ok(evenly_spaced_timestamps(s)?.into_iter().zip(vs).collect());
+        }
+        let ts = timestamps::decode(col(&s.ts)?, s.count)?;
         Ok(ts.into_iter().map(|t| t.wrapping_add(self.window)).zip(vs).collect())
     }
 }
@@ -154,6 +200,39 @@ mod tests {
         assert_eq!(view.decode(&view.sections[0]).unwrap(), a);
         let got = view.decode(&view.sections[1]).unwrap();
         assert!(crate::model::is_stale_marker(got[0].1));
+    }
+
+    #[test]
+    fn evenly_spaced_sections_store_no_timestamps() {
+        let w = 1_767_225_600_000;
+        let even: Vec<(i64, f64)> = (0..720).map(|i| (w + 3 + i * 10_000, i as f64)).collect();
+        let mut jittered = even.clone();
+        jittered[100].0 += 1;
+        let one = [(w + 7, 1.5)];
+        // Steps that overflow an i64 are coded as a column.
+        let extreme = [(i64::MIN, 1.0), (0, 2.0), (i64::MAX - 1, 3.0)];
+        let wide = [(i64::MIN + 1, 1.0), (0, 2.0)];
+        let bytes = encode(w, &[(1, &even), (2, &jittered), (3, &one), (4, &extreme), (5, &wide)]);
+        let view = parse(&bytes).unwrap();
+        let ts_len: Vec<usize> = view.sections.iter().map(|s| s.ts.len()).collect();
+        assert_eq!(ts_len[0], 0, "regular: no column");
+        assert!(ts_len[1] > 0, "jitter needs a column");
+        assert_eq!(ts_len[2], 0, "a single sample needs no column");
+        assert!(ts_len[3] > 0 && ts_len[4] == 0, "{ts_len:?}");
+        let all: [&[(i64, f64)]; 5] = [&even, &jittered, &one, &extreme, &wide];
+        for (s, want) in view.sections.iter().zip(all) {
+            assert_eq!(view.decode(s).unwrap(), want, "series {}", s.series);
+        }
+        // A directory whose span is not a whole number of steps is refused.
+        let bad = SectionMeta {
+            series: 1,
+            count: 3,
+            min_ts: 0,
+            max_ts: 5,
+            ts: 0..0,
+            values: 0..0,
+        };
+        assert!(evenly_spaced_timestamps(&bad).is_err());
     }
 
     #[test]
