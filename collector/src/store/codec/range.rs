@@ -101,6 +101,7 @@ impl Default for Encoder {
 
 impl Encoder {
     /// Codes one bit with an adaptive probability.
+    #[inline(always)]
     pub(crate) fn bit(&mut self, p: &mut Prob, bit: bool) {
         let bound = (self.range >> PROB_BITS) * u32::from(p.p);
         if bit {
@@ -243,15 +244,6 @@ impl Default for IntModel {
 }
 
 impl IntModel {
-    /// The probability for bit `pos` of an integer of bit length `len`.
-    fn mantissa_prob(&mut self, len: usize, pos: usize) -> &mut Prob {
-        // len >= 2 here and pos < len - 1, so the index is 0 or 1.
-        match (len - 2).checked_sub(pos) {
-            Some(below_top) if below_top < 2 => &mut self.shape[len][below_top],
-            _ => &mut self.low[pos],
-        }
-    }
-
     /// Codes `v`: magnitude length, sign, then the magnitude's lower bits.
     /// (Sign apart from magnitude rather than zigzag, so that a column
     /// moving by ±k·2^n keeps its n zero low bits whatever the sign.)
@@ -263,7 +255,8 @@ impl IntModel {
         let mut node = 1usize;
         for i in (0..6).rev() {
             let bit = (leaf >> i) & 1 == 1;
-            enc.bit(&mut tree[node], bit);
+            // node < 64 throughout; the mask lets the compiler drop the bounds check.
+            enc.bit(&mut tree[node & 63], bit);
             node = (node << 1) | usize::from(bit);
         }
         if leaf == 63 {
@@ -271,11 +264,20 @@ impl IntModel {
         }
         if len > 0 {
             enc.bit(&mut self.sign[self.prev_sign], v < 0);
+            // The two bits below the top one with the per-length shape
+            // probabilities, the rest with per-position ones.
+            let shape = &mut self.shape[len];
+            if len >= 2 {
+                enc.bit(&mut shape[0], (u >> (len - 2)) & 1 == 1);
+            }
+            if len >= 3 {
+                enc.bit(&mut shape[1], (u >> (len - 3)) & 1 == 1);
+            }
+            for pos in (0..len.saturating_sub(3)).rev() {
+                enc.bit(&mut self.low[pos & 63], (u >> pos) & 1 == 1);
+            }
         }
         self.prev_sign = usize::from(v >= 0) + usize::from(v > 0);
-        for pos in (0..len.saturating_sub(1)).rev() {
-            enc.bit(self.mantissa_prob(len, pos), (u >> pos) & 1 == 1);
-        }
         self.prev_len = len;
     }
 
@@ -299,9 +301,8 @@ impl IntModel {
             negative = dec.bit(&mut self.sign[self.prev_sign]);
             u = 1u64 << (len - 1);
             // The two bits below the top one are coded with the per-length
-            // shape probabilities, the rest with per-position ones (see
-            // `mantissa_prob`); unrolled here so the loop below has no
-            // branch on the position.
+            // shape probabilities, the rest with per-position ones;
+            // unrolled so the loop below has no branch on the position.
             let shape = &mut self.shape[len];
             if len >= 2 && dec.bit(&mut shape[0]) {
                 u |= 1 << (len - 2);
