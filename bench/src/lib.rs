@@ -19,7 +19,7 @@ pub async fn stream_host(
     host: String,
     agent_version: &str,
     defs: Vec<SeriesDefinition>,
-    batches: Vec<(i64, Vec<u32>, Vec<f64>)>,
+    batches: Vec<(i64, Vec<u32>, Vec<i64>, Vec<f64>)>,
 ) -> anyhow::Result<()> {
     let last_seq = batches.len() as u64;
     let mut client = IngestClient::connect(format!("http://{grpc}"))
@@ -38,13 +38,13 @@ pub async fn stream_host(
     let (_done, done_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let mut defs = Some(defs);
-        for (i, (ts, refs, values)) in batches.into_iter().enumerate() {
+        for (i, (ts, refs, timestamp_deltas_ms, values)) in batches.into_iter().enumerate() {
             let batch = Batch {
                 seq: i as u64 + 1,
                 new_series: defs.take().unwrap_or_default(),
                 base_timestamp_ms: ts,
                 refs,
-                timestamp_deltas_ms: Vec::new(),
+                timestamp_deltas_ms,
                 values,
                 events: Vec::new(),
                 ..Default::default()

@@ -310,7 +310,7 @@ async fn stream_host(grpc: SocketAddr, host: String, n: u32, samples: u32, first
         .map(|s| {
             let ts = first_ts + i64::from(s) * 10_000;
             let values = (0..n).map(|i| f64::from(i % 1000) + f64::from(s)).collect();
-            (ts, (0..n).collect(), values)
+            (ts, (0..n).collect(), Vec::new(), values)
         })
         .collect();
     hostpulse_bench::stream_host(grpc, host, "series-ram-bench", defs, batches).await

@@ -56,6 +56,10 @@ struct Args {
     /// Only these loads (import, grpc, victoria-metrics, prometheus)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Scrape cycles per gRPC batch: 1 is a live agent (one batch per
+    /// interval); more is an agent resending a backlog from its spool
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    cycles_per_batch: u32,
 }
 
 /// One load's figures.
@@ -112,7 +116,12 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("grpc") {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        results.push(runtime.block_on(hostpulse_grpc(&collector, &data, &work.join("hostpulse-grpc")))?);
+        results.push(runtime.block_on(hostpulse_grpc(
+            &collector,
+            &data,
+            &work.join("hostpulse-grpc"),
+            args.cycles_per_batch,
+        ))?);
     }
     if wanted("victoria-metrics") {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -435,8 +444,13 @@ impl Server {
     }
 }
 
-async fn hostpulse_grpc(collector: &Path, data: &FleetData, dir: &Path) -> anyhow::Result<Figures> {
-    eprintln!("hostpulse: gRPC, one stream per host, durable acks ...");
+async fn hostpulse_grpc(
+    collector: &Path,
+    data: &FleetData,
+    dir: &Path,
+    cycles_per_batch: u32,
+) -> anyhow::Result<Figures> {
+    eprintln!("hostpulse: gRPC, one stream per host, durable acks, {cycles_per_batch} cycle(s) per batch ...");
     // Each simulated host replays 12 hours as fast as the collector takes
     // them, far above the per-host rate limit meant for live agents, so
     // the limit is lifted for this run.
@@ -482,10 +496,26 @@ async fn hostpulse_grpc(collector: &Path, data: &FleetData, dir: &Path) -> anyho
     let started = Instant::now();
     let mut tasks = Vec::new();
     for host in &data.hosts {
-        let batches: Vec<(i64, Vec<u32>, Vec<f64>)> = host
-            .cycles
-            .iter()
-            .map(|(ts, (refs, values))| (*ts, refs.clone(), values.clone()))
+        let per = cycles_per_batch as usize;
+        let cycles: Vec<_> = host.cycles.iter().collect();
+        let batches: Vec<(i64, Vec<u32>, Vec<i64>, Vec<f64>)> = cycles
+            .chunks(per)
+            .map(|chunk| {
+                let base = *chunk[0].0;
+                let mut refs = Vec::new();
+                let mut deltas = Vec::new();
+                let mut values = Vec::new();
+                for (ts, (r, v)) in chunk {
+                    refs.extend_from_slice(r);
+                    values.extend_from_slice(v);
+                    deltas.extend(std::iter::repeat_n(**ts - base, r.len()));
+                }
+                // One cycle: every sample at the base timestamp, as an agent sends it.
+                if per == 1 {
+                    deltas.clear();
+                }
+                (base, refs, deltas, values)
+            })
             .collect();
         tasks.push(tokio::spawn(hostpulse_bench::stream_host(
             grpc,
@@ -513,7 +543,11 @@ async fn hostpulse_grpc(collector: &Path, data: &FleetData, dir: &Path) -> anyho
     )?;
     Ok(Figures {
         system: "hostpulse",
-        how: "gRPC, durable acks",
+        how: if cycles_per_batch == 1 {
+            "gRPC, durable acks"
+        } else {
+            "gRPC, durable acks, several cycles per batch"
+        },
         samples: data.samples,
         seconds,
         disk: disk_usage(dir)?,
