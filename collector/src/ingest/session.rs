@@ -111,6 +111,20 @@ pub struct Session {
     acked: u64,
     /// Decoder of this stream's compact batches (see `super::wire`).
     wire: super::wire::WireDecoder,
+    /// How the last plain batch's refs resolved, reused while an agent
+    /// sends the same refs in the same order every cycle (see [`Plan`]).
+    plan: Option<Plan>,
+}
+
+/// The store ids of a batch whose refs were all stored and pairwise
+/// distinct (as ids too), one sample each: an agent's steady cycle. A
+/// stored ref never changes its id within a session (a redefinition is
+/// refused), so a later batch with the very same refs resolves the same
+/// way without a lookup per sample.
+#[derive(Debug)]
+struct Plan {
+    refs: Vec<u32>,
+    ids: Vec<u64>,
 }
 
 impl Session {
@@ -122,6 +136,7 @@ impl Session {
             hasher: RandomState::new(),
             acked: 0,
             wire: Default::default(),
+            plan: None,
         }
     }
 
@@ -169,6 +184,13 @@ impl Session {
                 "batch {seq}: {total} series on this stream, more than the limit of {}",
                 limits.max_series_per_stream
             )));
+        }
+        if batch.new_series.is_empty()
+            && batch.timestamp_deltas_ms.is_empty()
+            && let Some(plan) = &self.plan
+            && plan.refs == batch.refs
+        {
+            return Ok(prepare_planned(plan, &batch, limits, now_ms));
         }
 
         let mut defined: HashMap<u32, Labels> = HashMap::new();
@@ -289,8 +311,27 @@ impl Session {
                 refs.aliases.push((position, r));
             }
         }
+        let plan = (defined.is_empty()
+            && batch.timestamp_deltas_ms.is_empty()
+            && slots.len() == batch.refs.len())
+        .then(|| {
+            slots
+                .iter()
+                .map(|(key, _)| match key {
+                    SlotKey::Id(id) => Some(*id),
+                    SlotKey::Labels(_) => None,
+                })
+                .collect::<Option<Vec<u64>>>()
+        })
+        .flatten();
         self.refs
             .extend(defined.into_iter().map(|(r, labels)| (r, SeriesRef::Pending(labels))));
+        if let Some(ids) = plan {
+            self.plan = Some(Plan {
+                refs: batch.refs.clone(),
+                ids,
+            });
+        }
         Ok(Prepared {
             seq,
             batch: out,
@@ -369,6 +410,39 @@ impl Session {
 
 /// How a prepared batch names a series to the store (borrowing the
 /// session's labels until the batch is built).
+/// [`Session::prepare`] of a plain batch (no definitions, every sample at
+/// the base timestamp) whose refs are `plan.refs`: each sample is its own
+/// series, named by its stored id, in batch order, which is what the
+/// general path yields for such a batch.
+fn prepare_planned(plan: &Plan, batch: &Batch, limits: &IngestLimits, now_ms: i64) -> Prepared {
+    let oldest = now_ms.saturating_sub(limits.max_past_ms);
+    let newest = now_ms.saturating_add(limits.max_future_ms);
+    let ts = batch.base_timestamp_ms;
+    let mut dropped = DroppedSamples::default();
+    let mut out = AppendBatch::with_capacity(plan.ids.len(), plan.ids.len());
+    let mut refs = BatchRefs::default();
+    refs.first.reserve(plan.ids.len());
+    if ts < oldest || ts > newest {
+        dropped.out_of_range = batch.values.len();
+    } else {
+        for ((&id, &r), &value) in plan.ids.iter().zip(&plan.refs).zip(&batch.values) {
+            if !value.is_finite() && !is_stale_marker(value) {
+                dropped.non_finite += 1;
+                continue;
+            }
+            refs.first.push(r);
+            out.begin(SeriesKey::Id(id));
+            out.sample(ts, value);
+        }
+    }
+    Prepared {
+        seq: batch.seq,
+        batch: out,
+        refs,
+        dropped,
+    }
+}
+
 #[derive(Clone, Copy)]
 enum SlotKey<'a> {
     Id(u64),
@@ -614,5 +688,52 @@ mod tests {
         assert_eq!(samples.len(), 2);
         assert!(is_stale_marker(samples[1].1));
         assert!(p.dropped.describe(1).contains("dropped 4 samples"));
+    }
+
+    /// A steady cycle (same refs, all stored, one sample each) skips the
+    /// per-sample lookups and must prepare exactly what the general path
+    /// does, dropped samples included; a change of refs falls back.
+    #[test]
+    fn a_repeated_cycle_prepares_like_the_general_path() {
+        let plain = |seq: u64, ts: i64, samples: &[(u32, f64)]| Batch {
+            seq,
+            base_timestamp_ms: ts,
+            refs: samples.iter().map(|s| s.0).collect(),
+            values: samples.iter().map(|s| s.1).collect(),
+            ..Default::default()
+        };
+        let stale = f64::from_bits(STALE_NAN_BITS);
+        let defs = vec![def(7, "a", &[]), def(3, "b", &[]), def(9, "c", &[])];
+        let setup = |s: &mut Session| {
+            let p = check(s, batch(1, defs.clone(), &[(7, 0, 1.0), (3, 0, 2.0), (9, 0, 3.0)])).unwrap();
+            s.stored(&p.refs, &[(0, 70), (1, 30), (2, 90)]);
+        };
+        let (mut planned, mut fresh) = (Session::new("h".into()), Session::new("h".into()));
+        setup(&mut planned);
+        // The first plain batch takes the general path and leaves a plan.
+        check(&mut planned, plain(2, NOW, &[(7, 1.0), (3, 2.0), (9, 3.0)])).unwrap();
+        assert!(planned.plan.is_some());
+        let cases = [
+            plain(3, NOW + 10, &[(7, 4.0), (3, f64::NAN), (9, stale)]),
+            plain(4, NOW + 10 * 86_400_000, &[(7, 4.0), (3, 5.0), (9, 6.0)]),
+            plain(5, NOW + 20, &[(7, f64::INFINITY), (3, -0.0), (9, 6.5)]),
+        ];
+        for b in cases {
+            setup(&mut fresh);
+            fresh.plan = None;
+            let want = check(&mut fresh, b.clone()).unwrap();
+            let got = check(&mut planned, b).unwrap();
+            assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        }
+        // Other refs (or order) go the general way, and still resolve.
+        let p = check(&mut planned, plain(6, NOW + 30, &[(9, 1.0), (7, 2.0)])).unwrap();
+        assert_eq!(p.batch.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), [SeriesKey::Id(90), SeriesKey::Id(70)]);
+        assert_eq!(planned.plan.as_ref().unwrap().refs, [9, 7]);
+        // Two refs naming one id leave no plan.
+        let mut dup = Session::new("h".into());
+        let p = check(&mut dup, batch(1, vec![def(1, "a", &[]), def(2, "a", &[])], &[(1, 0, 1.0)])).unwrap();
+        dup.stored(&p.refs, &[(0, 5)]);
+        check(&mut dup, plain(2, NOW, &[(1, 1.0), (2, 2.0)])).unwrap();
+        assert!(dup.plan.is_none());
     }
 }
