@@ -95,12 +95,14 @@ pub(crate) fn encode(values: &[f64]) -> Vec<u8> {
         out.extend(ints::encode_best(&ints));
         out
     });
-    let gorilla = {
+    // Gorilla XOR pays for values with many digits; likewise not tried
+    // for short clean decimals.
+    let gorilla = raw_bits.is_some().then(|| {
         let mut out = vec![TAG_GORILLA];
         out.extend(gorilla::encode(values));
         out
-    };
-    [decimal, raw_bits, Some(gorilla)]
+    });
+    [decimal, raw_bits, gorilla]
         .into_iter()
         .flatten()
         .min_by_key(Vec::len)
