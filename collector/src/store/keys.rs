@@ -102,7 +102,7 @@ const WAL_PART_BYTES: usize = 48 * 1024;
 
 /// One group commit's samples as checksummed WAL parts, all to be written
 /// in the same atomic batch.
-pub(crate) fn wal_parts(lsn: u64, entries: &[(u64, Vec<(i64, f64)>)]) -> Vec<(WalKey, Vec<u8>)> {
+pub(crate) fn wal_parts<S: AsRef<[(i64, f64)]>>(lsn: u64, entries: &[(u64, S)]) -> Vec<(WalKey, Vec<u8>)> {
     let mut parts = Vec::new();
     // Borrowed chunks: the samples are encoded once, never copied.
     let mut current: Vec<(u64, &[(i64, f64)])> = Vec::new();
@@ -115,7 +115,7 @@ pub(crate) fn wal_parts(lsn: u64, entries: &[(u64, Vec<(i64, f64)>)]) -> Vec<(Wa
         }
     };
     for (id, samples) in entries {
-        for chunk in samples.chunks(WAL_PART_SAMPLES) {
+        for chunk in samples.as_ref().chunks(WAL_PART_SAMPLES) {
             // An estimate (four bytes per sample, see `encode_wal`) keeps
             // encoding to once.
             size += 16 + chunk.len() * 4;
@@ -315,8 +315,11 @@ pub(crate) fn decode_wal(mut bytes: &[u8]) -> Result<WalEntries, StoreError> {
         }
         let v_len = get_len(&mut bytes, usize::MAX).map_err(bad)?;
         let vs = if v_len == 0 && n > 0 {
-            let raw = take(&mut bytes, n.checked_mul(8).ok_or_else(|| corrupt("WAL record: count".into()))?)
-                .map_err(bad)?;
+            let raw = take(
+                &mut bytes,
+                n.checked_mul(8).ok_or_else(|| corrupt("WAL record: count".into()))?,
+            )
+            .map_err(bad)?;
             raw.chunks_exact(8)
                 .map(|b| {
                     let mut a = [0u8; 8];
@@ -603,7 +606,7 @@ mod tests {
         }
         let ones: Vec<(i64, f64)> = got.iter().filter(|e| e.0 == 1).flat_map(|e| e.1.clone()).collect();
         assert_eq!(ones, big);
-        assert!(wal_parts(1, &[]).is_empty());
+        assert!(wal_parts::<Vec<(i64, f64)>>(1, &[]).is_empty());
     }
 
     #[test]

@@ -121,9 +121,13 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
     let mut staged_hosts: HashMap<&str, HostEntry> = HashMap::new();
     // The WAL record: accepted samples per series, in arrival order, with
     // each series' group (only needed, and only computed, for a series
-    // without a head yet).
-    let mut wal: Vec<(u64, Vec<(i64, f64)>)> = Vec::new();
+    // without a head yet). Staged flat, tagged with the series' slot, and
+    // put in series order once at the end: a live agent's batch holds one
+    // sample per series, and a vector per series was an allocation and a
+    // free per sample.
+    let mut wal_ids: Vec<u64> = Vec::new();
     let mut wal_group: Vec<u64> = Vec::new();
+    let mut flat: Vec<(u32, i64, f64)> = Vec::with_capacity(group.iter().map(|r| r.series.sample_count()).sum());
     // Per series in this group: its slot in `wal` and the highest accepted
     // timestamp so far. One lookup per series and request, none per sample.
     let mut staged: FastMap<u64, (usize, Option<i64>)> = FastMap::default();
@@ -212,17 +216,15 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
                 };
                 let (slot, max) = staged.entry(id).or_insert_with(|| {
                     let head_max = heads.max_ts(id);
-                    wal.push((id, Vec::with_capacity(series_samples.len())));
+                    wal_ids.push(id);
                     wal_group.push(match (head_max, key) {
                         (Some(_), _) => 0,
                         (None, SeriesKey::Labels(labels)) => keys::group_hash(labels.get("instance")),
                         (None, SeriesKey::Id(id)) => index.value_of(*id, "instance").map_or(0, keys::group_hash),
                     });
-                    (wal.len() - 1, head_max)
+                    (wal_ids.len() - 1, head_max)
                 });
-                let Some((_, list)) = wal.get_mut(*slot) else {
-                    continue;
-                };
+                let slot = u32::try_from(*slot).unwrap_or(u32::MAX);
                 for &(ts, v) in series_samples {
                     if let Some(m) = *max
                         && ts < m.saturating_sub(ooo)
@@ -231,7 +233,7 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
                         continue;
                     }
                     *max = Some(max.map_or(ts, |m| m.max(ts)));
-                    list.push((ts, v));
+                    flat.push((slot, ts, v));
                     newest = newest.max(ts);
                     samples += 1;
                 }
@@ -262,6 +264,16 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
             batch.insert(&keys::series_key(*first), keys::encode_series_page(&labels));
         }
     }
+    let by_series = by_series(&flat, wal_ids.len());
+    let wal: Vec<WalEntry<'_>> = wal_ids
+        .iter()
+        .zip(by_series.ends.iter().scan(0, |start, &end| {
+            let run = by_series.samples.get(*start..end).unwrap_or_default();
+            *start = end;
+            Some(run)
+        }))
+        .map(|(&id, run)| (id, run))
+        .collect();
     let mut wal_keys = Vec::new();
     for record in wal_records(&wal) {
         if record.iter().all(|(_, samples)| samples.is_empty()) {
@@ -349,12 +361,48 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
 const WAL_RECORD_BYTES: usize = 7 * 1024;
 
 /// One series' samples in a WAL record.
-type WalEntry = (u64, Vec<(i64, f64)>);
+type WalEntry<'a> = (u64, &'a [(i64, f64)]);
+
+/// A commit's samples put in series order: series `i`'s run ends at
+/// `ends[i]` of `samples`.
+struct BySeries {
+    samples: Vec<(i64, f64)>,
+    ends: Vec<usize>,
+}
+
+/// Orders `flat` (slot, timestamp, value) samples by slot, keeping arrival
+/// order within a slot (a counting sort: two passes, no comparison); slots
+/// at or past `slots` are dropped.
+fn by_series(flat: &[(u32, i64, f64)], slots: usize) -> BySeries {
+    let mut ends = vec![0usize; slots];
+    for &(slot, _, _) in flat {
+        if let Some(n) = ends.get_mut(slot as usize) {
+            *n += 1;
+        }
+    }
+    // Counts become each run's start; filling advances them to its end.
+    let mut total = 0;
+    for n in &mut ends {
+        let count = *n;
+        *n = total;
+        total += count;
+    }
+    let mut samples = vec![(0i64, 0f64); total];
+    for &(slot, ts, v) in flat {
+        if let Some(at) = ends.get_mut(slot as usize) {
+            if let Some(dst) = samples.get_mut(*at) {
+                *dst = (ts, v);
+            }
+            *at += 1;
+        }
+    }
+    BySeries { samples, ends }
+}
 
 /// Cuts a commit's WAL entries into records of about [`WAL_RECORD_BYTES`]
 /// (a series with more samples than fit is a record of its own; its parts
 /// are cut by `keys::wal_parts`).
-fn wal_records(wal: &[WalEntry]) -> Vec<&[WalEntry]> {
+fn wal_records<'w, 'a>(wal: &'w [WalEntry<'a>]) -> Vec<&'w [WalEntry<'a>]> {
     let mut records = Vec::new();
     let (mut from, mut size) = (0, 0);
     for (i, (_, samples)) in wal.iter().enumerate() {
@@ -396,13 +444,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn samples_go_in_series_order_keeping_arrival_order() {
+        let flat = [
+            (2, 10, 1.0),
+            (0, 5, 2.0),
+            (2, 7, 3.0),
+            (1, 1, 4.0),
+            (0, 6, 5.0),
+            (9, 0, 6.0),
+        ];
+        let b = by_series(&flat, 3);
+        assert_eq!(b.ends, [2, 3, 5]);
+        assert_eq!(
+            b.samples,
+            [(5, 2.0), (6, 5.0), (1, 4.0), (10, 1.0), (7, 3.0)],
+            "slot 9 is past the slots"
+        );
+        let empty = by_series(&[], 2);
+        assert_eq!((empty.ends, empty.samples.len()), (vec![0, 0], 0));
+    }
+
+    #[test]
     fn wal_records_keep_every_entry_in_order_within_the_size() {
         let entry = |id: u64, n: usize| (id, (0..n as i64).map(|t| (t, 1.0)).collect::<Vec<_>>());
         // 133 series of one sample (a 10 s agent cycle) x 20 hosts, then a
         // series bigger than a record on its own, then a few small ones.
-        let mut wal: Vec<(u64, Vec<(i64, f64)>)> = (0..2660).map(|id| entry(id, 1)).collect();
-        wal.push(entry(9000, 5000));
-        wal.extend((9001..9004).map(|id| entry(id, 3)));
+        let mut owned: Vec<(u64, Vec<(i64, f64)>)> = (0..2660).map(|id| entry(id, 1)).collect();
+        owned.push(entry(9000, 5000));
+        owned.extend((9001..9004).map(|id| entry(id, 3)));
+        let wal: Vec<WalEntry<'_>> = owned.iter().map(|(id, s)| (*id, s.as_slice())).collect();
         let records = wal_records(&wal);
         let flat: Vec<u64> = records.iter().flat_map(|r| r.iter().map(|(id, _)| *id)).collect();
         assert_eq!(flat, wal.iter().map(|(id, _)| *id).collect::<Vec<_>>());
