@@ -50,10 +50,10 @@ impl Default for Prob {
 /// (the error `x·(RECIPROCAL[d]·d − 2^32)/2^32` stays below `1/d` while
 /// `x·d < 2^32`). The update below runs once per coded bit, and a hardware
 /// division there was most of the decoder's time.
-const RECIPROCAL: [u64; RATE_LIMIT as usize + 3] = {
-    let mut t = [0u64; RATE_LIMIT as usize + 3];
+const RECIPROCAL: [u64; 64] = {
+    let mut t = [0u64; 64];
     let mut d = 1;
-    while d < t.len() {
+    while d < RATE_LIMIT as usize + 3 {
         t[d] = (1u64 << 32) / d as u64 + 1;
         d += 1;
     }
@@ -67,7 +67,9 @@ impl Prob {
     #[inline(always)]
     fn update(&mut self, bit: bool) {
         let p = u32::from(self.p);
-        let recip = RECIPROCAL[usize::from(self.seen) + 2];
+        // seen <= RATE_LIMIT, so the mask never changes the index; it
+        // lets the compiler drop the bounds check.
+        let recip = RECIPROCAL[(usize::from(self.seen) + 2) & 63];
         let next = if bit {
             p - ((u64::from(p) * recip) >> 32) as u32
         } else {
