@@ -69,34 +69,41 @@ pub(crate) fn decode(bytes: &[u8], n: usize) -> Result<Vec<f64>, CodecError> {
     Ok(out)
 }
 
-/// Most-significant-first bit packing.
+/// Most-significant-first bit packing through a 64-bit accumulator.
 #[derive(Default)]
 struct BitWriter {
     out: Vec<u8>,
-    used: u32,
+    /// The low `pending` bits are written but not yet in `out` (< 8).
+    acc: u64,
+    pending: u32,
 }
 
 impl BitWriter {
-    /// Writes the low `n` (0..=64) bits of `v`, up to a byte at a time.
+    /// Writes the low `n` (0..=64) bits of `v`.
     fn put(&mut self, v: u64, n: u32) {
-        let mut remaining = n;
-        while remaining > 0 {
-            let used_in_byte = self.used % 8;
-            if used_in_byte == 0 {
-                self.out.push(0);
-            }
-            let free = 8 - used_in_byte;
-            let take = free.min(remaining);
-            let bits = (v >> (remaining - take)) & ((1u64 << take) - 1);
-            if let Some(last) = self.out.last_mut() {
-                *last |= (bits << (free - take)) as u8;
-            }
-            self.used += take;
-            remaining -= take;
+        if n > 32 {
+            self.put(v >> 32, n - 32);
+            self.put(v & 0xFFFF_FFFF, 32);
+            return;
+        }
+        if n == 0 {
+            return;
+        }
+        // At most 7 + 32 bits are pending after this, so nothing valid is
+        // shifted out of the accumulator.
+        self.acc = (self.acc << n) | (v & ((1u64 << n) - 1));
+        self.pending += n;
+        while self.pending >= 8 {
+            self.pending -= 8;
+            self.out.push((self.acc >> self.pending) as u8);
         }
     }
 
-    fn finish(self) -> Vec<u8> {
+    /// The bytes, the last one padded with zero bits.
+    fn finish(mut self) -> Vec<u8> {
+        if self.pending > 0 {
+            self.out.push((self.acc << (8 - self.pending)) as u8);
+        }
         self.out
     }
 }
@@ -107,13 +114,19 @@ struct BitReader<'a> {
 }
 
 impl BitReader<'_> {
-    /// Reads `n` (0..=64) bits.
+    /// Reads `n` (0..=64) bits, up to a byte at a time.
     fn get(&mut self, n: u32) -> Result<u64, CodecError> {
         let mut v = 0u64;
-        for _ in 0..n {
+        let mut remaining = n;
+        while remaining > 0 {
             let byte = self.bytes.get(self.pos / 8).ok_or(CodecError::Truncated)?;
-            v = (v << 1) | u64::from((byte >> (7 - self.pos % 8)) & 1);
-            self.pos += 1;
+            let left_in_byte = 8 - (self.pos % 8) as u32;
+            let take = left_in_byte.min(remaining);
+            let bits = (u64::from(*byte) >> (left_in_byte - take)) & ((1u64 << take) - 1);
+            // take <= 8, so for a 64-bit read the first shift is of zero bits.
+            v = (v << take) | bits;
+            self.pos += take as usize;
+            remaining -= take;
         }
         Ok(v)
     }
@@ -123,6 +136,40 @@ impl BitReader<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The bit layout is on disk: the accumulator writer and the bytewise
+    /// reader must match a bit-at-a-time reference exactly.
+    #[test]
+    fn packing_matches_a_bit_at_a_time_reference() {
+        let mut rng = super::super::proptests_rng(7);
+        for _ in 0..200 {
+            let fields: Vec<(u64, u32)> = (0..rng.below(40))
+                .map(|_| {
+                    let n = rng.below(65) as u32;
+                    (rng.next(), n)
+                })
+                .collect();
+            let mut w = BitWriter::default();
+            let mut reference: Vec<bool> = Vec::new();
+            for &(v, n) in &fields {
+                w.put(v, n);
+                reference.extend((0..n).rev().map(|i| (v >> i) & 1 == 1));
+            }
+            let bytes = w.finish();
+            let mut want = vec![0u8; reference.len().div_ceil(8)];
+            for (i, &bit) in reference.iter().enumerate() {
+                if bit {
+                    want[i / 8] |= 0x80 >> (i % 8);
+                }
+            }
+            assert_eq!(bytes, want);
+            let mut r = BitReader { bytes: &bytes, pos: 0 };
+            for &(v, n) in &fields {
+                let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+                assert_eq!(r.get(n).unwrap(), v & mask, "{n} bits");
+            }
+        }
+    }
 
     #[test]
     fn bit_patterns_survive() {
