@@ -311,19 +311,17 @@ impl Session {
                 refs.aliases.push((position, r));
             }
         }
-        let plan = (defined.is_empty()
-            && batch.timestamp_deltas_ms.is_empty()
-            && slots.len() == batch.refs.len())
-        .then(|| {
-            slots
-                .iter()
-                .map(|(key, _)| match key {
-                    SlotKey::Id(id) => Some(*id),
-                    SlotKey::Labels(_) => None,
-                })
-                .collect::<Option<Vec<u64>>>()
-        })
-        .flatten();
+        let plan = (defined.is_empty() && batch.timestamp_deltas_ms.is_empty() && slots.len() == batch.refs.len())
+            .then(|| {
+                slots
+                    .iter()
+                    .map(|(key, _)| match key {
+                        SlotKey::Id(id) => Some(*id),
+                        SlotKey::Labels(_) => None,
+                    })
+                    .collect::<Option<Vec<u64>>>()
+            })
+            .flatten();
         self.refs
             .extend(defined.into_iter().map(|(r, labels)| (r, SeriesRef::Pending(labels))));
         if let Some(ids) = plan {
@@ -727,11 +725,18 @@ mod tests {
         }
         // Other refs (or order) go the general way, and still resolve.
         let p = check(&mut planned, plain(6, NOW + 30, &[(9, 1.0), (7, 2.0)])).unwrap();
-        assert_eq!(p.batch.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), [SeriesKey::Id(90), SeriesKey::Id(70)]);
+        assert_eq!(
+            p.batch.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            [SeriesKey::Id(90), SeriesKey::Id(70)]
+        );
         assert_eq!(planned.plan.as_ref().unwrap().refs, [9, 7]);
         // Two refs naming one id leave no plan.
         let mut dup = Session::new("h".into());
-        let p = check(&mut dup, batch(1, vec![def(1, "a", &[]), def(2, "a", &[])], &[(1, 0, 1.0)])).unwrap();
+        let p = check(
+            &mut dup,
+            batch(1, vec![def(1, "a", &[]), def(2, "a", &[])], &[(1, 0, 1.0)]),
+        )
+        .unwrap();
         dup.stored(&p.refs, &[(0, 5)]);
         check(&mut dup, plain(2, NOW, &[(1, 1.0), (2, 2.0)])).unwrap();
         assert!(dup.plan.is_none());
