@@ -70,11 +70,10 @@ impl Prob {
         // seen <= RATE_LIMIT, so the mask never changes the index; it
         // lets the compiler drop the bounds check.
         let recip = RECIPROCAL[(usize::from(self.seen) + 2) & 63];
-        let next = if bit {
-            p - ((u64::from(p) * recip) >> 32) as u32
-        } else {
-            p + ((u64::from(PROB_ONE as u32 - p) * recip) >> 32) as u32
-        };
+        // Both directions computed and one chosen, so no branch on the bit.
+        let down = p - ((u64::from(p) * recip) >> 32) as u32;
+        let up = p + ((u64::from(PROB_ONE as u32 - p) * recip) >> 32) as u32;
+        let next = if bit { down } else { up };
         self.p = next.clamp(PROB_MARGIN as u32, (PROB_ONE - PROB_MARGIN) as u32) as u16;
         self.seen = (self.seen + 1).min(RATE_LIMIT);
     }
@@ -106,12 +105,11 @@ impl Encoder {
     #[inline(always)]
     pub(crate) fn bit(&mut self, p: &mut Prob, bit: bool) {
         let bound = (self.range >> PROB_BITS) * u32::from(p.p);
-        if bit {
-            self.low += u64::from(bound);
-            self.range -= bound;
-        } else {
-            self.range = bound;
-        }
+        // Without branches on the bit: mantissa bits are close to random,
+        // and a mispredicted branch per bit was most of the encoder's time.
+        let mask = u32::from(bit).wrapping_neg();
+        self.low += u64::from(bound & mask);
+        self.range = (bound & !mask) | (self.range.wrapping_sub(bound) & mask);
         p.update(bit);
         while self.range < TOP {
             self.range <<= 8;
@@ -189,12 +187,10 @@ impl<'a> Decoder<'a> {
     pub(crate) fn bit(&mut self, p: &mut Prob) -> bool {
         let bound = (self.range >> PROB_BITS) * u32::from(p.p);
         let bit = self.code >= bound;
-        if bit {
-            self.code = self.code.wrapping_sub(bound);
-            self.range -= bound;
-        } else {
-            self.range = bound;
-        }
+        // Branch-free, as in the encoder.
+        let mask = u32::from(bit).wrapping_neg();
+        self.code = self.code.wrapping_sub(bound & mask);
+        self.range = (bound & !mask) | (self.range.wrapping_sub(bound) & mask);
         p.update(bit);
         // Probabilities stay >= PROB_MARGIN/PROB_ONE, so at most two bytes
         // are ever needed; the loop runs zero times for most bits.
