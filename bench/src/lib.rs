@@ -10,16 +10,20 @@ use hostpulse_proto::{AgentMessage, Batch, Hello, SeriesDefinition, agent_messag
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+/// One batch's columns: base timestamp, refs, timestamp deltas (empty: every
+/// sample at the base) and values.
+pub type BatchColumns = (i64, Vec<u32>, Vec<i64>, Vec<f64>);
+
 /// One simulated agent over the real `hostpulse.v1` protocol: a Hello
-/// (`agent_version` names the benchmark), then `batches` of `(timestamp,
-/// refs, values)` in order, the first carrying `defs`; returns once the
-/// last batch is acknowledged (acks are durable).
+/// (`agent_version` names the benchmark), then `batches` in order, the
+/// first carrying `defs`; returns once the last batch is acknowledged
+/// (acks are durable).
 pub async fn stream_host(
     grpc: SocketAddr,
     host: String,
     agent_version: &str,
     defs: Vec<SeriesDefinition>,
-    batches: Vec<(i64, Vec<u32>, Vec<i64>, Vec<f64>)>,
+    batches: Vec<BatchColumns>,
 ) -> anyhow::Result<()> {
     let last_seq = batches.len() as u64;
     let mut client = IngestClient::connect(format!("http://{grpc}"))

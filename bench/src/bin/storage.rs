@@ -498,7 +498,7 @@ async fn hostpulse_grpc(
     for host in &data.hosts {
         let per = cycles_per_batch as usize;
         let cycles: Vec<_> = host.cycles.iter().collect();
-        let batches: Vec<(i64, Vec<u32>, Vec<i64>, Vec<f64>)> = cycles
+        let batches: Vec<hostpulse_bench::BatchColumns> = cycles
             .chunks(per)
             .map(|chunk| {
                 let base = *chunk[0].0;
