@@ -107,10 +107,16 @@ pub struct IngestLimits {
     pub refused_bytes_per_second_per_host: f64,
     /// Refused bytes a host may send before its streams are slowed down.
     pub refused_bytes_burst_per_host: f64,
-    /// Bytes (encoded) of batches being validated or waiting for their
-    /// flush, over all streams. A batch that does not fit is refused the
-    /// same way as a rate-limited one, so overload sheds load instead of
-    /// growing memory.
+    /// Memory that received batches may hold, over all streams, from the
+    /// moment their frame arrives until they are durable
+    /// (`[ingest] max_inflight_mb`). Three quarters are the in-flight
+    /// budget proper: each frame is charged, before it is decoded, what
+    /// it will hold decoded and prepared ([`budget::HeapTally`]), an
+    /// eighth of it kept for batches that define no series. The last
+    /// quarter holds frames waiting, undecoded and in line, for room in
+    /// it; a frame that finds both full is refused the same way as a
+    /// rate-limited batch, so overload sheds load instead of growing
+    /// memory.
     pub max_inflight_bytes: usize,
 }
 
@@ -154,6 +160,8 @@ pub struct IngestService {
     refused: Arc<HostRates>,
     fairness: Arc<WriterFairness>,
     inflight: InflightBudget,
+    /// Room for frames waiting for the in-flight budget, in their bytes.
+    waiting: InflightBudget,
 }
 
 impl IngestService {
@@ -162,6 +170,9 @@ impl IngestService {
     /// until [`IngestService::with_authenticator`] says otherwise.
     pub fn new(store: Store, telemetry: Arc<Telemetry>, limits: IngestLimits) -> Self {
         IngestService {
+            inflight: InflightBudget::new(limits.max_inflight_bytes - limits.max_inflight_bytes / WAITING_SHARE)
+                .observed(Arc::clone(&telemetry)),
+            waiting: InflightBudget::new(limits.max_inflight_bytes / WAITING_SHARE),
             store,
             telemetry,
             rates: Arc::new(HostRates::new(
@@ -177,7 +188,6 @@ impl IngestService {
                 limits.refused_bytes_burst_per_host,
             )),
             fairness: Arc::new(WriterFairness::default()),
-            inflight: InflightBudget::new(limits.max_inflight_bytes),
             limits: Arc::new(limits),
             auth: Arc::new(Authenticator::default()),
         }
@@ -202,6 +212,10 @@ pub fn server(svc: IngestService) -> frames::IngestGrpc<IngestService> {
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max)
 }
+
+/// The share of `max_inflight_bytes` (one part in this many) for frames
+/// waiting for the in-flight budget.
+const WAITING_SHARE: usize = 4;
 
 /// Replies queued per stream before the stream task waits for the agent to
 /// read them; acks are tiny, so this only bounds a stalled reader.
@@ -323,18 +337,49 @@ impl IngestService {
                 },
                 _ => inbound.message().await,
             };
-            // Frames arrive undecoded: a large one is parsed on the
+            // Frames arrive undecoded. Before it is decoded, each is
+            // charged to the in-flight budget what it will hold decoded
+            // and prepared; without room it waits undecoded, and is shed
+            // only when the room for waiting frames is full too. A connect
+            // storm's first batches (~15 KiB on the wire, ~300 KiB decoded
+            // with their labels) would otherwise pile up, decoded, in front
+            // of the store's writer. A large frame is parsed on the
             // blocking pool, not on the worker serving other streams.
-            let message = match received {
-                Ok(Some(frame)) => match frames::decode(frame).await {
-                    Ok(message) => message,
-                    Err(status) => {
-                        self.telemetry.inc(Counter::IngestStreamErrors);
-                        tracing::debug!(host = session.as_ref().map(Session::host), %status, "undecodable ingest message");
-                        let _ = tx.send(Err(status)).await;
-                        break;
+            let (message, reserved, tally) = match received {
+                Ok(Some(frame)) => {
+                    let host_bytes = session.as_ref().map_or(0, |s| s.host().len());
+                    let (seq, tally) = match frames::measure(&frame, host_bytes, pipeline.compact_refs) {
+                        Ok(measured) => (measured.seq, measured.tally),
+                        // prost will most likely refuse it too; if not, the
+                        // decoded batch is measured before it goes further.
+                        Err(_) => (None, budget::HeapTally::frame(frame.len())),
+                    };
+                    let reserved = match self
+                        .admit(&tally, frame.len(), session.as_mut(), &mut pipeline, &tx)
+                        .await
+                    {
+                        Admitted::Reserved(reserved) => reserved,
+                        Admitted::Full => {
+                            drop(frame);
+                            self.overloaded(seq.unwrap_or(0), tally.peak(), &tx).await;
+                            end = ended(&tx);
+                            break;
+                        }
+                        Admitted::End => {
+                            end = ended(&tx);
+                            break;
+                        }
+                    };
+                    match frames::decode(frame).await {
+                        Ok(message) => (message, reserved, tally),
+                        Err(status) => {
+                            self.telemetry.inc(Counter::IngestStreamErrors);
+                            tracing::debug!(host = session.as_ref().map(Session::host), %status, "undecodable ingest message");
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
                     }
-                },
+                }
                 Ok(None) => {
                     end = StreamState::Goodbye;
                     break;
@@ -372,7 +417,10 @@ impl IngestService {
                     self.protocol_error(&tx, "a Batch before the Hello").await
                 }
                 (None, _) => self.protocol_error(&tx, "a message with no kind").await,
-                (Some(agent_message::Kind::Batch(batch)), Some(s)) => self.batch(s, batch, &tx, &mut pipeline).await,
+                (Some(agent_message::Kind::Batch(batch)), Some(s)) => {
+                    self.batch(s, batch, Charge { reserved, tally }, &tx, &mut pipeline)
+                        .await
+                }
             };
             if let Flow::End = flow {
                 end = ended(&tx);
@@ -454,21 +502,37 @@ impl IngestService {
         &'s self,
         session: &mut Session,
         mut batch: hostpulse_proto::Batch,
+        charge: Charge,
         tx: &mpsc::Sender<Reply>,
         pipeline: &mut Pipeline<'s>,
     ) -> Flow {
         let seq = batch.seq;
+        let Charge { mut reserved, tally } = charge;
+        let compact = batch.compact.is_some();
         // Compact columns become plain ones before anything counts them.
         if let Err(reply) = session.wire().decode(&mut batch, &self.limits) {
             self.telemetry.inc(Counter::RejectedBatch);
             return send(tx, reply, Flow::End).await;
         }
+        if compact {
+            // A later batch flagged `same_refs` decodes to as many.
+            pipeline.compact_refs = batch.refs.len();
+        }
         // New series first: the check is cheap and takes nothing from a
         // batch it refuses, and it keeps a huge batch from being validated.
-        let (batch, new_series, encoded_len) = match self.measure(session, batch).await {
+        let (batch, new_series, encoded_len, decoded) = match self.measure(session, batch).await {
             Ok(measured) => measured,
             Err(fatal) => return send(tx, fatal, Flow::End).await,
         };
+        // The frame's estimate covers the decoded batch unless the walk
+        // could not follow the frame; then the decoded batch is charged
+        // before validation builds anything from it.
+        let held = tally.held.max(decoded.held);
+        if !reserved.grow_to(decoded.peak()) {
+            dispose(batch);
+            drop(reserved);
+            return self.overloaded(seq, decoded.peak(), tx).await;
+        }
         if let Some(flow) = self
             .admit_new_series(session.host(), seq, encoded_len, new_series, tx)
             .await
@@ -489,18 +553,6 @@ impl IngestService {
             );
             return shed(tx, message, seq).await;
         }
-        // Held until the batch is durable (or refused), so the budget
-        // covers everything between decode and flush.
-        let Some(reserved) = self.inflight.try_reserve(encoded_len) else {
-            dispose(batch);
-            self.telemetry.inc(Counter::RejectedOverloaded);
-            let message = format!(
-                "batch {seq}: the collector holds {} of its {} in-flight bytes; resend it after backing off",
-                self.inflight.in_use(),
-                self.inflight.total()
-            );
-            return shed(tx, message, seq).await;
-        };
         let prepared = match self.prepare(session, batch).await {
             Ok(Ok(p)) => p,
             Err(fatal) => return send(tx, fatal, Flow::End).await,
@@ -515,6 +567,9 @@ impl IngestService {
                 return send(tx, reply, Flow::Continue).await;
             }
         };
+        // The frame and the decoded message are gone; the prepared batch
+        // and the stream's pending definitions stay until it is durable.
+        reserved.shrink_to(held);
         let dropped = prepared.dropped.total();
         if dropped > 0 {
             self.telemetry.add(Counter::RejectedSample, dropped as u64);
@@ -526,15 +581,21 @@ impl IngestService {
         // A turn of the host's; with appends of its own in flight the
         // stream completes those rather than wait for one while holding
         // turns (see `WriterFairness::try_turn`).
-        let turn = loop {
-            if let Some(turn) = self.fairness.try_turn(session.host(), new_series) {
-                break turn;
-            }
-            if pipeline.inflight.is_empty() {
-                break self.fairness.turn(session.host(), new_series).await;
-            }
-            if let Flow::End = self.complete_front(session, pipeline, tx).await {
-                return Flow::End;
+        let turn = match self.fairness.try_turn(session.host(), new_series) {
+            Some(turn) => turn,
+            None => {
+                let _waiting = GaugeGuard::new(&self.telemetry, Gauge::IngestWaitingForWriter);
+                loop {
+                    if let Some(turn) = self.fairness.try_turn(session.host(), new_series) {
+                        break turn;
+                    }
+                    if pipeline.inflight.is_empty() {
+                        break self.fairness.turn(session.host(), new_series).await;
+                    }
+                    if let Flow::End = self.complete_front(session, pipeline, tx).await {
+                        return Flow::End;
+                    }
+                }
             }
         };
         // A batch naming series by labels learns their ids from its
@@ -566,6 +627,65 @@ impl IngestService {
             }
         }
         Flow::Continue
+    }
+
+    /// Reserves a received frame's share of the in-flight budget: at once
+    /// if there is room, else after waiting in line (the frame charged to
+    /// the room for waiting frames) while the stream's own appends are
+    /// still answered as they become durable — their reservations are
+    /// what frees the budget. [`Admitted::Full`] when the frame cannot even
+    /// wait. A frame defining no series may also take the share of the
+    /// budget kept for those ([`budget::LIGHT_SHARE`]).
+    async fn admit<'s>(
+        &'s self,
+        tally: &budget::HeapTally,
+        frame_bytes: usize,
+        mut session: Option<&mut Session>,
+        pipeline: &mut Pipeline<'s>,
+        tx: &mpsc::Sender<Reply>,
+    ) -> Admitted {
+        let now = if tally.defines() {
+            self.inflight.try_reserve(tally.peak())
+        } else {
+            self.inflight.try_reserve_light(tally.peak())
+        };
+        if let Some(reserved) = now {
+            return Admitted::Reserved(reserved);
+        }
+        let Some(_waiting) = self.waiting.try_reserve(frame_bytes) else {
+            return Admitted::Full;
+        };
+        let _counted = GaugeGuard::new(&self.telemetry, Gauge::IngestFramesWaiting);
+        loop {
+            match (session.as_deref_mut(), pipeline.inflight.front_mut()) {
+                (Some(s), Some(front)) => tokio::select! {
+                    biased;
+                    outcome = &mut front.pending => {
+                        if let Flow::End = self.completed(s, pipeline, outcome, tx).await {
+                            return Admitted::End;
+                        }
+                    }
+                    reserved = self.inflight.reserve(tally.peak()) => return Admitted::Reserved(reserved),
+                    () = tx.closed() => return Admitted::End,
+                },
+                _ => tokio::select! {
+                    reserved = self.inflight.reserve(tally.peak()) => return Admitted::Reserved(reserved),
+                    () = tx.closed() => return Admitted::End,
+                },
+            }
+        }
+    }
+
+    /// Sheds batch `seq` (or the frame holding it), whose `bytes` the
+    /// in-flight budget cannot cover right now.
+    async fn overloaded(&self, seq: u64, bytes: usize, tx: &mpsc::Sender<Reply>) -> Flow {
+        self.telemetry.inc(Counter::RejectedOverloaded);
+        let message = format!(
+            "batch {seq}: the collector holds {} of its {} in-flight bytes and this batch needs {bytes}; resend it after backing off",
+            self.inflight.in_use(),
+            self.inflight.total()
+        );
+        shed(tx, message, seq).await
     }
 
     /// Waits for the oldest append in flight and answers it.
@@ -676,6 +796,43 @@ struct Pipeline<'a> {
     inflight: std::collections::VecDeque<InFlight<'a>>,
     /// Refuses the stream's later appends once one failed.
     fence: AppendFence,
+    /// Refs of the stream's last compact batch (a `same_refs` batch has
+    /// as many), for measuring the next frame before decoding it.
+    compact_refs: usize,
+}
+
+/// A batch's share of the in-flight budget, taken when its frame arrived.
+struct Charge {
+    reserved: budget::Reservation,
+    /// What the frame was estimated to hold.
+    tally: budget::HeapTally,
+}
+
+/// What [`IngestService::admit`] got a received frame.
+enum Admitted {
+    /// Its share of the in-flight budget.
+    Reserved(budget::Reservation),
+    /// Nothing: the budget and the room for waiting frames are full.
+    Full,
+    /// The stream ended meanwhile (the agent left, or an append failed).
+    End,
+}
+
+/// Counts one in a gauge for as long as it lives (a stream holding a
+/// prepared batch without a writer turn, a frame waiting for the budget).
+struct GaugeGuard<'a>(&'a Telemetry, Gauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn new(telemetry: &'a Telemetry, gauge: Gauge) -> Self {
+        telemetry.adjust(gauge, 1);
+        GaugeGuard(telemetry, gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.adjust(self.1, -1);
+    }
 }
 
 /// One append in flight, with what it holds until it is durable.
@@ -684,7 +841,7 @@ struct InFlight<'a> {
     refs: session::BatchRefs,
     pending: PendingAppend,
     _turn: fairness::Turn<'a>,
-    _reserved: tokio::sync::OwnedSemaphorePermit,
+    _reserved: budget::Reservation,
 }
 
 /// How a stream ended when this collector ended it: a closed reply channel
@@ -752,11 +909,13 @@ impl IngestService {
         &self,
         session: &mut Session,
         batch: hostpulse_proto::Batch,
-    ) -> Result<(hostpulse_proto::Batch, usize, usize), CollectorMessage> {
+    ) -> Result<(hostpulse_proto::Batch, usize, usize, budget::HeapTally), CollectorMessage> {
+        let host_bytes = session.host().len();
         if batch.new_series.len() < BLOCKING_DEFINITIONS {
             let new_series = session.new_definitions(&batch);
             let encoded_len = prost::Message::encoded_len(&batch);
-            return Ok((batch, new_series, encoded_len));
+            let decoded = budget::HeapTally::of_batch(&batch, host_bytes);
+            return Ok((batch, new_series, encoded_len, decoded));
         }
         let seq = batch.seq;
         let host = session.host().to_owned();
@@ -764,13 +923,14 @@ impl IngestService {
         match tokio::task::spawn_blocking(move || {
             let new_series = owned.new_definitions(&batch);
             let encoded_len = prost::Message::encoded_len(&batch);
-            (owned, batch, new_series, encoded_len)
+            let decoded = budget::HeapTally::of_batch(&batch, host_bytes);
+            (owned, batch, new_series, encoded_len, decoded)
         })
         .await
         {
-            Ok((owned, batch, new_series, encoded_len)) => {
+            Ok((owned, batch, new_series, encoded_len, decoded)) => {
                 *session = owned;
-                Ok((batch, new_series, encoded_len))
+                Ok((batch, new_series, encoded_len, decoded))
             }
             Err(e) => Err(lost_session(session.host(), seq, &e)),
         }

@@ -59,11 +59,43 @@ pub enum Gauge {
     IngestStreamsActive,
     /// Alerts currently firing.
     AlertsFiring,
+    /// Bytes of the ingest in-flight budget reserved at the moment.
+    IngestInflightBytes,
+    /// Most bytes of the ingest in-flight budget ever reserved at once.
+    IngestInflightPeakBytes,
+    /// The ingest in-flight budget for decoded batches, in bytes (three
+    /// quarters of `[ingest] max_inflight_mb`).
+    IngestInflightLimitBytes,
+    /// Streams holding a prepared batch while they wait for a turn at the
+    /// store's writer.
+    IngestWaitingForWriter,
+    /// Received frames waiting, undecoded, for room in the in-flight budget.
+    IngestFramesWaiting,
 }
 
 const GAUGES: &[(&str, &str)] = &[
     ("hostpulse_ingest_streams_active", "Agent streams currently open."),
     ("hostpulse_alerts_firing", "Alerts currently firing."),
+    (
+        "hostpulse_ingest_inflight_bytes",
+        "Bytes of the ingest in-flight budget reserved by received, decoded or queued batches.",
+    ),
+    (
+        "hostpulse_ingest_inflight_peak_bytes",
+        "Most bytes of the ingest in-flight budget reserved at once since start.",
+    ),
+    (
+        "hostpulse_ingest_inflight_limit_bytes",
+        "The ingest in-flight budget for decoded batches, in bytes: three quarters of [ingest] max_inflight_mb.",
+    ),
+    (
+        "hostpulse_ingest_waiting_for_writer",
+        "Streams holding a prepared batch while they wait for a turn at the store's writer.",
+    ),
+    (
+        "hostpulse_ingest_frames_waiting",
+        "Received frames waiting, undecoded, for room in the ingest in-flight budget.",
+    ),
 ];
 
 /// The live values. Shared by reference (`Arc<Telemetry>`).

@@ -71,16 +71,7 @@ impl Agent {
     }
 
     async fn hello(&self, host: &str) {
-        self.send(agent_message::Kind::Hello(Hello {
-            host: host.into(),
-            agent_version: "0.1.0".into(),
-            inventory: Some(Inventory {
-                cpu_model: "Xeon".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }))
-        .await;
+        self.tx.send(hello_message(host)).await.unwrap();
     }
 
     async fn batch(&self, b: Batch) {
@@ -111,6 +102,27 @@ impl Agent {
             other => panic!("expected {code:?} error, got {other:?}"),
         }
     }
+}
+
+fn hello_message(host: &str) -> AgentMessage {
+    AgentMessage {
+        kind: Some(agent_message::Kind::Hello(Hello {
+            host: host.into(),
+            agent_version: "0.1.0".into(),
+            inventory: Some(Inventory {
+                cpu_model: "Xeon".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
+/// What the in-flight budget charges for `message`'s frame on a stream of
+/// `host` (before decoding it).
+fn charge_of(message: &AgentMessage, host: &str) -> budget::HeapTally {
+    let frame = prost::Message::encode_to_vec(message);
+    frames::measure(&frame, host.len(), 0).unwrap().tally
 }
 
 fn now() -> i64 {
@@ -446,8 +458,11 @@ async fn a_spent_inflight_budget_sheds_load_until_it_frees() {
             ..Default::default()
         },
     );
-    // Stands for other streams' batches waiting for their flush.
-    let held = svc.inflight.try_reserve(4096).unwrap();
+    // Stands for other streams' batches waiting for their flush (what is
+    // left takes the Hello, not the batch) and for frames waiting for room.
+    let hello = charge_of(&hello_message("web-1"), "").peak();
+    let held = svc.inflight.try_reserve(svc.inflight.total() - hello).unwrap();
+    let queued = svc.waiting.try_reserve(svc.waiting.total()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -471,11 +486,220 @@ async fn a_spent_inflight_budget_sheds_load_until_it_frees() {
     assert_eq!(h.telemetry.get(Counter::RejectedOverloaded), 1);
     assert_eq!(h.store.last_seq("web-1").unwrap(), None);
 
-    drop(held);
+    drop((held, queued));
     let mut agent = Agent::connect(&h).await;
     agent.hello("web-1").await;
     agent.batch(batch(1, t0, temps(), &[(1, 1.0)])).await;
     agent.expect_ack(1).await;
+}
+
+/// Issue 7: a frame that finds the in-flight budget spent waits, undecoded
+/// and charged to the room for waiting frames, and is stored once the
+/// budget frees — no shed, no resend.
+#[tokio::test]
+async fn a_frame_waits_for_room_in_the_budget_and_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let telemetry = Arc::new(Telemetry::default());
+    let svc = IngestService::new(
+        store.clone(),
+        Arc::clone(&telemetry),
+        IngestLimits {
+            max_inflight_bytes: 64 * 1024,
+            ..Default::default()
+        },
+    );
+    let hello = charge_of(&hello_message("web-1"), "").peak();
+    let held = svc.inflight.try_reserve(svc.inflight.total() - hello).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(server(svc))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let h = Harness {
+        store,
+        telemetry,
+        addr,
+        _dir: dir,
+    };
+    let t0 = now();
+    let mut agent = Agent::connect(&h).await;
+    agent.hello("web-1").await;
+    agent.batch(batch(1, t0, temps(), &[(1, 1.0), (2, 2.0)])).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.telemetry.gauge(Gauge::IngestFramesWaiting) != 1 {
+        assert!(Instant::now() < deadline, "the frame never waited");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(h.store.last_seq("web-1").unwrap(), None);
+    drop(held);
+    agent.expect_ack(1).await;
+    assert_eq!(h.telemetry.gauge(Gauge::IngestFramesWaiting), 0);
+    assert_eq!(h.telemetry.get(Counter::RejectedOverloaded), 0);
+    assert_eq!(h.store.select(&[], t0 - 1, t0 + 1).unwrap().len(), 2);
+}
+
+/// A first batch like an agent's after connecting: `series` definitions
+/// with labels, and a sample of each.
+fn first_batch(t0: i64, series: u32) -> Batch {
+    let defs = (1..=series)
+        .map(|r| {
+            def(
+                r,
+                "node_hwmon_temp_celsius",
+                &[("chip", "coretemp"), ("sensor", &format!("temp{r}"))],
+            )
+        })
+        .collect();
+    let samples: Vec<(u32, f64)> = (1..=series).map(|r| (r, f64::from(r))).collect();
+    batch(1, t0, defs, &samples)
+}
+
+/// Issue 7, connect storm: thousands of agents connect at once and each
+/// sends a first batch of a few hundred definitions (~15 KiB on the wire,
+/// many times that decoded with its labels), which waits for the store's
+/// writer behind the others. Each frame is charged what it will hold
+/// before it is decoded, so the batches waiting never hold more than the
+/// in-flight budget; others wait undecoded, within the room for waiting
+/// frames, and the rest are shed, resent, and stored exactly once.
+/// (Charging the encoded size admitted every one of them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_batches_waiting_for_the_writer_stay_within_the_inflight_budget() {
+    const STREAMS: usize = 24;
+    const SERIES: u32 = 300;
+    const BUDGET: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let telemetry = Arc::new(Telemetry::default());
+    let svc = IngestService::new(
+        store.clone(),
+        Arc::clone(&telemetry),
+        IngestLimits {
+            max_inflight_bytes: BUDGET,
+            ..Default::default()
+        },
+    );
+    // The writer's new-series budget is taken, as by the batches ahead of
+    // these in a storm: every first batch (a heavy one) waits for a turn.
+    let fairness = Arc::clone(&svc.fairness);
+    let (inflight, room) = (svc.inflight.total(), svc.waiting.total());
+    let blocker = fairness.turn("ahead", fairness::NEW_SERIES_IN_FLIGHT).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(server(svc))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let h = Harness {
+        store,
+        telemetry,
+        addr,
+        _dir: dir,
+    };
+    let t0 = now();
+    let host = |i: usize| format!("storm-{i:02}");
+    let first = first_batch(t0, SERIES);
+    let wire = prost::Message::encoded_len(&first);
+    let charge = charge_of(
+        &AgentMessage {
+            kind: Some(agent_message::Kind::Batch(first.clone())),
+        },
+        &host(0),
+    );
+    // The premise: encoded, all of them fit; as they are held, few do.
+    assert!(STREAMS * wire < BUDGET, "{wire} bytes on the wire");
+    assert!(STREAMS * charge.held > 2 * BUDGET, "{charge:?}");
+
+    // Every agent is connected (its Hello recorded) before the batches
+    // come, as in a storm where the writer, not the accept loop, is slow.
+    let mut agents = Vec::new();
+    for i in 0..STREAMS {
+        let agent = Agent::connect(&h).await;
+        agent.hello(&host(i)).await;
+        agents.push(agent);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.store.hosts().unwrap().len() < STREAMS {
+        assert!(Instant::now() < deadline, "Hellos not recorded");
+        tokio::task::yield_now().await;
+    }
+    for agent in &agents {
+        agent.batch(first.clone()).await;
+    }
+    // Every batch is prepared and waiting for the writer, or waiting
+    // undecoded for room in the budget, or shed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (waiting, queued, shed) = loop {
+        let waiting = h.telemetry.gauge(Gauge::IngestWaitingForWriter) as usize;
+        let queued = h.telemetry.gauge(Gauge::IngestFramesWaiting) as usize;
+        let shed = h.telemetry.get(Counter::RejectedOverloaded) as usize;
+        if waiting + queued + shed == STREAMS {
+            break (waiting, queued, shed);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} waiting, {queued} queued, {shed} shed"
+        );
+        tokio::task::yield_now().await;
+    };
+    assert!(
+        waiting > 0 && queued > 0 && shed > 0,
+        "{waiting} waiting, {queued} queued, {shed} shed"
+    );
+    // The prepared batches are charged what they hold, within the budget;
+    // the queued frames fit the room for them.
+    let in_use = h.telemetry.gauge(Gauge::IngestInflightBytes) as usize;
+    assert!(
+        in_use >= waiting * charge.held,
+        "{in_use} in use for {waiting} × {charge:?}"
+    );
+    assert!(waiting * charge.held <= inflight);
+    assert!(queued * wire <= room, "{queued} frames of {wire} bytes");
+    assert_eq!(inflight + room, BUDGET);
+    let peak = h.telemetry.gauge(Gauge::IngestInflightPeakBytes) as usize;
+    assert!(peak <= inflight, "peak {peak}");
+    assert_eq!(h.telemetry.gauge(Gauge::IngestInflightLimitBytes) as usize, inflight);
+
+    // The storm passes: the waiting batches are stored, the shed ones are
+    // resent on a new stream (one at a time, so each fits) and stored.
+    drop(blocker);
+    let mut resent = 0;
+    for (i, mut agent) in agents.into_iter().enumerate() {
+        match agent.next().await {
+            Ok(Some(collector_message::Kind::Ack(a))) => assert_eq!(a.seq, 1),
+            Ok(Some(collector_message::Kind::Error(e))) => {
+                assert_eq!(
+                    (e.code(), e.seq, e.fatal),
+                    (ErrorCode::Overloaded, 1, true),
+                    "{}",
+                    e.message
+                );
+                assert!(e.message.contains("in-flight bytes"), "{}", e.message);
+                expect_status(&mut agent, tonic::Code::ResourceExhausted).await;
+                let mut again = Agent::connect(&h).await;
+                again.hello(&host(i)).await;
+                again.batch(first.clone()).await;
+                again.expect_ack(1).await;
+                resent += 1;
+            }
+            other => panic!("agent {i}: {other:?}"),
+        }
+    }
+    assert_eq!(resent, shed);
+    assert_eq!(h.telemetry.get(Counter::IngestBatches), STREAMS as u64);
+    assert_eq!(h.telemetry.get(Counter::IngestDuplicateBatches), 0);
+    let got = h.store.select(&[], t0 - 1, t0 + 1).unwrap();
+    assert_eq!(got.len(), STREAMS * SERIES as usize);
+    assert!(got.iter().all(|s| s.samples.len() == 1), "a sample stored twice");
+    // Nothing stays charged once every batch is durable.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.telemetry.gauge(Gauge::IngestInflightBytes) != 0 {
+        assert!(Instant::now() < deadline, "budget still in use");
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Issue 7: samples the store refuses as too far out of order are counted

@@ -252,7 +252,15 @@ async fn run_agent(cfg: &FleetConfig, index: usize, stats: &FleetStats) -> Agent
             }
             permit = reserve(sender) => {
                 let (Some(permit), Some(i), Some(c)) = (permit, unsent, conn.as_mut()) else {
-                    // The stream's request side closed; the reader reports why.
+                    // The stream's request side closed (the collector ended
+                    // the stream). Waiting here for the reader to say why
+                    // spun this loop — the closed side is ready at once —
+                    // which, across a shed fleet, starved the runtime
+                    // (190% CPU, nothing sent); the stream is over, so
+                    // reconnect after backing off like any broken stream.
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    conn = None;
+                    retry_at = Instant::now() + backoff.next_delay();
                     continue;
                 };
                 let seq = pending[i].seq;
@@ -271,8 +279,13 @@ async fn run_agent(cfg: &FleetConfig, index: usize, stats: &FleetStats) -> Agent
                 let broken = match event {
                     Event::Message(m) => match m.kind {
                         Some(collector_message::Kind::Ack(ack)) => {
-                            backoff.reset();
                             if ack.seq > report.acked_seq {
+                                // Only progress resets the backoff: a new
+                                // stream's first ack (what was already
+                                // durable) says nothing about room at the
+                                // collector, and resetting on it had a shed
+                                // fleet reconnecting every few tens of ms.
+                                backoff.reset();
                                 stats.acked_batches.fetch_add(ack.seq - report.acked_seq, Ordering::Relaxed);
                                 report.acked_seq = ack.seq;
                             }
