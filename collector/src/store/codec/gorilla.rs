@@ -80,6 +80,7 @@ struct BitWriter {
 
 impl BitWriter {
     /// Writes the low `n` (0..=64) bits of `v`.
+    #[inline]
     fn put(&mut self, v: u64, n: u32) {
         if n > 32 {
             self.put(v >> 32, n - 32);
