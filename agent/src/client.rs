@@ -711,10 +711,17 @@ async fn stream_once(
                             spool.stats()
                         };
                         shared.status.publish(&stats);
-                        shared.status.acked_seq.fetch_max(ack.seq, Ordering::Relaxed);
+                        let before = shared.status.acked_seq.fetch_max(ack.seq, Ordering::Relaxed);
                         stream_acked = stream_acked.max(ack.seq);
                         *acked = true;
-                        backoff.reset();
+                        // Only progress resets the backoff: a new stream's
+                        // first ack repeats what is already durable, and a
+                        // collector shedding load answers every Hello so,
+                        // which would otherwise bring a shed agent back at
+                        // the base delay every time.
+                        if ack.seq > before {
+                            backoff.reset();
+                        }
                         if draining_until.is_some() && stream_acked >= last_sent {
                             return Ok(StreamEnd::FailBack);
                         }
