@@ -244,7 +244,6 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
                 e.record.last_seq = seq;
                 e.record.last_sample_ms = newest.max(e.record.last_sample_ms);
                 e.record.last_report_ms = e.record.last_report_ms.max(now);
-                batch.insert(keys::host_key(&req.host), keys::encode_host(&e));
                 staged_hosts.insert(&req.host, e);
             }
             reports.push(Ok(BatchReport {
@@ -255,6 +254,12 @@ fn commit(shared: &Shared, group: &[AppendRequest]) -> Vec<Result<BatchReport, S
                 new_ids,
             }));
         }
+    }
+    // Each host's record once, as its last request in the group left it:
+    // a host sending a backlog has dozens of batches in one group, and the
+    // record is JSON.
+    for (host, e) in &staged_hosts {
+        batch.insert(keys::host_key(host), keys::encode_host(e));
     }
     // New series (consecutive ids) as pages: one record per commit, not
     // one per series (`keys::encode_series_page`).
