@@ -140,9 +140,17 @@ async fn acknowledged_batches_survive_kill_9_and_are_stored_once() {
     }
 
     // The agent resends everything from the start; the collector stores only
-    // what it did not have and acknowledges all of it.
+    // what it did not have and acknowledges all of it. Every batch gets its
+    // own ack, after the resume ack the Hello gets (which may already say
+    // BATCHES if the collector stored everything before the kill), so the
+    // stream ends after BATCHES + 1 acks, not at the first ack of BATCHES.
     let collector = CollectorProcess::start(&data).await;
-    let acked_all = stream(t0, collector.grpc, 1..=BATCHES, |seq| seq < BATCHES).await;
+    let mut acks = 0;
+    let acked_all = stream(t0, collector.grpc, 1..=BATCHES, |_| {
+        acks += 1;
+        acks <= BATCHES
+    })
+    .await;
     assert_eq!(acked_all, BATCHES);
     let metrics = reqwest::get(format!("http://{}/metrics", collector.http))
         .await
