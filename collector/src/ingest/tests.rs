@@ -23,10 +23,29 @@ struct Harness {
 }
 
 async fn start(limits: IngestLimits) -> Harness {
+    let (svc, parts) = service(limits);
+    serve(svc, parts).await
+}
+
+/// What a service runs over, before it serves.
+struct Parts {
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    dir: tempfile::TempDir,
+}
+
+/// A service over a fresh store, not serving yet: for tests that take part
+/// of its budget or its writer's turns first.
+fn service(limits: IngestLimits) -> (IngestService, Parts) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let telemetry = Arc::new(Telemetry::default());
     let svc = IngestService::new(store.clone(), Arc::clone(&telemetry), limits);
+    (svc, Parts { store, telemetry, dir })
+}
+
+/// Serves `svc` on a loopback port.
+async fn serve(svc: IngestService, parts: Parts) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -35,10 +54,10 @@ async fn start(limits: IngestLimits) -> Harness {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     Harness {
-        store,
-        telemetry,
+        store: parts.store,
+        telemetry: parts.telemetry,
         addr,
-        _dir: dir,
+        _dir: parts.dir,
     }
 }
 
@@ -447,35 +466,16 @@ async fn a_host_over_its_sample_rate_is_shed() {
 /// frees up.
 #[tokio::test]
 async fn a_spent_inflight_budget_sheds_load_until_it_frees() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    let telemetry = Arc::new(Telemetry::default());
-    let svc = IngestService::new(
-        store.clone(),
-        Arc::clone(&telemetry),
-        IngestLimits {
-            max_inflight_bytes: 4096,
-            ..Default::default()
-        },
-    );
+    let (svc, parts) = service(IngestLimits {
+        max_inflight_bytes: 4096,
+        ..Default::default()
+    });
     // Stands for other streams' batches waiting for their flush (what is
     // left takes the Hello, not the batch) and for frames waiting for room.
     let hello = charge_of(&hello_message("web-1"), "").peak();
     let held = svc.inflight.try_reserve(svc.inflight.total() - hello).unwrap();
     let queued = svc.waiting.try_reserve(svc.waiting.total()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        Server::builder()
-            .add_service(server(svc))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let h = Harness {
-        store,
-        telemetry,
-        addr,
-        _dir: dir,
-    };
+    let h = serve(svc, parts).await;
     let t0 = now();
     let mut agent = Agent::connect(&h).await;
     agent.hello("web-1").await;
@@ -498,32 +498,13 @@ async fn a_spent_inflight_budget_sheds_load_until_it_frees() {
 /// budget frees — no shed, no resend.
 #[tokio::test]
 async fn a_frame_waits_for_room_in_the_budget_and_is_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    let telemetry = Arc::new(Telemetry::default());
-    let svc = IngestService::new(
-        store.clone(),
-        Arc::clone(&telemetry),
-        IngestLimits {
-            max_inflight_bytes: 64 * 1024,
-            ..Default::default()
-        },
-    );
+    let (svc, parts) = service(IngestLimits {
+        max_inflight_bytes: 64 * 1024,
+        ..Default::default()
+    });
     let hello = charge_of(&hello_message("web-1"), "").peak();
     let held = svc.inflight.try_reserve(svc.inflight.total() - hello).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        Server::builder()
-            .add_service(server(svc))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let h = Harness {
-        store,
-        telemetry,
-        addr,
-        _dir: dir,
-    };
+    let h = serve(svc, parts).await;
     let t0 = now();
     let mut agent = Agent::connect(&h).await;
     agent.hello("web-1").await;
@@ -570,35 +551,16 @@ async fn first_batches_waiting_for_the_writer_stay_within_the_inflight_budget() 
     const STREAMS: usize = 24;
     const SERIES: u32 = 300;
     const BUDGET: usize = 1 << 20;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    let telemetry = Arc::new(Telemetry::default());
-    let svc = IngestService::new(
-        store.clone(),
-        Arc::clone(&telemetry),
-        IngestLimits {
-            max_inflight_bytes: BUDGET,
-            ..Default::default()
-        },
-    );
+    let (svc, parts) = service(IngestLimits {
+        max_inflight_bytes: BUDGET,
+        ..Default::default()
+    });
     // The writer's new-series budget is taken, as by the batches ahead of
     // these in a storm: every first batch (a heavy one) waits for a turn.
     let fairness = Arc::clone(&svc.fairness);
     let (inflight, room) = (svc.inflight.total(), svc.waiting.total());
     let blocker = fairness.turn("ahead", fairness::NEW_SERIES_IN_FLIGHT).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        Server::builder()
-            .add_service(server(svc))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let h = Harness {
-        store,
-        telemetry,
-        addr,
-        _dir: dir,
-    };
+    let h = serve(svc, parts).await;
     let t0 = now();
     let host = |i: usize| format!("storm-{i:02}");
     let first = first_batch(t0, SERIES);
