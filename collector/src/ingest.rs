@@ -249,7 +249,7 @@ impl frames::RawIngest for IngestService {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
         self.telemetry.inc(Counter::IngestStreams);
-        let active = ActiveStream::new(Arc::clone(&self.telemetry));
+        let active = GaugeGuard::new(Arc::clone(&self.telemetry), Gauge::IngestStreamsActive);
         let svc = self.clone();
         tokio::spawn(async move {
             // Moved in so the gauge drops back however the task ends,
@@ -260,22 +260,6 @@ impl frames::RawIngest for IngestService {
         let mut response = Response::new(ReceiverStream::new(rx));
         wire::announce(&mut response);
         Ok(response)
-    }
-}
-
-/// Counts one open stream in `IngestStreamsActive` for as long as it lives.
-struct ActiveStream(Arc<Telemetry>);
-
-impl ActiveStream {
-    fn new(telemetry: Arc<Telemetry>) -> Self {
-        telemetry.adjust(Gauge::IngestStreamsActive, 1);
-        ActiveStream(telemetry)
-    }
-}
-
-impl Drop for ActiveStream {
-    fn drop(&mut self) {
-        self.0.adjust(Gauge::IngestStreamsActive, -1);
     }
 }
 
@@ -584,7 +568,7 @@ impl IngestService {
         let turn = match self.fairness.try_turn(session.host(), new_series) {
             Some(turn) => turn,
             None => {
-                let _waiting = GaugeGuard::new(&self.telemetry, Gauge::IngestWaitingForWriter);
+                let _waiting = GaugeGuard::new(&*self.telemetry, Gauge::IngestWaitingForWriter);
                 loop {
                     if let Some(turn) = self.fairness.try_turn(session.host(), new_series) {
                         break turn;
@@ -655,7 +639,7 @@ impl IngestService {
         let Some(_waiting) = self.waiting.try_reserve(frame_bytes) else {
             return Admitted::Full;
         };
-        let _counted = GaugeGuard::new(&self.telemetry, Gauge::IngestFramesWaiting);
+        let _counted = GaugeGuard::new(&*self.telemetry, Gauge::IngestFramesWaiting);
         loop {
             match (session.as_deref_mut(), pipeline.inflight.front_mut()) {
                 (Some(s), Some(front)) => tokio::select! {
@@ -818,18 +802,19 @@ enum Admitted {
     End,
 }
 
-/// Counts one in a gauge for as long as it lives (a stream holding a
-/// prepared batch without a writer turn, a frame waiting for the budget).
-struct GaugeGuard<'a>(&'a Telemetry, Gauge);
+/// Counts one in a gauge for as long as it lives (an open stream, a stream
+/// holding a prepared batch without a writer turn, a frame waiting for the
+/// budget), however it ends, including by panic.
+struct GaugeGuard<T: std::ops::Deref<Target = Telemetry>>(T, Gauge);
 
-impl<'a> GaugeGuard<'a> {
-    fn new(telemetry: &'a Telemetry, gauge: Gauge) -> Self {
+impl<T: std::ops::Deref<Target = Telemetry>> GaugeGuard<T> {
+    fn new(telemetry: T, gauge: Gauge) -> Self {
         telemetry.adjust(gauge, 1);
         GaugeGuard(telemetry, gauge)
     }
 }
 
-impl Drop for GaugeGuard<'_> {
+impl<T: std::ops::Deref<Target = Telemetry>> Drop for GaugeGuard<T> {
     fn drop(&mut self) {
         self.0.adjust(self.1, -1);
     }
