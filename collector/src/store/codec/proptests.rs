@@ -177,6 +177,7 @@ fn fleet_columns_bytes_per_sample() {
         series.entry(parts.next().unwrap()).or_default().push((ts * 1000, v));
     }
     let (mut n, mut ts_bytes, mut v_bytes) = (0usize, 0usize, 0usize);
+    let mut v_time = std::time::Duration::ZERO;
     let mut by_metric: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     for (name, samples) in &series {
         let metric = name.split('{').next().unwrap_or("");
@@ -184,7 +185,10 @@ fn fleet_columns_bytes_per_sample() {
             let ts: Vec<i64> = chunk.iter().map(|s| s.0).collect();
             let v: Vec<f64> = chunk.iter().map(|s| s.1).collect();
             ts_bytes += timestamps::encode(&ts).len();
-            let vb = values::encode(&v).len();
+            let started = std::time::Instant::now();
+            let encoded = values::encode(&v);
+            v_time += started.elapsed();
+            let vb = encoded.len();
             v_bytes += vb;
             n += chunk.len();
             let e = by_metric.entry(metric).or_default();
@@ -204,4 +208,5 @@ fn fleet_columns_bytes_per_sample() {
         v_bytes as f64 / n as f64,
         (ts_bytes + v_bytes) as f64 / n as f64
     );
+    println!("value encoding: {:.1} ns/sample", v_time.as_secs_f64() * 1e9 / n as f64);
 }
