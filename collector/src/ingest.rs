@@ -565,16 +565,17 @@ impl IngestService {
         // A turn of the host's; with appends of its own in flight the
         // stream completes those rather than wait for one while holding
         // turns (see `WriterFairness::try_turn`).
-        let turn = match self.fairness.try_turn(session.host(), new_series) {
+        let samples = prepared.batch.sample_count();
+        let turn = match self.fairness.try_turn(session.host(), new_series, samples) {
             Some(turn) => turn,
             None => {
                 let _waiting = GaugeGuard::new(&*self.telemetry, Gauge::IngestWaitingForWriter);
                 loop {
-                    if let Some(turn) = self.fairness.try_turn(session.host(), new_series) {
+                    if let Some(turn) = self.fairness.try_turn(session.host(), new_series, samples) {
                         break turn;
                     }
                     if pipeline.inflight.is_empty() {
-                        break self.fairness.turn(session.host(), new_series).await;
+                        break self.fairness.turn(session.host(), new_series, samples).await;
                     }
                     if let Flow::End = self.complete_front(session, pipeline, tx).await {
                         return Flow::End;
@@ -771,7 +772,7 @@ impl IngestService {
 /// a stream's rate is one batch per round trip (read, validate, queue,
 /// flush, ack), and the writer sat idle most of the time (about 28 % busy
 /// at 20 streams, perf 2026-11-26). Bounded by the host's turns too.
-pub const STREAM_APPENDS_IN_FLIGHT: usize = fairness::HOST_APPENDS_IN_FLIGHT;
+pub const STREAM_APPENDS_IN_FLIGHT: usize = fairness::HOST_TURNS;
 
 /// A stream's appends queued for the writer, oldest first (in seq order:
 /// they were queued in that order, and the writer keeps it).

@@ -7,11 +7,12 @@
 //! meanwhile waits for it. Two rules keep that cost with the host that
 //! causes it:
 //!
-//! - **At most [`HOST_APPENDS_IN_FLIGHT`] appends in flight per host.** A
-//!   stream keeps a few batches queued for the writer so its acks are not
-//!   one round trip each, but a host may open several streams; their
-//!   appends share the host's turns here, so a host cannot fill the
-//!   writer's queue with many batches at once.
+//! - **At most [`HOST_TURNS`] turns in flight per host**, an append taking
+//!   one turn per [`SAMPLES_PER_TURN`] samples (at least one). A stream
+//!   keeps batches queued for the writer so its acks are not one round
+//!   trip each, but a host may open several streams; their appends share
+//!   the host's turns here, so a host cannot fill the writer's queue with
+//!   many batches, or with a few huge ones, at once.
 //! - **New series share a budget, and pay back their writer time.** A
 //!   batch defining at least [`HEAVY_NEW_SERIES`] new series takes that
 //!   many permits of [`NEW_SERIES_IN_FLIGHT`] (first come, first served
@@ -51,15 +52,29 @@ pub const NEW_SERIES_IN_FLIGHT: usize = 10_000;
 /// for long after the disk recovered.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(1);
 
-/// Appends one host may have queued for or inside the writer at once, over
+/// Turns one host may have queued for or inside the writer at once, over
 /// all its streams: enough for a stream's batches to ride on consecutive
 /// group commits instead of one round trip each, so a host resending a
-/// backlog keeps the writer busy through each flush. At 8, 20 hosts
-/// replaying their spools left the machine idle 10-17 % of the time
-/// waiting for flushes (5.7-6.8 M samples/s); at 32, 6.9-7.2 M/s
-/// (storage bench, 2026-11-26). The in-flight budget bounds the memory
-/// they hold, and a live agent has one batch per interval anyway.
-pub const HOST_APPENDS_IN_FLIGHT: usize = 32;
+/// backlog keeps the writer busy through each flush. Counted in appends,
+/// 8 in flight left the machine idle 10-17 % of the time waiting for
+/// flushes when 20 hosts replayed their spools (5.7-6.8 M samples/s), 32
+/// still left the writer waiting for work a third of the time (6.6-7.1
+/// M/s), and 128 turns of up to [`SAMPLES_PER_TURN`] samples each gave
+/// 8.2-8.3 M/s (storage bench, quick build, 2026-11-26). The in-flight
+/// budget bounds the memory they hold, and a live agent has one batch per
+/// interval anyway.
+pub const HOST_TURNS: usize = 128;
+
+/// Samples an append may hold per turn it takes: a host has at most
+/// `HOST_TURNS × SAMPLES_PER_TURN` (32,768) samples queued for the writer,
+/// however it batches them, so one host's huge batches cannot make a
+/// group commit, and everyone's acks in it, long.
+pub const SAMPLES_PER_TURN: usize = 256;
+
+/// Turns an append of `samples` samples takes.
+pub fn turns_for(samples: usize) -> u32 {
+    samples.div_ceil(SAMPLES_PER_TURN).clamp(1, HOST_TURNS) as u32
+}
 
 /// The turn-taking state, shared by every stream of one ingest service.
 #[derive(Debug)]
@@ -87,16 +102,16 @@ pub struct Turn<'a> {
 }
 
 impl WriterFairness {
-    /// Waits until `host` may append a batch defining `new_series` new
-    /// series: until fewer than [`HOST_APPENDS_IN_FLIGHT`] of the host's
-    /// appends are in flight, and for a heavy batch, until the new-series
+    /// Waits until `host` may append a batch of `samples` samples defining
+    /// `new_series` new series: until the host has the batch's
+    /// [`turns_for`] free, and for a heavy batch, until the new-series
     /// budget has room for it.
-    pub async fn turn(&self, host: &str, new_series: usize) -> Turn<'_> {
+    pub async fn turn(&self, host: &str, new_series: usize, samples: usize) -> Turn<'_> {
         let turns = self.host_turns(host);
         // Host first, then the budget: always in this order, so two
         // streams can never wait on each other crosswise. The host's
         // semaphore is never closed; if it were, the batch goes without.
-        let host_turn = turns.acquire_owned().await.ok();
+        let host_turn = turns.acquire_many_owned(turns_for(samples)).await.ok();
         let heavy = if new_series >= HEAVY_NEW_SERIES {
             let permits = u32::try_from(new_series.min(NEW_SERIES_IN_FLIGHT)).unwrap_or(u32::MAX);
             // The semaphore is never closed, so acquiring only fails if it
@@ -119,16 +134,16 @@ impl WriterFairness {
 
     /// A turn for a light batch (fewer than [`HEAVY_NEW_SERIES`] new
     /// series) if the host has one free now; `None` for a heavy batch or
-    /// when all the host's turns are taken. A stream with appends of its
+    /// when the host has too few turns free. A stream with appends of its
     /// own in flight asks this way and otherwise completes one of them
     /// first, so it never waits for a turn while holding turns a stream of
     /// the same host waits for.
-    pub fn try_turn(&self, host: &str, new_series: usize) -> Option<Turn<'_>> {
+    pub fn try_turn(&self, host: &str, new_series: usize, samples: usize) -> Option<Turn<'_>> {
         if new_series >= HEAVY_NEW_SERIES {
             return None;
         }
         let turns = self.host_turns(host);
-        let host_turn = turns.try_acquire_owned().ok();
+        let host_turn = turns.try_acquire_many_owned(turns_for(samples)).ok();
         let turn = Turn {
             fairness: self,
             host: host.to_owned(),
@@ -144,7 +159,7 @@ impl WriterFairness {
         Arc::clone(
             hosts
                 .entry(host.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(HOST_APPENDS_IN_FLIGHT))),
+                .or_insert_with(|| Arc::new(Semaphore::new(HOST_TURNS))),
         )
     }
 
@@ -197,22 +212,22 @@ mod tests {
     #[tokio::test]
     async fn appends_of_one_host_take_turns_and_others_do_not_wait() {
         let f = WriterFairness::default();
-        let first = f.turn("a", 0).await;
+        let first = f.turn("a", 0, 1).await;
         let mut more = Vec::new();
-        for _ in 1..HOST_APPENDS_IN_FLIGHT {
-            let next = f.try_turn("a", 0);
+        for _ in 1..HOST_TURNS {
+            let next = f.try_turn("a", 0, SAMPLES_PER_TURN);
             assert!(next.is_some(), "host a may have several appends in flight");
             more.push(next);
         }
-        assert!(f.try_turn("a", 0).is_none(), "host a's turns are all taken");
-        let mut second = Box::pin(f.turn("a", 0));
+        assert!(f.try_turn("a", 0, 1).is_none(), "host a's turns are all taken");
+        let mut second = Box::pin(f.turn("a", 0, 1));
         assert!(waits(&mut second).await, "host a already has all its appends in flight");
-        let mut other = Box::pin(f.turn("b", 0));
+        let mut other = Box::pin(f.turn("b", 0, 1));
         assert!(!waits(&mut other).await, "host b has its own turns");
         drop(other);
-        assert!(f.try_turn("b", 0).is_some(), "host b has its own turns");
+        assert!(f.try_turn("b", 0, 1).is_some(), "host b has its own turns");
         assert!(
-            f.try_turn("b", HEAVY_NEW_SERIES).is_none(),
+            f.try_turn("b", HEAVY_NEW_SERIES, 1).is_none(),
             "heavy batches wait in line"
         );
         drop(first);
@@ -224,16 +239,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn big_batches_take_turns_by_their_samples() {
+        assert_eq!(turns_for(0), 1);
+        assert_eq!(turns_for(SAMPLES_PER_TURN), 1);
+        assert_eq!(turns_for(SAMPLES_PER_TURN + 1), 2);
+        assert_eq!(
+            turns_for(usize::MAX),
+            HOST_TURNS as u32,
+            "a huge batch still gets in alone"
+        );
+        let f = WriterFairness::default();
+        // Two batches of half the host's samples fill its turns.
+        let half = HOST_TURNS / 2 * SAMPLES_PER_TURN;
+        let first = f.try_turn("a", 0, half);
+        let second = f.try_turn("a", 0, half);
+        assert!(first.is_some() && second.is_some());
+        assert!(f.try_turn("a", 0, 1).is_none(), "no turn left for even one sample");
+        drop(first);
+        assert!(f.try_turn("a", 0, half).is_some(), "the first batch's turns came back");
+        let mut huge = Box::pin(f.turn("a", 0, usize::MAX));
+        assert!(waits(&mut huge).await, "a huge batch waits for all the host's turns");
+        drop(second);
+        let huge = tokio::time::timeout(Duration::from_secs(5), huge).await;
+        assert!(huge.is_ok(), "and gets them once the host's appends are done");
+    }
+
+    #[tokio::test]
     async fn heavy_batches_share_the_budget_and_pay_a_cooldown() {
         let f = WriterFairness::default();
-        let heavy = f.turn("a", NEW_SERIES_IN_FLIGHT - HEAVY_NEW_SERIES).await;
-        let mut light = Box::pin(f.turn("b", HEAVY_NEW_SERIES - 1));
+        let heavy = f.turn("a", NEW_SERIES_IN_FLIGHT - HEAVY_NEW_SERIES, 1).await;
+        let mut light = Box::pin(f.turn("b", HEAVY_NEW_SERIES - 1, 1));
         assert!(!waits(&mut light).await, "light batches pass heavy ones in flight");
         drop(light);
-        let mut fits = Box::pin(f.turn("c", HEAVY_NEW_SERIES));
+        let mut fits = Box::pin(f.turn("c", HEAVY_NEW_SERIES, 1));
         assert!(!waits(&mut fits).await, "heavy batches share the budget");
         drop(fits);
-        let mut next = Box::pin(f.turn("c", 2 * HEAVY_NEW_SERIES));
+        let mut next = Box::pin(f.turn("c", 2 * HEAVY_NEW_SERIES, 1));
         assert!(waits(&mut next).await, "the budget is spent");
         // The heavy append "takes" 100 ms; its permits come back as long after.
         let took = Duration::from_millis(100);

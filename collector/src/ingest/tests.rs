@@ -559,7 +559,7 @@ async fn first_batches_waiting_for_the_writer_stay_within_the_inflight_budget() 
     // these in a storm: every first batch (a heavy one) waits for a turn.
     let fairness = Arc::clone(&svc.fairness);
     let (inflight, room) = (svc.inflight.total(), svc.waiting.total());
-    let blocker = fairness.turn("ahead", fairness::NEW_SERIES_IN_FLIGHT).await;
+    let blocker = fairness.turn("ahead", fairness::NEW_SERIES_IN_FLIGHT, 1).await;
     let h = serve(svc, parts).await;
     let t0 = now();
     let host = |i: usize| format!("storm-{i:02}");
