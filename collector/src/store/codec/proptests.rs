@@ -177,7 +177,7 @@ fn fleet_columns_bytes_per_sample() {
         series.entry(parts.next().unwrap()).or_default().push((ts * 1000, v));
     }
     let (mut n, mut ts_bytes, mut v_bytes) = (0usize, 0usize, 0usize);
-    let mut v_time = std::time::Duration::ZERO;
+    let (mut v_time, mut d_time) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     let mut by_metric: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     for (name, samples) in &series {
         let metric = name.split('{').next().unwrap_or("");
@@ -188,6 +188,10 @@ fn fleet_columns_bytes_per_sample() {
             let started = std::time::Instant::now();
             let encoded = values::encode(&v);
             v_time += started.elapsed();
+            let started = std::time::Instant::now();
+            let decoded = values::decode(&encoded, v.len()).unwrap();
+            d_time += started.elapsed();
+            assert_eq!(decoded.len(), v.len());
             let vb = encoded.len();
             v_bytes += vb;
             n += chunk.len();
@@ -208,5 +212,9 @@ fn fleet_columns_bytes_per_sample() {
         v_bytes as f64 / n as f64,
         (ts_bytes + v_bytes) as f64 / n as f64
     );
-    println!("value encoding: {:.1} ns/sample", v_time.as_secs_f64() * 1e9 / n as f64);
+    println!(
+        "value encoding: {:.1} ns/sample, decoding: {:.1} ns/sample",
+        v_time.as_secs_f64() * 1e9 / n as f64,
+        d_time.as_secs_f64() * 1e9 / n as f64
+    );
 }
