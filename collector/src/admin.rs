@@ -5,7 +5,7 @@
 //!
 //! The endpoint takes the snapshot on a blocking thread (it waits for the
 //! commit lock, which a group commit or a seal may hold for a while, and
-//! opens every block file), then answers 200 with the snapshot's exact
+//! hard-links every block file), then answers 200 with the snapshot's exact
 //! length and streams it from another blocking thread through a small
 //! bounded channel, so at most a few chunks are in memory whatever the
 //! store's size (`store/backup.rs` explains why writing needs no lock).

@@ -695,6 +695,7 @@ impl Store {
         let heads = replay_wal(&tree, &index, &counters, &mut max_lsn, &marks)?;
         let files = files::Files::open(dir)?;
         files::reconcile(&tree, &files, &catalog)?;
+        backup::remove_leftover_links(dir);
 
         let decoded_cache_bytes = opts.decoded_cache_bytes;
         let shared = Arc::new(Shared {
@@ -892,12 +893,13 @@ impl Store {
 
     /// A consistent snapshot of the whole store, to write with
     /// [`Snapshot::write_to`] while ingest goes on: commits wait only while
-    /// the sled records are collected, not while block files are opened or
+    /// the sled records are collected, not while block files are linked or
     /// anything is written (`store/backup.rs`).
     pub fn snapshot(&self) -> Result<Snapshot, BackupError> {
         // No seal, compaction or retention half done (block files written
         // but not listed, or unlisted but not yet removed), and none until
-        // every block file is open: only they change files and the catalog.
+        // every block file is linked (or open): only they change files and
+        // the catalog.
         let _sealing = self.shared.seal_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let trees = {
             // Group commits and Hello records write the rest.

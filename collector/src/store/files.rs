@@ -34,6 +34,9 @@ const TMP: &str = ".tmp";
 #[derive(Debug)]
 pub(crate) struct Files {
     dir: PathBuf,
+    /// The data directory `dir` is in, where a backup puts its directory of
+    /// hard links (`backup.rs`), outside `dir` so nothing here lists it.
+    data_dir: PathBuf,
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -63,16 +66,24 @@ impl Files {
     pub(crate) fn open(data_dir: &Path) -> Result<Files, StoreError> {
         let dir = data_dir.join(DIR);
         std::fs::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
-        Ok(Files { dir })
+        Ok(Files {
+            dir,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    /// The data directory the block files are in.
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     fn path(&self, key: &[u8]) -> PathBuf {
         self.dir.join(hex(key))
     }
 
-    /// Where the record under `key` lives, for a backup that opens every
-    /// file while seals are held off and reads them after (a handle
-    /// outlives a later removal).
+    /// Where the record under `key` lives, for a backup that hard-links (or
+    /// opens) every file while seals are held off and reads them after (a
+    /// link or a handle outlives a later removal).
     pub(crate) fn record_path(&self, key: &[u8]) -> PathBuf {
         self.path(key)
     }
