@@ -134,6 +134,21 @@ impl Encoder {
         }
     }
 
+    /// Codes the low `depth` bits of `symbol`, highest first, through a
+    /// binary tree of probabilities: node 1 is the root and node `n`'s
+    /// children are `2n` and `2n + 1`, so each bit is conditioned on the
+    /// ones above it. `N` (a power of two) must exceed `2^depth − 1`.
+    #[inline(always)]
+    pub(crate) fn tree<const N: usize>(&mut self, probs: &mut [Prob; N], depth: u32, symbol: usize) {
+        let mut node = 1usize;
+        for i in (0..depth).rev() {
+            let bit = (symbol >> i) & 1 == 1;
+            // node < N throughout; the mask lets the compiler drop the bounds check.
+            self.bit(&mut probs[node & (N - 1)], bit);
+            node = (node << 1) | usize::from(bit);
+        }
+    }
+
     fn shift_low(&mut self) {
         if (self.low as u32) < 0xFF00_0000 || (self.low >> 32) != 0 {
             let carry = (self.low >> 32) as u8;
@@ -220,6 +235,17 @@ impl<'a> Decoder<'a> {
 }
 
 impl Decoder<'_> {
+    /// Decodes a `depth`-bit symbol coded by [`Encoder::tree`].
+    #[inline(always)]
+    pub(crate) fn tree<const N: usize>(&mut self, probs: &mut [Prob; N], depth: u32) -> usize {
+        let mut node = 1usize;
+        for _ in 0..depth {
+            let bit = self.bit(&mut probs[node & (N - 1)]);
+            node = (node << 1) | usize::from(bit);
+        }
+        node - (1 << depth)
+    }
+
     /// Decodes `k` bits (`k <= 16`) coded by [`Encoder::direct`]. On
     /// damaged input the result is clamped to `k` bits, never a panic.
     #[inline(always)]
@@ -284,13 +310,7 @@ impl IntModel {
         let len = 64 - u.leading_zeros() as usize;
         let tree = &mut self.length[usize::from(self.prev_len > 0).min(CONTEXTS - 1)];
         let leaf = len.min(63);
-        let mut node = 1usize;
-        for i in (0..6).rev() {
-            let bit = (leaf >> i) & 1 == 1;
-            // node < 64 throughout; the mask lets the compiler drop the bounds check.
-            enc.bit(&mut tree[node & 63], bit);
-            node = (node << 1) | usize::from(bit);
-        }
+        enc.tree(tree, 6, leaf);
         if leaf == 63 {
             enc.bit(&mut self.length64, len == 64);
         }
@@ -317,13 +337,7 @@ impl IntModel {
     #[inline(always)]
     pub(crate) fn decode(&mut self, dec: &mut Decoder<'_>) -> i64 {
         let tree = &mut self.length[usize::from(self.prev_len > 0).min(CONTEXTS - 1)];
-        let mut node = 1usize;
-        for _ in 0..6 {
-            // node < 64 throughout; the mask lets the compiler drop the bounds check.
-            let bit = dec.bit(&mut tree[node & 63]);
-            node = (node << 1) | usize::from(bit);
-        }
-        let mut len = node - 64;
+        let mut len = dec.tree(tree, 6);
         if len == 63 && dec.bit(&mut self.length64) {
             len = 64;
         }
@@ -473,27 +487,15 @@ impl SplitModel {
         } else {
             len - usize::from(l.min_len) + usize::from(l.zero)
         };
-        let tree = &mut self.length[usize::from(self.prev_len > 0)];
-        let mut node = 1usize;
-        for i in (0..self.depth).rev() {
-            let bit = (symbol >> i) & 1 == 1;
-            enc.bit(&mut tree[node & 127], bit);
-            node = (node << 1) | usize::from(bit);
-        }
+        enc.tree(&mut self.length[usize::from(self.prev_len > 0)], self.depth, symbol);
         if len > 0 {
             if l.signs == Signs::Mixed {
                 enc.bit(&mut self.sign[self.prev_sign], negative);
             }
             let below = len - 1;
             let shaped = below.min(SHAPE_BITS);
-            let shape = &mut self.shape[len];
-            let mut node = 1usize;
-            for i in 1..=shaped {
-                let bit = (u >> (below - i)) & 1 == 1;
-                enc.bit(&mut shape[node & ((1 << SHAPE_BITS) - 1)], bit);
-                node = (node << 1) | usize::from(bit);
-            }
             let mut rest = below - shaped;
+            enc.tree(&mut self.shape[len], shaped as u32, (u >> rest) as usize);
             while rest > 0 {
                 let k = rest.min(16);
                 rest -= k;
@@ -515,13 +517,7 @@ impl SplitModel {
     #[inline(always)]
     pub(crate) fn decode(&mut self, dec: &mut Decoder<'_>) -> (bool, u64) {
         let l = self.lengths;
-        let tree = &mut self.length[usize::from(self.prev_len > 0)];
-        let mut node = 1usize;
-        for _ in 0..self.depth {
-            let bit = dec.bit(&mut tree[node & 127]);
-            node = (node << 1) | usize::from(bit);
-        }
-        let symbol = node - (1 << self.depth);
+        let symbol = dec.tree(&mut self.length[usize::from(self.prev_len > 0)], self.depth);
         let len = if l.zero && symbol == 0 {
             0
         } else {
@@ -537,14 +533,8 @@ impl SplitModel {
             };
             let below = len - 1;
             let shaped = below.min(SHAPE_BITS);
-            let shape = &mut self.shape[len];
-            let mut node = 1usize;
-            for _ in 0..shaped {
-                let bit = dec.bit(&mut shape[node & ((1 << SHAPE_BITS) - 1)]);
-                node = (node << 1) | usize::from(bit);
-            }
-            // node holds the top bit and the shaped bits.
-            u = node as u64;
+            // The top bit, then the shaped bits.
+            u = (1 << shaped) | dec.tree(&mut self.shape[len], shaped as u32) as u64;
             let mut rest = below - shaped;
             while rest > 0 {
                 let k = rest.min(16);
